@@ -1,0 +1,60 @@
+# dse: every target creates/updates the virtual environment first (idempotent: a stamp file tracks pyproject.toml).
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+# The offline CIFAR-10 copy beside the repository, when there is one (otherwise data/ and torchvision's download).
+SHARED_DATA := $(abspath ../shared/data/cifar10-jpg)
+ifneq ($(wildcard $(SHARED_DATA)/train),)
+export DSE_DATA_DIR ?= $(SHARED_DATA)
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test test-fast test-e2e sweep tables bench lint dashboard dry-run deploy clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create/update the virtual environment in .venv
+
+test: $(STAMP)  ## run every test (unit + end-to-end on ../shared/data/cifar10-jpg + PostgreSQL when available)
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: $(STAMP)  ## unit tests only
+	$(BIN)/python -m pytest -m "not e2e and not postgres" $(ARGS)
+
+test-e2e: $(STAMP)  ## end-to-end tests only
+	$(BIN)/python -m pytest -m e2e $(ARGS)
+
+sweep: $(STAMP)  ## the main job: the default (quick) study into results/dse.db; pass more overrides with ARGS="..."
+	$(BIN)/python -m dse.sweep $(ARGS)
+
+dry-run: $(STAMP)  ## list the planned trials of a study without training (ARGS="experiment=table3")
+	$(BIN)/python -m dse.sweep dry_run=true $(ARGS)
+
+tables: $(STAMP)  ## regenerate the paper's tables and figures from the store into results/
+	$(BIN)/python -m dse.tables $(ARGS)
+
+bench: $(STAMP)  ## benchmarks: training core vs reference pipeline, tables on a 10,000-trial store, scheduling overhead
+	$(BIN)/python bench/bench_train.py $(ARGS)
+	$(BIN)/python bench/bench_tables.py
+	$(BIN)/python bench/bench_sched.py
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check dse tests bench
+
+dashboard: $(STAMP)  ## open the study in optuna-dashboard (STORAGE=sqlite:///results/dse.db)
+	$(BIN)/optuna-dashboard $${STORAGE:-sqlite:///results/dse.db}
+
+deploy: $(STAMP)  ## export/quantize/measure the best trials (ARGS="--study quick --pareto")
+	$(BIN)/python -m dse.deploy $(ARGS)
+
+clean:  ## remove the environment and generated results (keeps nothing from results/)
+	rm -rf $(VENV) results/*.db* results/tables results/figures results/checkpoints

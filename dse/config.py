@@ -1,0 +1,212 @@
+"""Typed configuration: the dataclass schemas Hydra checks every YAML and override against.
+
+The config tree is composed from the groups in ``conf/`` (model, data, optimizer, trainer, search, sampler,
+pruner, storage, budget) plus one experiment from ``experiments/`` (registered in Hydra's ConfigStore under
+the group ``experiment``, so ``python -m dse.sweep experiment=table3`` selects ``experiments/table3.yaml``).
+An unknown key or a value of the wrong type is refused by OmegaConf before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from dse.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = Path(os.environ.get("DSE_CONF_DIR", REPO / "conf"))
+EXPERIMENTS_DIR = Path(os.environ.get("DSE_EXPERIMENTS_DIR", REPO / "experiments"))
+DEFAULT_DB = "sqlite:///results/dse.db"
+
+
+@dataclass
+class ModelConf:
+    """A model by registry name; explicit fields override what the name implies."""
+
+    name: str = "shallow_sqnxt_06_0_4x"
+    stage_depths: Any = None  # four block counts, as a list [1, 2, 8, 1] or a string "1-2-8-1"
+    width: float | None = None  # width multiplier (> 0)
+    dropout: float | None = None  # [0, 1)
+    activation: str | None = None  # elu | relu
+
+
+@dataclass
+class DataConf:
+    dataset: str = "cifar10"  # cifar10 | cifar100 | imagefolder
+    root: str | None = None  # None -> $DSE_DATA_DIR -> data/
+    val_size: int = 5000  # images held out of the training set for the search (class-balanced)
+    val_seed: int = 0
+    subset: float | None = None  # fraction of the remaining training images (low-fidelity trials)
+    subset_size: int | None = None  # or a count of training images (class-balanced, seeded)
+    subset_seed: int = 0
+    download: bool = True
+    cache_dir: str | None = None  # None -> $DSE_CACHE_DIR -> ~/.cache/dse
+
+
+@dataclass
+class OptimizerConf:
+    name: str = "sgd_nesterov"
+    lr: float | None = None  # None -> the paper's default for the optimizer
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    final_lr: float = 0.1  # AdaBound
+    schedule: str = "step"  # step | cosine | onecycle | none
+    step_epochs: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainerConf:
+    epochs: int = 200
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | amp
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    progress: str = "auto"  # auto | bar | log | none
+    threads: int | None = None
+
+
+@dataclass
+class ConstraintsConf:
+    max_checkpoint_bytes: int | None = None  # the paper's "model size" budget, bytes
+    max_macs: int | None = None  # per 32x32 image
+    max_params: int | None = None
+
+
+@dataclass
+class SearchConf:
+    """The search space.
+
+    mode=grid: the union over ``blocks`` of (points x product(grid) x seeds), enqueued once each.
+    mode=sample: ``params`` (+ ``conditional``) drawn by the sampler, ``n_trials`` in all (global budget).
+    Keys are dotted config paths (``model.width``, ``optimizer.name``, ``data.dataset``) or ``seed``.
+    """
+
+    mode: str = "grid"  # grid | sample
+    blocks: dict[str, Any] = field(default_factory=dict)  # name -> {points: [...], grid: {...}, seeds: [...]}
+    params: dict[str, Any] = field(default_factory=dict)  # key -> {type, choices | low, high, step, log}
+    conditional: dict[str, Any] = field(default_factory=dict)  # key -> {on: key, cases: {value: spec}}
+    seeds: list[int] = field(default_factory=lambda: [0])  # default seeds of blocks without their own
+    max_seeds: int | None = None  # cap on seeds per block (budgets use it: smoke/quick run 1)
+    n_trials: int | None = None  # sample mode: the study's global trial budget
+    objectives: list[str] = field(default_factory=lambda: ["val_acc"])  # + checkpoint_bytes, sec_per_epoch, macs
+    constraints: ConstraintsConf = field(default_factory=ConstraintsConf)
+
+
+@dataclass
+class SamplerConf:
+    name: str = "tpe"  # grid (= the planned queue only) | random | tpe | nsga2
+    seed: int | None = 0
+    n_startup_trials: int = 10
+    population_size: int = 20
+
+
+@dataclass
+class PrunerConf:
+    name: str = "median"  # none | median | successive_halving | hyperband
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 1  # epochs
+    min_resource: int = 1
+    reduction_factor: int = 3
+
+
+@dataclass
+class StorageConf:
+    url: str | None = None  # None -> $DSE_STORAGE_URL -> sqlite:///results/dse.db
+    url_env: str = "DSE_STORAGE_URL"
+    password_env: str = "DSE_DB_PASSWORD"  # password from the environment (never on the command line)
+    password_file: str | None = None  # or from a file (e.g. ~/.pgpass-like, one line)
+    heartbeat_interval: int = 30  # seconds between a running trial's heartbeats
+    grace_period: int = 90  # seconds without heartbeat before a trial counts as dead and is retried
+    retries: int = 5  # connection attempts on an outage, with exponential backoff
+    backoff: float = 0.5  # seconds before the first retry
+
+
+@dataclass
+class StudyConf:
+    experiment: str = "custom"  # set by each experiment file
+    name: str | None = None  # None -> "<experiment>-<budget>"
+    checkpoint_dir: str = "results/checkpoints"  # shared between workers: resumes killed trials
+    wait_for_running: bool = True  # a worker with nothing queued waits for running trials (to retry the dead)
+    poll_seconds: float = 5.0
+
+
+@dataclass
+class Config:
+    model: ModelConf = field(default_factory=ModelConf)
+    data: DataConf = field(default_factory=DataConf)
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    search: SearchConf = field(default_factory=SearchConf)
+    sampler: SamplerConf = field(default_factory=SamplerConf)
+    pruner: PrunerConf = field(default_factory=PrunerConf)
+    storage: StorageConf = field(default_factory=StorageConf)
+    study: StudyConf = field(default_factory=StudyConf)
+    budget: str = MISSING  # name of the budget preset (smoke | quick | paper)
+    dry_run: bool = False  # list the planned trials with their cheap facts; train nothing
+    max_trials: int | None = None  # stop this worker after so many trials (the study's budget is global)
+
+
+def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> DictConfig:
+    """One experiment file, with the search blocks of the experiments it ``include``s merged in."""
+    path = EXPERIMENTS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown experiment {name!r}; known: {known}")
+    if name in _seen:
+        raise ConfigError(f"experiment {name!r} includes itself (via {' -> '.join(_seen)})")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"malformed YAML in {path}: {first}") from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping, got {type(cfg).__name__}")
+    includes = cfg.pop("include", None) or []
+    blocks: dict[str, Any] = {}
+    for inc in includes:
+        blocks.update(OmegaConf.to_container(load_experiment(str(inc), (*_seen, name)).search.blocks))
+    if blocks:
+        own_node = OmegaConf.select(cfg, "search.blocks")
+        own = OmegaConf.to_container(own_node) if own_node is not None else {}
+        cfg = OmegaConf.merge(cfg, {"search": {"blocks": {**blocks, **own}}})
+    return cfg
+
+
+def register_configs() -> None:
+    """Register the schema and every experiment in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="dse_schema", node=Config)
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        cs.store(group="experiment", name=path.stem, node=load_experiment(path.stem), package="_global_")
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose the config like ``python -m dse.sweep`` does (also for tests and library use)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="dse"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    return cfg
+
+
+def study_name(cfg: DictConfig) -> str:
+    return cfg.study.name or f"{cfg.study.experiment}-{cfg.budget}"

@@ -1,0 +1,453 @@
+"""``python -m dse.deploy``: pick trained models, export, quantize, measure, generate the RTMaps component.
+
+Examples::
+
+    python -m dse.deploy --study quick --best
+    python -m dse.deploy --study quick --pareto
+    python -m dse.deploy --study quick --max-size 272KB          # KB = 1000 bytes; KiB = 1024
+    python -m dse.deploy --study quick --max-latency-ms 1.5      # p99 of the component's format, batch 1, 1 thread
+    python -m dse.deploy --trial 12
+    python -m dse.deploy --model shallow_sqnxt_06_0_4x --checkpoint path/to/best.pt --data-root DIR
+
+For each model, into ``--out`` (default ``results/deploy/<model>-t<trial id>/``; with several models, one
+sub-folder each): ``model.onnx`` (float32, opset 17), ``model.torchscript.pt``, ``model.int8.onnx``,
+``rtmaps_<model>.py`` and ``report.json``. Every format is scored on the test images (default all 10,000) and
+timed at batch 1 on one thread; the rows go to the store's ``dse_deployments`` table (one per format and host)
+and the trial's ``int8_bytes`` is set. Errors in the input (unknown trial, a checkpoint that does not match its
+config, a budget nothing meets) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dse.deploy import DeployError
+from dse.deploy.select import Candidate
+from dse.errors import DSEError
+
+log = logging.getLogger("dse.deploy")
+
+DEFAULT_DB = "sqlite:///results/dse.db"
+DEFAULT_OUT = Path("results") / "deploy"
+FORMAT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "onnx_int8": "model.int8.onnx"}
+
+
+@dataclass
+class Options:
+    """What the pipeline does with one model (the CLI's flags, minus the selection)."""
+
+    out: Path
+    test_images: int = 10000
+    calib_images: int = 512
+    per_channel: bool | str = "auto"
+    runtime: str = "onnxruntime"  # the component's runtime
+    component_model: str = "fp32"  # which ONNX file the component embeds (fp32 or int8)
+    warmup: int = 50
+    runs: int = 500
+    latency: bool = True
+    atol: float = 1e-4
+    opset: int = 17
+
+
+@dataclass
+class FormatResult:
+    format: str
+    path: str
+    file_bytes: int
+    test_acc: float
+    test_images: int
+    max_abs_diff: float
+    agreement: float  # % of test images whose top-1 equals PyTorch's
+    latency: dict[str, Any] | None = None
+
+
+@dataclass
+class DeployReport:
+    model_name: str
+    display_name: str
+    trial_id: int | None
+    study: str | None
+    checkpoint: str
+    out: str
+    component: str
+    component_model: str
+    runtime: str
+    stored_test_acc: float | None
+    best_val_acc: float | None
+    host: str
+    machine: str
+    int8_per_channel: bool
+    int8_calibration_images: int
+    int8_choice: dict[str, float]
+    formats: list[FormatResult] = field(default_factory=list)
+
+    def format(self, name: str) -> FormatResult:
+        return next(f for f in self.formats if f.format == name)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def resolve_checkpoint(cand: Candidate) -> Path:
+    path = Path(cand.checkpoint_path)
+    tries = [path] if path.is_absolute() else [path, Path(__file__).resolve().parents[2] / path]
+    for p in tries:
+        if p.is_file():
+            return p
+    raise DeployError(f"{cand.label}: checkpoint {cand.checkpoint_path} does not exist")
+
+
+def load_checkpoint(cand: Candidate):
+    """(model in eval mode, spec) of a candidate; DeployError if the file is unusable or not the trial's model."""
+    from dse.errors import CheckpointError
+    from dse.train import load_model
+
+    path = resolve_checkpoint(cand)
+    try:
+        model, spec = load_model(path)
+    except CheckpointError as e:
+        raise DeployError(f"{cand.label}: checkpoint {path} is unusable: {e}") from e
+    if spec.name != cand.model_name:
+        raise DeployError(f"{cand.label}: checkpoint {path} holds {spec.name}, but the trial is {cand.model_name}; "
+                          "the checkpoint does not match its config")
+    for key, want in cand.expected.items():
+        got = getattr(spec, key, None)
+        same = math.isclose(float(got), float(want), abs_tol=1e-9) if isinstance(want, float) else got == want
+        if not same:
+            raise DeployError(f"{cand.label}: checkpoint {path} has {key}={got!r}, the trial's config says "
+                              f"{want!r}; the checkpoint does not match its config")
+    return model.eval().cpu(), spec
+
+
+def load_bundle(dataset: str, data_root: str | None, data_source: str | None = None):
+    """The dataset's bundle (train for calibration, val for choices, test for scoring), never downloading."""
+    from dse.data import DataConfig, load_data
+
+    root = data_root
+    if root is None and data_source and ":" in data_source:  # e.g. "imagefolder:/work/shared/data/cifar10-jpg"
+        cand_root = data_source.split(":", 1)[1]
+        if Path(cand_root).exists():
+            root = cand_root
+    return load_data(DataConfig(dataset=dataset, root=root, download=False))
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline
+def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None) -> DeployReport:
+    """Export, verify, quantize, score, time and package one model; record it in ``store`` if given."""
+    import numpy as np
+
+    from dse.data import CIFAR_MEAN, CIFAR_STD
+    from dse.deploy import export, latency, quantize, rtmaps
+
+    if spec.num_classes != bundle.num_classes:
+        raise DeployError(f"{cand.label}: model has {spec.num_classes} classes, the data {bundle.num_classes}")
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = min(int(opts.test_images), len(bundle.test_y))
+    if n < 1:
+        raise DeployError(f"--test-images must be >= 1, got {opts.test_images}")
+    test_x, test_y = bundle.test_x[:n].cpu(), bundle.test_y[:n].cpu().numpy()
+    t0 = time.perf_counter()
+
+    ref = export.logits_torch(model, test_x)
+    ref_top = ref.argmax(1)
+    ckpt = resolve_checkpoint(cand)
+    results = [FormatResult("torch", str(ckpt), ckpt.stat().st_size, export.accuracy(ref, test_y), n, 0.0, 100.0)]
+
+    def add(fmt: str, path: Path, logits, diff: float) -> None:
+        results.append(FormatResult(fmt, str(path), path.stat().st_size, export.accuracy(logits, test_y), n, diff,
+                                    float((logits.argmax(1) == ref_top).mean() * 100.0)))
+
+    onnx_path = export.export_onnx(model, out / FORMAT_FILES["onnx"], opset=opts.opset)
+    lo = export.logits_onnx(onnx_path, test_x)
+    add("onnx", onnx_path, lo, export.verify(ref, lo, what=f"ONNX export {onnx_path}", atol=opts.atol))
+    ts_path = export.export_torchscript(model, out / FORMAT_FILES["torchscript"])
+    lt = export.logits_torchscript(ts_path, test_x)
+    add("torchscript", ts_path, lt, export.verify(ref, lt, what=f"TorchScript export {ts_path}", atol=opts.atol))
+    log.info("%s: exported and verified on %d test images (%.1f s)", cand.label, n, time.perf_counter() - t0)
+
+    calib = quantize.calibration_images(bundle.train_x.cpu(), bundle.train_y.cpu(), opts.calib_images)
+    check = bundle.val_x[:quantize.CHECK_IMAGES].cpu() if len(bundle.val_x) else None
+    per_channel = opts.per_channel if check is not None or opts.per_channel != "auto" else True
+    q = quantize.quantize_int8(onnx_path, out / FORMAT_FILES["onnx_int8"], calib, per_channel=per_channel,
+                               check=check)
+    lq = export.logits_onnx(q.path, test_x)
+    add("onnx_int8", q.path, lq, float(np.max(np.abs(lq.astype(np.float64) - ref))))
+    log.info("%s: int8 (%s) %d bytes, calibrated on %d training images", cand.label,
+             "per-channel" if q.per_channel else "per-tensor", q.file_bytes, q.calibration_images)
+
+    if opts.latency:
+        feed = export.preprocess(test_x[:16]).numpy()
+        with tempfile.TemporaryDirectory() as d:
+            eager = latency.save_eager(model, spec, Path(d) / "eager.pt")
+            paths = {"torch": eager, "torchscript": ts_path, "onnx": onnx_path, "onnx_int8": q.path}
+            for r in results:
+                res = latency.measure(r.format, paths[r.format], feed, warmup=opts.warmup, runs=opts.runs)
+                r.latency = res.to_dict()
+                log.info("%s: %-11s p50 %.3f ms  p99 %.3f ms", cand.label, r.format, res.p50_ms, res.p99_ms)
+
+    comp_fmt = "torchscript" if opts.runtime == "torchscript" else (
+        "onnx_int8" if opts.component_model == "int8" else "onnx")
+    comp_model = next(Path(r.path) for r in results if r.format == comp_fmt)
+    comp_path = out / f"rtmaps_{spec.name}.py"
+    rtmaps.generate_component(
+        comp_path, comp_model, model_name=spec.name, class_names=bundle.classes, mean=CIFAR_MEAN, std=CIFAR_STD,
+        runtime=opts.runtime, provenance={"display_name": spec.display_name, "trial_id": cand.trial_id,
+                                          "study": cand.study, "format": comp_fmt,
+                                          "test_acc": next(r.test_acc for r in results if r.format == comp_fmt),
+                                          "test_images": n})
+
+    report = DeployReport(
+        model_name=spec.name, display_name=spec.display_name, trial_id=cand.trial_id, study=cand.study,
+        checkpoint=str(ckpt), out=str(out), component=str(comp_path), component_model=comp_fmt,
+        runtime=opts.runtime, stored_test_acc=cand.test_acc, best_val_acc=cand.best_val_acc,
+        host=socket.gethostname(), machine=latency.machine(), int8_per_channel=q.per_channel,
+        int8_calibration_images=q.calibration_images, int8_choice=q.tried, formats=results)
+    with export.atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(asdict(report), indent=2, default=str) + "\n")
+    if store is not None:
+        record(store, report)
+    return report
+
+
+def _runtime_of(fmt: str) -> str:
+    if fmt.startswith("onnx"):
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__}"
+    import torch
+
+    return f"torch {torch.__version__.split('+')[0]}"
+
+
+def record(store, report: DeployReport) -> None:
+    """One ``dse_deployments`` row per format; the trial's ``int8_bytes``."""
+    for r in report.formats:
+        lat = r.latency or {}
+        store.record_deployment(
+            trial_id=report.trial_id, model_name=report.model_name, format=r.format, path=r.path,
+            file_bytes=r.file_bytes, test_acc=r.test_acc, test_images=r.test_images, max_abs_diff=r.max_abs_diff,
+            p50_ms=lat.get("p50_ms"), p99_ms=lat.get("p99_ms"), peak_mem_bytes=lat.get("peak_mem_bytes"),
+            threads=lat.get("threads", 1), host=report.host, machine=report.machine,
+            runtime=lat.get("runtime") or _runtime_of(r.format))
+    if report.trial_id is not None:
+        store.update_trial(report.trial_id, int8_bytes=report.format("onnx_int8").file_bytes)
+
+
+def summary(reports: list[DeployReport]) -> str:
+    """A plain-text table: one row per model and format."""
+    from tabulate import tabulate
+
+    rows = []
+    for rep in reports:
+        for r in rep.formats:
+            lat = r.latency or {}
+            peak = lat.get("peak_mem_bytes")
+            rows.append([rep.model_name if r.format == "torch" else "", rep.trial_id if r.format == "torch" else "",
+                         r.format, f"{r.file_bytes / 1000:.1f}", f"{r.test_acc:.2f}", f"{r.agreement:.2f}",
+                         f"{r.max_abs_diff:.1e}",
+                         f"{lat['p50_ms']:.3f}" if lat else "-", f"{lat['p99_ms']:.3f}" if lat else "-",
+                         f"{peak / 1e6:.1f}" if peak is not None else "-"])
+    headers = ["model", "trial", "format", "file kB", "test acc %", "same top-1 %", "max|dlogit|", "p50 ms",
+               "p99 ms", "peak MB"]
+    text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    if reports:
+        rep = reports[0]
+        n = rep.formats[0].test_images
+        text += (f"\n{n} test images; latency: batch 1, 1 thread, host {rep.host}, {rep.machine}; "
+                 "kB = 1000 bytes; peak MB = peak RSS added by loading and running the model")
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ selection
+def _latency_probe(cand: Candidate, fmt: str, stat: str, opts: Options, store, bundle_for) -> float:
+    """A candidate's latency in ms: the store's measurement on this host if any, else measured now."""
+    if store is not None and cand.trial_id is not None:
+        df = store.deployments([cand.trial_id])
+        df = df[(df["format"] == fmt) & (df["host"] == socket.gethostname()) & (df["threads"] == 1)]
+        col = f"{stat}_ms"
+        if len(df) and df[col].notna().any():
+            ms = float(df[col].dropna().iloc[-1])
+            log.info("%s: %s %s %.3f ms (stored measurement)", cand.label, fmt, stat, ms)
+            return ms
+    from dse.deploy import export, latency, quantize
+
+    model, spec = load_checkpoint(cand)
+    bundle = bundle_for(cand)
+    feed = export.preprocess(bundle.test_x[:16].cpu()).numpy()
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        if fmt == "torchscript":
+            path = export.export_torchscript(model, d / "m.pt")
+        else:
+            path = export.export_onnx(model, d / "m.onnx", opset=opts.opset)
+            if fmt == "onnx_int8":
+                calib = quantize.calibration_images(bundle.train_x.cpu(), bundle.train_y.cpu(), opts.calib_images)
+                pc = opts.per_channel if opts.per_channel != "auto" else True
+                path = quantize.quantize_int8(path, d / "m.int8.onnx", calib, per_channel=pc).path
+        res = latency.measure(fmt, path, feed, warmup=opts.warmup, runs=opts.runs)
+    ms = res.p50_ms if stat == "p50" else res.p99_ms
+    log.info("%s: %s %s %.3f ms (measured)", cand.label, fmt, stat, ms)
+    return ms
+
+
+def select(args, store, opts: Options, bundle_for) -> list[Candidate]:
+    from dse.deploy import select as sel
+
+    if args.model or args.checkpoint:
+        if not (args.model and args.checkpoint):
+            raise DeployError("--model and --checkpoint go together (a registry name and its best.pt)")
+        from dse.models import InvalidModelConfig, spec_from_name
+
+        try:
+            spec_from_name(args.model)
+        except InvalidModelConfig as e:
+            raise DeployError(str(e)) from e
+        return [Candidate(model_name=args.model, checkpoint_path=args.checkpoint)]
+    trials = store.trials(study=args.study)
+    if args.trial:
+        return sel.trials_by_id(trials, args.trial)
+    cands = sel.candidates(trials[trials["status"] == "complete"] if len(trials) else trials)
+    where = f"study {args.study!r}" if args.study else "the store"
+    if not cands:
+        studies = ", ".join(store.studies()) or "none"
+        raise DeployError(f"no complete trial with a checkpoint in {where} ({store_url_hint(store)}; "
+                          f"studies: {studies})")
+    if args.max_size is not None:
+        cands = sel.under_size(cands, sel.parse_size(args.max_size))
+    if args.pareto:
+        cands = sel.pareto_front(cands)
+    if args.max_latency_ms is not None:
+        fmt = "torchscript" if opts.runtime == "torchscript" else (
+            "onnx_int8" if opts.component_model == "int8" else "onnx")
+        probe = lambda c: _latency_probe(c, fmt, args.latency_stat, opts, store, bundle_for)  # noqa: E731
+        if args.pareto:
+            kept = [c for c in cands if probe(c) <= args.max_latency_ms]
+            if not kept:
+                raise DeployError(f"no Pareto-front trial meets the latency budget of {args.max_latency_ms} ms")
+            return kept
+        winner, _ = sel.first_under_latency(cands, args.max_latency_ms, probe)
+        return [winner]
+    return cands if args.pareto else [sel.best(cands)]
+
+
+def store_url_hint(store) -> str:
+    from dse.store import redact
+
+    return redact(store.url)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dse.deploy", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("which models")
+    g.add_argument("--study", help="study name in the store (default: every study)")
+    g.add_argument("--best", action="store_true", help="the most accurate trial (validation accuracy; default)")
+    g.add_argument("--pareto", action="store_true",
+                   help="every trial on the Pareto front of max validation accuracy vs min checkpoint bytes")
+    g.add_argument("--max-size", metavar="SIZE",
+                   help="best trial whose float32 checkpoint is at most SIZE: 272KB, 0.3MB, 2048 (bytes); "
+                        "KB/MB = 1000/1000^2 bytes, KiB/MiB = 1024/1024^2")
+    g.add_argument("--max-latency-ms", type=float, metavar="MS",
+                   help="best trial whose latency (batch 1, 1 thread, the component's format) is at most MS; "
+                        "candidates are measured in order of accuracy until one passes")
+    g.add_argument("--latency-stat", choices=("p50", "p99"), default="p99",
+                   help="which latency --max-latency-ms bounds (default p99: a real-time budget)")
+    g.add_argument("--trial", type=int, nargs="+", metavar="ID", help="these trial ids")
+    g.add_argument("--model", help="a registry name, with --checkpoint: deploy a checkpoint not in the store")
+    g.add_argument("--checkpoint", help="path of the model's best.pt (with --model)")
+    o = p.add_argument_group("where")
+    o.add_argument("--db", default=os.environ.get("DSE_STORAGE_URL", DEFAULT_DB),
+                   help=f"results store URL (default: env DSE_STORAGE_URL or {DEFAULT_DB})")
+    o.add_argument("--out", type=Path,
+                   help="output folder (default results/deploy/<model>-t<trial id>/; several models: "
+                        "<out>/<model>-t<trial id>/)")
+    o.add_argument("--data-root", help="dataset folder (default: the trial's data source, else env DSE_DATA_DIR)")
+    o.add_argument("--no-record", action="store_true", help="do not write the measurements to the store")
+    m = p.add_argument_group("what")
+    m.add_argument("--test-images", type=int, default=10000, help="test images scored (default 10000)")
+    m.add_argument("--calib-images", type=int, default=512, help="training images for int8 calibration")
+    m.add_argument("--per-channel", choices=("auto", "on", "off"), default="auto",
+                   help="int8 per-channel weight scales (auto: whichever agrees more with fp32 on validation)")
+    m.add_argument("--runtime", choices=("onnxruntime", "torchscript"), default="onnxruntime",
+                   help="what the RTMaps component runs")
+    m.add_argument("--component-model", choices=("fp32", "int8"), default="fp32",
+                   help="which ONNX model the component embeds (onnxruntime runtime)")
+    m.add_argument("--warmup", type=int, default=50, help="untimed runs before timing (default 50)")
+    m.add_argument("--runs", type=int, default=500, help="timed batch-1 runs per format (default 500)")
+    m.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
+    m.add_argument("--atol", type=float, default=1e-4, help="max |logit difference| exported vs PyTorch")
+    m.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return run(args)
+    except DSEError as e:  # our own, expected failures: one line, no traceback
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"dse.deploy: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dse.deploy: interrupted", file=sys.stderr)
+        return 130
+
+
+def run(args) -> int:
+    if args.test_images < 1 or args.calib_images < 1 or args.runs < 1 or args.warmup < 0:
+        raise DeployError("--test-images, --calib-images and --runs must be >= 1, --warmup >= 0")
+    if args.runtime == "torchscript" and args.component_model == "int8":
+        raise DeployError("--component-model int8 needs --runtime onnxruntime (the int8 model is ONNX)")
+    if args.max_latency_ms is not None and not (math.isfinite(args.max_latency_ms) and args.max_latency_ms > 0):
+        raise DeployError(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
+    opts = Options(out=Path(), test_images=args.test_images, calib_images=args.calib_images,
+                   per_channel={"auto": "auto", "on": True, "off": False}[args.per_channel], runtime=args.runtime,
+                   component_model=args.component_model, warmup=args.warmup, runs=args.runs,
+                   latency=not args.no_latency, atol=args.atol, opset=args.opset)
+    adhoc = bool(args.model or args.checkpoint)
+    store = None
+    if not (adhoc and args.no_record):  # a bare checkpoint with --no-record needs no store at all
+        from dse.store import Store
+
+        store = Store(args.db)
+    bundles: dict[tuple, Any] = {}
+
+    def bundle_for(c: Candidate):
+        key = (c.dataset, args.data_root, c.data_source)
+        if key not in bundles:
+            bundles[key] = load_bundle(c.dataset, args.data_root, c.data_source)
+        return bundles[key]
+
+    chosen = select(args, store, opts, bundle_for)
+    log.info("deploying %s", ", ".join(c.label for c in chosen))
+    reports = []
+    for c in chosen:
+        if args.out is None:
+            out = DEFAULT_OUT / c.label
+        else:
+            out = args.out if len(chosen) == 1 else args.out / c.label
+        model, spec = load_checkpoint(c)
+        opts.out = out
+        reports.append(deploy_model(model, spec, c, bundle_for(c), opts,
+                                    store=None if args.no_record else store))
+    print(summary(reports))
+    for rep in reports:
+        print(f"{rep.model_name}: files in {rep.out}; RTMaps component {rep.component} ({rep.component_model}, "
+              f"{rep.runtime})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

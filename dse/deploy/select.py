@@ -1,0 +1,213 @@
+"""Which trials to deploy: pure functions over the store's trials (no export, no measurement here).
+
+A trial qualifies when it is complete, has a validation accuracy and a checkpoint path. Ranking follows
+DESIGN.md decision 7 (search on validation, report on test): models are ranked by ``best_val_acc``; ties go to
+the smaller checkpoint, then to the older trial. The test accuracy is only reported.
+
+Size budgets are parsed by ``parse_size`` with decimal units (KB = 1000 bytes, MB = 1000**2 bytes, as the paper's
+"272KB" and "0.272 MB" are the same number); binary units are spelled KiB / MiB.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from dse.deploy import DeployError
+
+_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes in a size budget: "272KB" -> 272000, "0.3MB" -> 300000, "2048" / "2048B" -> 2048, "1KiB" -> 1024.
+
+    Decimal units (KB = 1000 bytes) as in the paper's "272KB"; KiB/MiB/GiB are binary. Raises DeployError.
+    """
+    if isinstance(text, bool):
+        raise DeployError(f"size budget must be a number of bytes or e.g. '272KB', got {text!r}")
+    if isinstance(text, (int, float)):
+        if not math.isfinite(text) or text <= 0:
+            raise DeployError(f"size budget must be > 0 bytes, got {text!r}")
+        return int(text)
+    m = _SIZE_RE.match(str(text))
+    unit = m["unit"].lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise DeployError(f"size budget {text!r} is not a size; use e.g. 272KB, 0.3MB, 2048 (bytes) or 1KiB "
+                          f"(units: B, KB, MB, GB = powers of 1000; KiB, MiB, GiB = powers of 1024)")
+    value = float(m["num"]) * _UNITS[unit]
+    if value < 1:
+        raise DeployError(f"size budget must be at least 1 byte, got {text!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One trained model that may be deployed: a store trial, or a checkpoint named on the command line."""
+
+    model_name: str
+    checkpoint_path: str
+    trial_id: int | None = None
+    study: str | None = None
+    best_val_acc: float | None = None  # percent
+    test_acc: float | None = None  # percent, as the trial recorded it (test images at the best-val epoch)
+    checkpoint_bytes: int | None = None
+    macs: int | None = None
+    dataset: str = "cifar10"
+    data_source: str | None = None  # where the trial's images came from, e.g. "imagefolder:/path"
+    expected: dict[str, Any] = field(default_factory=dict, compare=False)  # spec fields the store recorded
+
+    @property
+    def label(self) -> str:
+        """Folder-friendly name: ``<model>-t<trial id>`` (or ``<model>`` for a bare checkpoint)."""
+        return self.model_name if self.trial_id is None else f"{self.model_name}-t{self.trial_id}"
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _candidate(row: dict[str, Any]) -> Candidate:
+    expected = {k: row[k] for k in ("activation", "num_classes", "dropout") if row.get(k) is not None}
+    try:
+        cfg = json.loads(row.get("config_json") or "{}")
+        model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
+        if isinstance(model_cfg, dict):  # the resolved ModelSpec, when the sweep stored one
+            expected.update({k: model_cfg[k] for k in ("activation", "num_classes", "dropout")
+                             if model_cfg.get(k) is not None})
+    except (TypeError, ValueError):
+        pass
+    bytes_ = _num(row.get("checkpoint_bytes"))
+    macs = _num(row.get("macs"))
+    return Candidate(
+        model_name=str(row["model_name"]),
+        checkpoint_path=str(row.get("checkpoint_path") or ""),
+        trial_id=int(row["id"]),
+        study=row.get("study"),
+        best_val_acc=_num(row.get("best_val_acc")),
+        test_acc=_num(row.get("test_acc")),
+        checkpoint_bytes=None if bytes_ is None else int(bytes_),
+        macs=None if macs is None else int(macs),
+        dataset=str(row.get("dataset") or "cifar10"),
+        data_source=row.get("data_source"),
+        expected=expected,
+    )
+
+
+def candidates(trials: pd.DataFrame) -> list[Candidate]:
+    """Deployable trials (complete, with a validation accuracy and a checkpoint), best first."""
+    out = []
+    for row in trials.to_dict("records"):
+        if row.get("status", "complete") != "complete":
+            continue
+        if _num(row.get("best_val_acc")) is None or not row.get("checkpoint_path"):
+            continue
+        out.append(_candidate(row))
+    return rank(out)
+
+
+def rank(cands: Iterable[Candidate]) -> list[Candidate]:
+    """Highest validation accuracy first; ties: smaller checkpoint, then lower trial id."""
+    return sorted(cands, key=lambda c: (-(c.best_val_acc or -1.0),
+                                        c.checkpoint_bytes if c.checkpoint_bytes is not None else math.inf,
+                                        c.trial_id if c.trial_id is not None else math.inf))
+
+
+def best(cands: list[Candidate]) -> Candidate:
+    """The most accurate candidate (validation accuracy)."""
+    if not cands:
+        raise DeployError("no complete trial with a validation accuracy and a checkpoint to choose from")
+    return rank(cands)[0]
+
+
+def pareto_front(cands: list[Candidate]) -> list[Candidate]:
+    """Trials no other trial beats on both objectives: max validation accuracy, min checkpoint bytes.
+
+    A trial is dropped when another has accuracy >= and size <= with at least one strict. Returned best first.
+    Trials without a recorded size are kept only if they are the most accurate (size unknown = worst size).
+    """
+    if not cands:
+        raise DeployError("no complete trial with a validation accuracy and a checkpoint to choose from")
+
+    def size(c: Candidate) -> float:
+        return math.inf if c.checkpoint_bytes is None else c.checkpoint_bytes
+
+    front = []
+    for c in cands:
+        dominated = any((o.best_val_acc or -1) >= (c.best_val_acc or -1) and size(o) <= size(c)
+                        and ((o.best_val_acc or -1) > (c.best_val_acc or -1) or size(o) < size(c))
+                        for o in cands if o is not c)
+        if not dominated:
+            front.append(c)
+    # equal on both objectives: keep one (the older trial), the front is a set of trade-offs, not duplicates
+    seen, unique = set(), []
+    for c in rank(front):
+        key = (c.best_val_acc, c.checkpoint_bytes)
+        if key not in seen:
+            seen.add(key)
+            unique.append(c)
+    return unique
+
+
+def under_size(cands: list[Candidate], max_bytes: int) -> list[Candidate]:
+    """Candidates whose float32 checkpoint (the paper's "model size") is at most ``max_bytes``; best first."""
+    kept = [c for c in cands if c.checkpoint_bytes is not None and c.checkpoint_bytes <= max_bytes]
+    if not kept:
+        sizes = sorted(c.checkpoint_bytes for c in cands if c.checkpoint_bytes is not None)
+        smallest = f"the smallest is {sizes[0]} bytes" if sizes else "no trial has a recorded size"
+        raise DeployError(f"no trial has a checkpoint of at most {max_bytes} bytes ({smallest}, "
+                          f"{len(cands)} candidates)")
+    return rank(kept)
+
+
+def first_under_latency(cands: list[Candidate], max_ms: float,
+                        latency_ms: Callable[[Candidate], float]) -> tuple[Candidate, list[tuple[Candidate, float]]]:
+    """The most accurate candidate whose latency is at most ``max_ms``.
+
+    ``latency_ms`` measures (or looks up) one candidate; candidates are tried in order of accuracy and the search
+    stops at the first that passes, so at most one measurement per more accurate model is spent. Returns the
+    winner and every (candidate, latency) tried. Raises DeployError when none passes.
+    """
+    if not math.isfinite(max_ms) or max_ms <= 0:
+        raise DeployError(f"latency budget must be > 0 ms, got {max_ms!r}")
+    tried: list[tuple[Candidate, float]] = []
+    for c in rank(cands):
+        ms = float(latency_ms(c))
+        tried.append((c, ms))
+        if ms <= max_ms:
+            return c, tried
+    shown = ", ".join(f"{c.label} {ms:.3f} ms" for c, ms in tried[:5]) + (" ..." if len(tried) > 5 else "")
+    raise DeployError(f"no trial meets the latency budget of {max_ms} ms ({shown})")
+
+
+def trials_by_id(trials: pd.DataFrame, ids: list[int]) -> list[Candidate]:
+    """The given trials (any study), in the order asked; DeployError names ids that are missing or unusable."""
+    by_id = {int(r["id"]): r for r in trials.to_dict("records")}
+    out = []
+    for i in ids:
+        row = by_id.get(int(i))
+        if row is None:
+            known = sorted(by_id)
+            shown = (f"{known[0]}..{known[-1]}" if len(known) > 10 else ", ".join(map(str, known))) or "none"
+            raise DeployError(f"trial {i} does not exist in the store (trial ids: {shown})")
+        if row.get("status") != "complete":
+            raise DeployError(f"trial {i} ({row['model_name']}) is {row.get('status')}, not complete")
+        if not row.get("checkpoint_path"):
+            raise DeployError(f"trial {i} ({row['model_name']}) has no checkpoint path")
+        out.append(_candidate(row))
+    return out
+
+
+__all__ = ["Candidate", "best", "candidates", "first_under_latency", "pareto_front", "parse_size", "rank",
+           "trials_by_id", "under_size"]

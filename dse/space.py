@@ -1,0 +1,400 @@
+"""From a composed config to concrete trials: the search space, grid planning, identities and constraints.
+
+A *trial config* is the frozen, fully resolved input of one training run (model spec, data, optimizer,
+trainer, seed). Its *identity* is the SHA-256 of its canonical JSON (DESIGN.md decision 5): the same config
+is the same trial whichever worker, process or restart meets it. Machine-specific settings (data root, device,
+progress, threads) are not part of the identity; everything that changes the result is.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dse.errors import ConfigError, DSEError
+from dse.models import InvalidModelConfig, ModelFacts, ModelSpec, model_facts, spec_from_name
+
+# Search keys that are not dotted config paths.
+SEED = "seed"
+# Keys a search may vary: "<group>.<field>" for these groups, or "seed".
+SEARCHABLE_GROUPS = ("model", "data", "optimizer", "trainer")
+# Trainer fields that do not change what is learned (not part of the identity).
+_NON_SEMANTIC_TRAINER = {"device", "progress", "threads", "compile", "channels_last", "eval_batch_size"}
+_NON_SEMANTIC_DATA = {"root", "download", "cache_dir"}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one training run needs; hashable and JSON-able."""
+
+    model: ModelSpec
+    data: dict[str, Any]
+    optimizer: dict[str, Any]
+    trainer: dict[str, Any]
+    seed: int
+
+    def semantic(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "data": {k: v for k, v in sorted(self.data.items()) if k not in _NON_SEMANTIC_DATA},
+            "optimizer": dict(sorted(self.optimizer.items())),
+            "trainer": {k: v for k, v in sorted(self.trainer.items()) if k not in _NON_SEMANTIC_TRAINER},
+            "seed": self.seed,
+        }
+
+    @property
+    def identity(self) -> str:
+        blob = json.dumps(self.semantic(), sort_keys=True, separators=(",", ":"), default=_jsonable)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "data": self.data, "optimizer": self.optimizer,
+                "trainer": self.trainer, "seed": self.seed}
+
+    # Builders for the training core's own typed configs (kept here so the core stays free of Hydra).
+    def data_config(self) -> Any:
+        from dse.data import DataConfig
+
+        return DataConfig(**self.data)
+
+    def optim_config(self) -> Any:
+        from dse.train import OptimConfig
+
+        d = dict(self.optimizer)
+        d["betas"] = tuple(d["betas"])
+        d["step_epochs"] = tuple(d["step_epochs"])
+        return OptimConfig(**d)
+
+    def train_config(self, checkpoint_dir: str | None) -> Any:
+        from dse.train import TrainConfig
+
+        return TrainConfig(**self.trainer, seed=self.seed, checkpoint_dir=checkpoint_dir)
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    block: str
+    overrides: dict[str, Any]  # the dotted keys this point sets
+    trial: TrialConfig
+    facts: ModelFacts
+    rejected: str | None = None  # why a constraint rejects it (never trained)
+    params: dict[str, Any] = field(default_factory=dict)  # flat params shown to Optuna / the dashboard
+
+    @property
+    def identity(self) -> str:
+        return self.trial.identity
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"not JSON-able: {v!r}")
+
+
+def depths_str(depths: Iterable[int] | None) -> str:
+    return "-".join(str(int(d)) for d in depths) if depths else "-"
+
+
+def parse_depths(value: Any) -> tuple[int, ...]:
+    """Stage depths from a list [1, 2, 8, 1] or a string "1-2-8-1"."""
+    if isinstance(value, str):
+        try:
+            return tuple(int(x) for x in value.replace(" ", "").split("-"))
+        except ValueError:
+            raise ConfigError(f"stage_depths {value!r} is not four integers like '1-2-8-1'") from None
+    try:
+        return tuple(int(x) for x in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"stage_depths {value!r} is not four integers like [1, 2, 8, 1]") from None
+
+
+def num_classes(data: dict[str, Any]) -> int:
+    ds = data.get("dataset")
+    if ds == "cifar10":
+        return 10
+    if ds == "cifar100":
+        return 100
+    if ds == "imagefolder":
+        from dse.data import DataConfig
+
+        train = DataConfig(**data).resolved_root() / "train"
+        classes = [p for p in train.iterdir() if p.is_dir()] if train.is_dir() else []
+        if len(classes) < 2:
+            raise ConfigError(f"imagefolder root {train} has {len(classes)} class folders; need at least 2")
+        return len(classes)
+    raise ConfigError(f"unknown dataset {ds!r}; allowed: cifar10, cifar100, imagefolder")
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    if key == SEED:
+        tree[SEED] = value
+        return
+    group, _, name = key.partition(".")
+    if group not in SEARCHABLE_GROUPS or not name or "." in name:
+        raise ConfigError(f"unknown search key {key!r}; allowed: seed or <group>.<field> with group in "
+                          f"{', '.join(SEARCHABLE_GROUPS)}")
+    if name not in tree[group]:
+        allowed = ", ".join(f"{group}.{k}" for k in tree[group])
+        raise ConfigError(f"unknown search key {key!r}; allowed for {group}: {allowed}")
+    tree[group][name] = value
+
+
+def resolve_trial(base: dict[str, Any], overrides: dict[str, Any], seed: int) -> TrialConfig:
+    """Apply a point's dotted overrides to the base config and build the frozen trial config."""
+    tree = copy.deepcopy({g: base[g] for g in SEARCHABLE_GROUPS})
+    tree[SEED] = seed
+    for k, v in overrides.items():
+        _set_dotted(tree, k, v)
+    m = tree["model"]
+    try:
+        kw: dict[str, Any] = {"num_classes": num_classes(tree["data"])}
+        for f in ("dropout", "activation"):
+            if m.get(f) is not None:
+                kw[f] = m[f]
+        spec = spec_from_name(str(m["name"]), **kw)
+        changes: dict[str, Any] = {}
+        if m.get("stage_depths") is not None:
+            changes["stage_depths"] = parse_depths(m["stage_depths"])
+        if m.get("width") is not None:
+            changes["width"] = float(m["width"])
+        if changes:
+            spec = spec.replace(**changes)
+    except InvalidModelConfig as e:
+        raise ConfigError(str(e)) from None
+    seed_v = tree[SEED]
+    if isinstance(seed_v, bool) or not isinstance(seed_v, int):
+        raise ConfigError(f"seed must be an integer, got {seed_v!r}")
+    trial = TrialConfig(model=spec, data=dict(tree["data"]), optimizer=dict(tree["optimizer"]),
+                        trainer=dict(tree["trainer"]), seed=int(seed_v))
+    validate_trial(trial)
+    return trial
+
+
+def validate_trial(trial: TrialConfig) -> None:
+    """Build the core's typed configs once, so bad values fail at planning time, not mid-sweep."""
+    try:
+        trial.data_config()
+        trial.optim_config()
+        trial.train_config(None)
+    except DSEError as e:
+        raise ConfigError(str(e)) from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def check_constraints(facts: ModelFacts, constraints: dict[str, Any]) -> str | None:
+    """Why a model violates the size/MAC/param budget, or None when it fits (DESIGN.md decision 6)."""
+    checks = (("max_checkpoint_bytes", facts.checkpoint_bytes, "checkpoint"),
+              ("max_macs", facts.macs, "MACs"), ("max_params", facts.params, "params"))
+    for key, value, what in checks:
+        limit = constraints.get(key)
+        if limit is not None and value > limit:
+            return f"{what} {value:,} > {key} {limit:,}"
+    return None
+
+
+def _param_value(v: Any) -> Any:
+    """A value Optuna can store as a categorical choice."""
+    if isinstance(v, list | tuple):
+        return depths_str(v)
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return str(v)
+
+
+def dashboard_params(trial: TrialConfig, extra_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """The flat parameters a person wants to see in optuna-dashboard for a planned trial."""
+    p: dict[str, Any] = {
+        "model": trial.model.name,
+        "stage_depths": depths_str(trial.model.stage_depths),
+        "width": float(trial.model.width),
+        "dropout": float(trial.model.dropout),
+        "optimizer": trial.optimizer["name"],
+        "lr": trial.optimizer.get("lr"),
+        "dataset": trial.data["dataset"],
+        SEED: trial.seed,
+    }
+    tree = {"data": trial.data, "optimizer": trial.optimizer, "trainer": trial.trainer}
+    for k in extra_keys:
+        group, _, name = k.partition(".")
+        if group in tree and name in tree[group]:
+            p[k] = _param_value(tree[group][name])
+    return p
+
+
+def base_tree(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def plan_grid(cfg: DictConfig) -> list[PlannedTrial]:
+    """The union over blocks of points x product(grid) x seeds, deduplicated by identity, in a stable order."""
+    base = base_tree(cfg)
+    search = base["search"]
+    blocks = search.get("blocks") or {}
+    if not blocks:
+        raise ConfigError("empty search space: search.blocks is empty (pick an experiment, e.g. "
+                          "experiment=table3, or add search.blocks.<name>.points)")
+    constraints = search.get("constraints") or {}
+    max_seeds = search.get("max_seeds")
+    planned: dict[str, PlannedTrial] = {}
+    extra_keys: set[str] = set()
+    raw: list[tuple[str, dict[str, Any], TrialConfig]] = []
+    for bname, block in blocks.items():
+        if block is None:
+            continue
+        unknown = set(block) - {"points", "grid", "seeds"}
+        if unknown:
+            raise ConfigError(f"search.blocks.{bname}: unknown keys {sorted(unknown)}; allowed: points, grid, seeds")
+        points = block.get("points") or [{}]
+        grid = block.get("grid") or {}
+        for k, vals in grid.items():
+            if not isinstance(vals, list) or not vals:
+                raise ConfigError(f"search.blocks.{bname}.grid.{k} must be a non-empty list, got {vals!r}")
+        seeds = list(block.get("seeds") or search.get("seeds") or [0])
+        if max_seeds is not None:
+            seeds = seeds[: max(1, int(max_seeds))]
+        combos = [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())] or [{}]
+        for point in points:
+            if not isinstance(point, dict):
+                raise ConfigError(f"search.blocks.{bname}.points entries must be mappings, got {point!r}")
+            for combo in combos:
+                over = {**point, **combo}
+                extra_keys.update(k for k in over if k.split(".")[0] in ("data", "optimizer", "trainer"))
+                for seed in seeds:
+                    raw.append((bname, over, resolve_trial(base, over, int(seed))))
+    for bname, over, trial in raw:
+        if trial.identity in planned:
+            continue
+        facts = model_facts(trial.model)
+        planned[trial.identity] = PlannedTrial(
+            block=bname, overrides=over, trial=trial, facts=facts,
+            rejected=check_constraints(facts, constraints),
+            params=dashboard_params(trial, sorted(extra_keys - {"optimizer.name", "optimizer.lr",
+                                                                "data.dataset"})))
+    if not planned:
+        raise ConfigError("empty search space: the blocks produce no trial")
+    return list(planned.values())
+
+
+def grid_distributions(plan: list[PlannedTrial]) -> dict[str, Any]:
+    """One categorical distribution per parameter over every value the plan uses (stable across workers)."""
+    import optuna
+
+    keys: dict[str, set[Any]] = {}
+    for p in plan:
+        for k, v in p.params.items():
+            keys.setdefault(k, set()).add(v)
+    return {k: optuna.distributions.CategoricalDistribution(sorted(vs, key=lambda x: (x is None, str(type(x)), x if x is not None else 0)))
+            for k, vs in keys.items()}
+
+
+# -- sample mode -----------------------------------------------------------------------------------------------
+_SPEC_KEYS = {"type", "choices", "low", "high", "step", "log"}
+
+
+def validate_param_spec(key: str, spec: Any) -> None:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"search.params.{key} must be a mapping like {{type: float, low: 0.1, high: 0.5}}, "
+                          f"got {spec!r}")
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise ConfigError(f"search.params.{key}: unknown keys {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
+    kind = spec.get("type", "categorical" if "choices" in spec else None)
+    if kind == "categorical":
+        if not spec.get("choices"):
+            raise ConfigError(f"search.params.{key}: categorical needs a non-empty 'choices' list")
+        return
+    if kind not in ("int", "float"):
+        raise ConfigError(f"search.params.{key}: type {kind!r} unknown; allowed: categorical, int, float")
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"search.params.{key}: {kind} needs 'low' and 'high'")
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in (low, high)):
+        raise ConfigError(f"search.params.{key}: low/high must be numbers, got {low!r}/{high!r}")
+    if low > high:
+        raise ConfigError(f"search.params.{key}: low {low} > high {high}")
+    if spec.get("log") and low <= 0:
+        raise ConfigError(f"search.params.{key}: log scale needs low > 0, got {low}")
+    if spec.get("log") and spec.get("step") not in (None, 1):
+        raise ConfigError(f"search.params.{key}: step and log cannot be combined")
+    step = spec.get("step")
+    if step is not None and (not isinstance(step, int | float) or step <= 0 or math.isnan(step)):
+        raise ConfigError(f"search.params.{key}: step must be > 0, got {step!r}")
+
+
+def validate_sample_space(cfg: DictConfig) -> None:
+    search = base_tree(cfg)["search"]
+    params, cond = search.get("params") or {}, search.get("conditional") or {}
+    if not params:
+        raise ConfigError("empty search space: search.mode=sample needs search.params")
+    if not search.get("n_trials") or search["n_trials"] < 1:
+        raise ConfigError(f"search.n_trials must be >= 1 in sample mode, got {search.get('n_trials')!r}")
+    for key, spec in params.items():
+        if key != SEED:
+            _set_dotted(copy.deepcopy({g: base_tree(cfg)[g] for g in SEARCHABLE_GROUPS}), key, None)
+        validate_param_spec(key, spec)
+    for key, c in cond.items():
+        if not isinstance(c, dict) or "on" not in c or "cases" not in c:
+            raise ConfigError(f"search.conditional.{key} needs 'on: <key>' and 'cases: {{value: spec}}'")
+        if c["on"] not in params:
+            raise ConfigError(f"search.conditional.{key}: 'on' key {c['on']!r} is not in search.params")
+        for case, spec in c["cases"].items():
+            validate_param_spec(f"{key}[{case}]", spec)
+
+
+def suggest(trial: Any, search: dict[str, Any]) -> dict[str, Any]:
+    """Draw one point of the space with Optuna's suggest API (conditional keys after their parents)."""
+    out: dict[str, Any] = {}
+
+    def draw(key: str, spec: dict[str, Any]) -> Any:
+        kind = spec.get("type", "categorical" if "choices" in spec else None)
+        if kind == "categorical":
+            choices = [_param_value(c) for c in spec["choices"]]
+            return trial.suggest_categorical(key, choices)
+        if kind == "int":
+            return trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step") or 1),
+                                     log=bool(spec.get("log", False)))
+        return trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
+                                   log=bool(spec.get("log", False)))
+
+    for key, spec in (search.get("params") or {}).items():
+        out[key] = draw(key, spec)
+    for key, c in (search.get("conditional") or {}).items():
+        parent = out.get(c["on"])
+        cases = {str(k): v for k, v in c["cases"].items()}
+        if str(parent) in cases:
+            out[key] = draw(key, cases[str(parent)])
+    return out
+
+
+def space_fingerprint(cfg: DictConfig, plan: list[PlannedTrial] | None) -> str:
+    """What makes two runs 'the same study': the planned identities (grid) or the space + base config."""
+    tree = base_tree(cfg)
+    if plan is not None:
+        payload: Any = sorted(p.identity for p in plan)
+    else:
+        payload = {"search": {k: tree["search"].get(k) for k in ("params", "conditional", "objectives",
+                                                                  "constraints")},
+                   "base": {g: tree[g] for g in SEARCHABLE_GROUPS}}
+        for g in ("data",):
+            payload["base"][g] = {k: v for k, v in payload["base"][g].items() if k not in _NON_SEMANTIC_DATA}
+        payload["base"]["trainer"] = {k: v for k, v in payload["base"]["trainer"].items()
+                                      if k not in _NON_SEMANTIC_TRAINER}
+    blob = json.dumps(payload, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+__all__ = ["PlannedTrial", "TrialConfig", "asdict", "check_constraints", "dashboard_params", "depths_str",
+           "grid_distributions", "parse_depths", "plan_grid", "resolve_trial", "space_fingerprint", "suggest",
+           "validate_sample_space"]

@@ -1,0 +1,256 @@
+"""The paper's Tables 1-7 again, from the results store: the paper's numbers beside ours, with flags.
+
+``python -m dse.tables`` (``make tables``) reads ``dse_trials`` / ``dse_deployments`` (never Optuna's tables),
+matches every row of ``experiments/paper_tables/table{1..7}_*.csv`` to trials (``dse.tables.match``), flags the
+paper's own inconsistencies (``dse.tables.paper``) and writes ``<out>/tables/tableN.{md,csv,tex}``,
+``<out>/figures/*.png`` (``dse.figures``) and ``<out>/report.md`` (``dse.tables.report``).
+
+Library use::
+
+    from dse.tables import Options, generate
+    result = generate(Options(db_url="sqlite:///results/dse.db", out_dir=Path("results")))
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
+
+from dse.errors import ConfigError, DSEError
+from dse.store import Store, StoreError, TrialRow
+from dse.tables.match import aggregate, deployments_by_row
+from dse.tables.paper import DEFAULT_PAPER_DIR, load_paper_tables, paper_flags
+from dse.tables.render import MB, TableResult, to_csv_frame, to_latex, to_markdown
+
+DEFAULT_DB_URL = "sqlite:///results/dse.db"
+FORMATS = ("md", "csv", "tex")
+
+
+class TablesError(DSEError):
+    """The tables cannot be generated (no store, unknown study, unknown format)."""
+
+
+def default_db_url() -> str:
+    """``$DSE_STORAGE_URL`` if set, else the embedded default ``sqlite:///results/dse.db``."""
+    return os.environ.get("DSE_STORAGE_URL") or DEFAULT_DB_URL
+
+
+def run_command(table: int) -> str:
+    """The exact command that runs a table's missing rows."""
+    return f"python -m dse.sweep experiment=table{table}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``generate`` reads and writes. ``out_dir`` gets tables/, figures/ and report.md."""
+
+    db_url: str = DEFAULT_DB_URL
+    out_dir: Path = Path("results")
+    formats: tuple[str, ...] = ("md",)
+    studies: tuple[str, ...] | None = None  # None: every study in the store
+    paper_dir: Path | None = None  # None: experiments/paper_tables next to the package
+    figures: bool = True
+
+
+@dataclass
+class StoreData:
+    """The three frames everything is built from (one query each)."""
+
+    trials: pd.DataFrame
+    deployments: pd.DataFrame
+    store: Store | None = None
+    all_studies: list[str] = field(default_factory=list)
+
+    def epochs(self, trial_ids: list[int]) -> pd.DataFrame:
+        if self.store is None or not trial_ids:
+            return pd.DataFrame(columns=["trial_id", "epoch", "train_acc", "val_acc"])
+        return self.store.epochs(trial_ids=trial_ids)
+
+
+@dataclass
+class Generated:
+    tables: dict[int, TableResult]
+    files: list[Path]
+    data: StoreData
+
+
+# ------------------------------------------------------------------------------------------------- reading
+
+
+def _empty_trials() -> pd.DataFrame:
+    return pd.DataFrame(columns=[c.name for c in TrialRow.__table__.columns])
+
+
+def open_store(url: str) -> Store | None:
+    """The store at ``url``; None if it holds no dse tables yet. A missing SQLite file is an error."""
+    try:
+        parsed = make_url(url)
+    except Exception as e:
+        raise TablesError(f"--db {url!r} is not a database URL; expected e.g. sqlite:///results/dse.db") from e
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).exists():
+            raise TablesError(f"no results store at {parsed.database} (from {url}); run `python -m dse.sweep` "
+                              "first, or pass --db URL / set DSE_STORAGE_URL")
+    store = Store(url, create=False, retries=2, backoff=0.2)
+    with store.engine.connect() as conn:
+        if not inspect(conn).has_table(TrialRow.__tablename__):
+            return None
+    return store
+
+
+def read_store(url: str, studies: tuple[str, ...] | None = None) -> StoreData:
+    """Trials (every status) and deployments, restricted to ``studies`` when given."""
+    store = open_store(url)
+    if store is None:
+        return StoreData(_empty_trials(), pd.DataFrame(), None, [])
+    known = store.studies()
+    if studies:
+        unknown = sorted(set(studies) - set(known))
+        if unknown:
+            raise TablesError(f"unknown study {', '.join(map(repr, unknown))}; the store has: "
+                              f"{', '.join(known) or 'no studies'}")
+    trials = store.trials(study=list(studies) if studies else None)
+    deployments = store.deployments()
+    if studies and len(deployments):
+        keep = deployments["trial_id"].isna() | deployments["trial_id"].isin(trials["id"])
+        deployments = deployments[keep]
+    return StoreData(trials, deployments, store, known)
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+
+def _our_sizes(paper: pd.DataFrame, res: pd.DataFrame) -> pd.DataFrame:
+    """Our checkpoint MB / params / MACs per row: from trials, else computed from the architecture."""
+    from dse.models import model_facts
+
+    out = res.copy()
+    have = out["ckpt_bytes"].notna()
+    out["ours_mb_source"] = np.where(have, "trial", "computed")
+    need = ~have | out["params"].isna() | out["macs"].isna()
+    for i in np.flatnonzero(need.to_numpy()):
+        f = model_facts(paper["spec"].iat[i])  # cached per spec; only rows nobody ran yet
+        for col, val in (("ckpt_bytes", f.checkpoint_bytes), ("params", f.params), ("macs", f.macs)):
+            if pd.isna(out[col].iat[i]):
+                out.iloc[i, out.columns.get_loc(col)] = float(val)
+    out["ours_mb"] = out["ckpt_bytes"].astype(float) / MB
+    return out
+
+
+def _notes(r) -> list[str]:
+    notes = []
+    if r.status == "ok" and (r.n_budgets or 0) > 1:
+        notes.append(f"largest of {int(r.n_budgets)} budgets used ({int(r.epochs)} epochs, data fraction "
+                     f"{r.data_fraction:g}); smaller budgets not averaged in")
+    if r.status == "ok" and (r.n_configs or 0) > 1:
+        notes.append(f"best of {int(r.n_configs)} training configs at this budget by validation accuracy: "
+                     f"{r.config}")
+    return notes
+
+
+def build_tables(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFrame | None = None
+                 ) -> dict[int, TableResult]:
+    """Every paper table joined with our trials (pure: frames in, ``TableResult`` per table out)."""
+    res = aggregate(paper, trials, deployments)
+    res = _our_sizes(paper, res)
+    rows = paper.drop(columns=["spec"]).merge(res, on=["table", "row"], how="left", validate="1:1")
+    for fmt in ("onnx", "onnx_int8"):
+        for q in ("p50_ms", "p99_ms"):
+            rows[f"{fmt}_{q}"] = np.nan
+    if deployments is not None and len(deployments):
+        per = deployments_by_row(rows, paper, deployments)
+        if len(per):
+            for fmt in ("onnx", "onnx_int8"):
+                sub = per[per["format"] == fmt].set_index(["table", "row"])
+                idx = pd.MultiIndex.from_frame(rows[["table", "row"]])
+                for q in ("p50_ms", "p99_ms"):
+                    rows[f"{fmt}_{q}"] = sub[q].reindex(idx).to_numpy(dtype=float)
+    ours = {(m, d): mb for m, d, mb in zip(rows["model_name"], rows["dataset"], rows["ours_mb"])}
+    flags = paper_flags(paper, ours)
+    tables: dict[int, TableResult] = {}
+    for n, part in rows.groupby("table", sort=True):
+        part = part.sort_values("row").reset_index(drop=True)
+        studies = sorted({s for ss in part["studies"].dropna() for s in str(ss).split(", ") if s})
+        tables[int(n)] = TableResult(
+            number=int(n), rows=part,
+            flags=[flags[(int(n), int(r))] for r in part["row"]],
+            notes=[_notes(r) for r in part.itertuples(index=False)],
+            command=run_command(int(n)), studies=studies)
+    return tables
+
+
+# ------------------------------------------------------------------------------------------------- writing
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temp file + rename, so a reader never sees half a file (DESIGN.md #10)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_tables(tables: dict[int, TableResult], out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+    files = []
+    for n, t in tables.items():
+        for fmt in formats:
+            path = out_dir / "tables" / f"table{n}.{fmt}"
+            if fmt == "md":
+                write_atomic(path, to_markdown(t))
+            elif fmt == "tex":
+                write_atomic(path, to_latex(t))
+            elif fmt == "csv":
+                write_atomic(path, to_csv_frame(t).to_csv(index=False))
+            files.append(path)
+    return files
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    fmts = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise TablesError(f"unknown format {', '.join(bad) or repr(text)}; allowed: {', '.join(FORMATS)}")
+    return fmts
+
+
+def generate(opts: Options, data: StoreData | None = None) -> Generated:
+    """Read the store (unless ``data`` is given), build every table, write tables, figures and the report."""
+    from dse.tables.report import write_report
+
+    for f in opts.formats:
+        if f not in FORMATS:
+            raise TablesError(f"unknown format {f!r}; allowed: {', '.join(FORMATS)}")
+    paper = load_paper_tables(opts.paper_dir or DEFAULT_PAPER_DIR)
+    if data is None:
+        data = read_store(opts.db_url, opts.studies)
+    tables = build_tables(paper, data.trials, data.deployments)
+    out = Path(opts.out_dir)
+    files = write_tables(tables, out, opts.formats)
+    figs: list[Path] = []
+    if opts.figures:
+        from dse.figures import write_figures
+        points = pd.concat([t.rows for t in tables.values()], ignore_index=True)[
+            ["table", "model", "model_name", "accuracy_pct", "size_mb", "sec_per_epoch", "macs", "dataset"]]
+        figs = write_figures(data.trials, points, data.epochs, out / "figures")
+        files += figs
+    files.append(write_report(out, tables, data, opts, figs))
+    return Generated(tables, files, data)
+
+
+__all__ = [
+    "ConfigError", "DEFAULT_DB_URL", "FORMATS", "Generated", "Options", "StoreData", "StoreError", "TableResult",
+    "TablesError", "build_tables", "default_db_url", "generate", "load_paper_tables", "open_store",
+    "parse_formats", "read_store", "run_command", "write_atomic", "write_tables",
+]

@@ -1,0 +1,64 @@
+"""``python -m dse.tables``: write the paper's Tables 1-7 (paper vs ours), figures and report from the store.
+
+Errors (no store, unknown study or format, unreachable database) print one line to stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dse.tables import default_db_url
+
+    ap = argparse.ArgumentParser(prog="python -m dse.tables", description=__doc__.splitlines()[0])
+    ap.add_argument("--db", default=None, metavar="URL",
+                    help=f"results store (default: $DSE_STORAGE_URL or sqlite:///results/dse.db; now {default_db_url()})")
+    ap.add_argument("--study", action="append", metavar="NAME",
+                    help="only trials of this study (repeatable); default: every study")
+    ap.add_argument("--out", default="results", metavar="DIR",
+                    help="output root: DIR/tables/tableN.*, DIR/figures/*.png, DIR/report.md (default results)")
+    ap.add_argument("--format", default="md", metavar="md,csv,tex", help="table formats, comma-separated")
+    ap.add_argument("--paper-dir", default=None, metavar="DIR",
+                    help="the paper's table CSVs (default experiments/paper_tables)")
+    ap.add_argument("--no-figures", action="store_true", help="tables and report only")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from dse.errors import DSEError
+    from dse.tables import Options, generate, parse_formats
+
+    t0 = time.perf_counter()
+    try:
+        opts = Options(db_url=args.db or default_db_url(), out_dir=Path(args.out),
+                       formats=parse_formats(args.format), studies=tuple(args.study) if args.study else None,
+                       paper_dir=Path(args.paper_dir) if args.paper_dir else None, figures=not args.no_figures)
+        res = generate(opts)
+    except DSEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    trials = res.data.trials
+    if trials.empty:
+        print("note: the store has no trials; every row is 'not run' "
+              "(start with: python -m dse.sweep experiment=tables)")
+    else:
+        counts = trials["status"].value_counts()
+        print(f"{len(trials):,} trials ({', '.join(f'{v:,} {k}' for k, v in counts.items())}) from "
+              f"{trials['study'].nunique()} studies")
+    for n, t in res.tables.items():
+        st = t.rows["status"]
+        flagged = sum(1 for f in t.flags if f)
+        print(f"Table {n}: {int((st == 'ok').sum())}/{len(st)} rows with results"
+              + (f", {int((st != 'ok').sum())} missing (run: {t.command})" if (st != "ok").any() else "")
+              + (f", {flagged} rows flagged" if flagged else ""))
+    print(f"wrote {len(res.files)} files under {opts.out_dir}/ (report: {opts.out_dir / 'report.md'}) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Every config group and every experiment composes and plans (dry run: resolve and count, no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dse.config import CONF_DIR, EXPERIMENTS_DIR, compose, experiment_names, study_name
+from dse.errors import ConfigError
+from dse.space import plan_grid, resolve_trial, validate_sample_space
+from dse.sweep import Worker
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def test_groups_are_the_documented_ones():
+    assert set(GROUPS) == {"model", "data", "optimizer", "trainer", "search", "sampler", "pruner", "storage",
+                           "budget"}
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_group_option_composes_and_plans(group, option, tiny_imagefolder):
+    overrides = [f"{group}={option}", "experiment=custom"]
+    if option == "imagefolder":
+        overrides.append(f"data.root={tiny_imagefolder}")
+    cfg = compose(overrides)
+    plan = plan_grid(cfg)
+    assert len(plan) == 1
+    assert plan[0].facts.params > 0
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_every_experiment_plans(name):
+    cfg = compose([f"experiment={name}", "budget=paper"])
+    assert cfg.study.experiment == name
+    assert study_name(cfg) == f"{name}-paper"
+    if cfg.search.mode == "sample":
+        validate_sample_space(cfg)
+        return
+    plan = plan_grid(cfg)
+    assert len({p.identity for p in plan}) == len(plan) > 0
+
+
+def test_experiment_trial_counts():
+    count = {n: len(plan_grid(compose([f"experiment={n}", "budget=paper"])))
+             for n in ("table1", "table3", "table4", "table6", "tables", "paper")}
+    assert count["table1"] == 27  # 9 models x the paper's 3 runs
+    assert count["table3"] == 13 and count["table4"] == 5 and count["table6"] == 10
+    assert 500 <= count["paper"] <= 700  # "about 600 trials"
+    # the budget caps seeds for cheap studies but keeps every configuration
+    assert len(plan_grid(compose(["experiment=table1", "budget=smoke"]))) == 9
+
+
+def test_table6_runs_on_cifar100_with_each_optimizer():
+    plan = plan_grid(compose(["experiment=table6", "budget=paper"]))
+    assert {p.trial.data["dataset"] for p in plan} == {"cifar100"}
+    assert {p.trial.model.num_classes for p in plan} == {100}
+    assert len({p.trial.optimizer["name"] for p in plan}) == 9
+
+
+def test_identity_ignores_machine_settings_but_not_semantics():
+    base = compose(["experiment=custom"])
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(base, resolve=True)
+    a = resolve_trial(tree, {}, 0)
+    b = resolve_trial(tree, {"trainer.device": "cuda", "data.root": "/elsewhere"}, 0)
+    c = resolve_trial(tree, {"model.dropout": 0.1}, 0)
+    d = resolve_trial(tree, {}, 1)
+    assert a.identity == b.identity
+    assert len({a.identity, c.identity, d.identity}) == 3
+
+
+def test_budget_is_an_override_of_the_same_experiment():
+    smoke = compose(["experiment=table3", "budget=smoke"])
+    paper = compose(["experiment=table3", "budget=paper"])
+    assert smoke.trainer.epochs < paper.trainer.epochs == 200
+    assert [p.trial.model.name for p in plan_grid(smoke)] == [p.trial.model.name for p in plan_grid(paper)]
+
+
+def test_constraints_reject_before_training():
+    cfg = compose(["experiment=table3", "search.constraints.max_checkpoint_bytes=300000"])
+    plan = plan_grid(cfg)
+    rejected = [p for p in plan if p.rejected]
+    assert rejected and all(p.facts.checkpoint_bytes > 300000 for p in rejected)
+    assert all(p.facts.checkpoint_bytes <= 300000 for p in plan if not p.rejected)
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["trainer.nonsense=1"], "nonsense"),
+    (["trainer.epochs=abc"], "abc"),
+    (["experiment=nope"], "nope"),
+    (["optimizer.name=sgdd"], "sgdd"),
+    (["model.name=resnet50"], "resnet50"),
+    (["model.width=-1"], "-1"),
+    (["trainer.batch_size=0"], "batch"),
+    (["optimizer.lr=-0.1"], "-0.1"),
+    (["experiment=custom", "search.blocks={}"], "empty search space"),
+    (["experiment=dse", "search.params={model.width: {type: float, low: 3.0, high: 2.0}}"], "low 3.0 > high 2.0"),
+])
+def test_bad_input_is_one_clear_line(overrides, needle, capsys):
+    from dse.sweep import main
+
+    rc = main([*overrides, "dry_run=true"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:")
+    assert needle in err
+
+
+def test_low_greater_than_high_is_refused():
+    cfg = compose(["experiment=dse"])
+    cfg.search.params["model.width"]["low"] = 3.0
+    with pytest.raises(ConfigError, match="low 3.0 > high 2.0"):
+        validate_sample_space(cfg)
+
+
+def test_dry_run_lists_trials_and_rejections(capsys):
+    from dse.sweep import main
+
+    assert main(["experiment=table3", "dry_run=true", "search.constraints.max_checkpoint_bytes=300000"]) == 0
+    out = capsys.readouterr().out
+    assert "Shallow SqueezeNext-06-0.125x" in out
+    assert "13 planned trials" in out and "rejected" in out
+
+
+def test_worker_validates_everything_before_storage(tmp_path):
+    db = tmp_path / "never.db"
+    cfg = compose(["experiment=table4", f"storage.url=sqlite:///{db}"])
+    Worker(cfg)  # plans, builds sampler and pruner
+    assert not db.exists()
+
+
+def test_experiment_files_are_where_the_design_says():
+    assert EXPERIMENTS_DIR.name == "experiments" and (EXPERIMENTS_DIR / "paper_tables").is_dir()
+    assert {f"table{i}" for i in range(1, 8)} <= set(experiment_names())
+    assert Path(CONF_DIR / "config.yaml").is_file()
