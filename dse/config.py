@@ -95,7 +95,7 @@ class SearchConf:
     mode: str = "grid"  # grid | sample
     blocks: dict[str, Any] = field(default_factory=dict)  # name -> {points: [...], grid: {...}, seeds: [...]}
     params: dict[str, Any] = field(default_factory=dict)  # key -> {type, choices | low, high, step, log}
-    conditional: dict[str, Any] = field(default_factory=dict)  # key -> {on: key, cases: {value: spec}}
+    conditional: dict[str, Any] = field(default_factory=dict)  # key -> {parent: key, cases: {value: spec}}
     seeds: list[int] = field(default_factory=lambda: [0])  # default seeds of blocks without their own
     max_seeds: int | None = None  # cap on seeds per block (budgets use it: smoke/quick run 1)
     n_trials: int | None = None  # sample mode: the study's global trial budget

@@ -19,16 +19,19 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on the workers
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 
 MB = 1_000_000  # bytes per MB, as the paper counts them
 
 #: One colour per arch, stable across runs (tab10).
 ARCH_COLOURS = {"squeezenet_1_0": "#1f77b4", "squeezenet_1_1": "#17becf", "sqnxt": "#ff7f0e",
                 "modified_sqnxt": "#9467bd", "shallow_sqnxt": "#2ca02c"}
-ARCH_LABELS = {"squeezenet_1_0": "SqueezeNet-v1.0", "squeezenet_1_1": "SqueezeNet-v1.1", "sqnxt": "SqueezeNext",
-               "modified_sqnxt": "Modified SqueezeNext", "shallow_sqnxt": "Shallow SqueezeNext"}
+ARCH_LABELS = {"squeezenet_1_0": "SqueezeNet-v1.0", "squeezenet_1_1": "SqueezeNet-v1.1",
+               "sqnxt": "SqueezeNext", "modified_sqnxt": "Modified SqueezeNext",
+               "shallow_sqnxt": "Shallow SqueezeNext"}
 
 #: The three panels of Figure 9: (title, how to pick the trial).
 FIG9_PANELS = (
@@ -71,21 +74,22 @@ def figure9(trials: pd.DataFrame, load_epochs: Callable[[list[int]], pd.DataFram
     ids = [int(p["id"]) for p in picks if p is not None]
     ep = load_epochs(ids) if ids else pd.DataFrame(columns=["trial_id"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True, constrained_layout=True)
-    for ax, (title, _, value), pick in zip(axes, FIG9_PANELS, picks):
+    for ax, (title, _, value), pick in zip(axes, FIG9_PANELS, picks, strict=True):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if pick is None:
             ax.set_title(title)
             what = value if value != "shallow_sqnxt" else "any shallow_sqnxt model"
-            ax.text(0.5, 0.5, f"not run\n({what}, CIFAR-10)", ha="center", va="center", transform=ax.transAxes,
-                    fontsize=12, color="0.4")
+            ax.text(0.5, 0.5, f"not run\n({what}, CIFAR-10)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=12, color="0.4")
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 100)
             continue
         curve = ep[ep["trial_id"] == int(pick["id"])].sort_values("epoch")
         ax.plot(curve["epoch"], curve["train_acc"], label="train", color="#1f77b4", lw=1.6)
         ax.plot(curve["epoch"], curve["val_acc"], label="validation", color="#d62728", lw=1.6)
-        ax.set_title(f"{title}\n{pick['model_name']} (trial {int(pick['id'])}, {pick['study']}): "
+        ax.set_title(f"{title}\n{pick['model_name']} (trial {int(pick['id'])}, {pick['study']}, "
+                     f"{int(pick['epochs'])} ep, {float(pick['data_fraction']) * 100:g} % data): "
                      f"val {pick['best_val_acc']:.1f} %, test {pick['test_acc']:.1f} %", fontsize=9)
         ax.legend(loc="lower right", fontsize=9)
     axes[0].set_ylabel("accuracy (%)")
@@ -106,42 +110,63 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _place_labels(ax: plt.Axes, xs, ys, labels, fontsize: float = 6.5) -> None:
-    """Greedy label placement: for each point try 8 offsets, keep the one overlapping least (display px)."""
+    """Greedy label placement in display pixels: for each point (top first) try a ring of offsets and keep the
+    one that overlaps earlier labels and other points least and stays inside the axes."""
     fig = ax.figure
-    fig.canvas.draw()  # transforms must be final
+    # limits are frozen by the caller and the layout is fixed (no constrained layout): transforms are final
     trans = ax.transData
-    placed: list[tuple[float, float, float, float]] = []
+    frame = ax.bbox.extents  # x0, y0, x1, y1 in pixels
     pts = trans.transform(np.column_stack([xs, ys]))
-    char_w, h = fontsize * 0.62 * fig.dpi / 72, fontsize * 1.3 * fig.dpi / 72
-    offsets = [(6, 4), (6, -10), (-6, 4), (-6, -10), (6, 14), (-6, 14), (6, -20), (-6, -20)]
-    for (px, py), label in sorted(zip(pts.tolist(), labels), key=lambda t: -t[0][1]):
+    px_per_pt = fig.dpi / 72
+    char_w, h = fontsize * 0.6 * px_per_pt, fontsize * 1.25 * px_per_pt
+    offsets = [(5, 3), (5, -9), (-5, 3), (-5, -9), (5, 12), (-5, 12), (5, -18), (-5, -18),  # points
+               (14, 20), (-14, 20), (14, -26), (-14, -26), (22, 0), (-22, 0), (30, 10), (-30, 10),
+               (30, -16), (-30, -16), (8, 30), (-8, 30), (8, -36), (-8, -36)]
+    placed: list[tuple[float, float, float, float]] = []
+    leaders: list[np.ndarray] = []
+
+    def overlap(a, b) -> float:
+        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+    for (px, py), label in sorted(zip(pts.tolist(), labels, strict=True), key=lambda t: -t[0][1]):
         w = char_w * len(label)
-        best, best_cost = offsets[0], np.inf
+        best = None
         for dx, dy in offsets:
-            dxp, dyp = dx * fig.dpi / 72, dy * fig.dpi / 72
-            x0 = px + dxp if dx > 0 else px + dxp - w
-            box = (x0, py + dyp, x0 + w, py + dyp + h)
-            cost = sum(max(0.0, min(box[2], b[2]) - max(box[0], b[0])) * max(0.0, min(box[3], b[3]) - max(box[1], b[1]))
-                       for b in placed)
-            cost += 0.5 * sum(1 for qx, qy in pts if box[0] <= qx <= box[2] and box[1] <= qy <= box[3]) * w * h
-            if cost < best_cost:
-                best, best_cost = (dx, dy), cost
-                box_best = box
-            if cost == 0:
-                break
-        placed.append(box_best)
-        ax.annotate(label, (float(trans.inverted().transform((px, py))[0]),
-                            float(trans.inverted().transform((px, py))[1])),
-                    xytext=best, textcoords="offset points", fontsize=fontsize,
-                    ha="left" if best[0] > 0 else "right", va="bottom", color="black",
-                    arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5", shrinkA=0, shrinkB=2))
+            x0 = px + dx * px_per_pt - (w if dx < 0 else 0)
+            box = (x0, py + dy * px_per_pt, x0 + w, py + dy * px_per_pt + h)
+            cost = 5 * sum(overlap(box, b) for b in placed)  # label on label is the worst: unreadable
+            r = 6 * px_per_pt  # a star's radius: a label must not hide another paper point
+            cost += sum(0.5 * w * h for qx, qy in pts
+                        if box[0] - r <= qx <= box[2] + r and box[1] - r <= qy <= box[3] + r)
+            outside = (max(0.0, frame[0] - box[0]) + max(0.0, box[2] - frame[2])) * h + \
+                (max(0.0, frame[1] - box[1]) + max(0.0, box[3] - frame[3])) * w
+            cost += 5 * outside + 2 * (abs(dx) + abs(dy))  # prefer near, inside
+            if best is None or cost < best[0]:
+                best = (cost, (dx, dy), box)
+        assert best is not None
+        _, (dx, dy), box = best
+        placed.append(box)
+        # plain text + one LineCollection of leaders (annotate's arrow clipping costs ~10 ms per label)
+        tx, ty = trans.inverted().transform((px + dx * px_per_pt, py + dy * px_per_pt))
+        ax.text(float(tx), float(ty), label, fontsize=fontsize, ha="left" if dx > 0 else "right", va="bottom")
+        ly = py + dy * px_per_pt + (0 if dy >= 0 else h * 0.5)
+        leaders.append(trans.inverted().transform([(px, py), (px + dx * px_per_pt, ly)]))
+    ax.add_collection(LineCollection(leaders, colors="0.55", linewidths=0.4, zorder=4), autolim=False)
+
+
+def short_label(model: str) -> str:
+    """The paper's row name, short: 'Shallow SqueezeNext-06-0.2x-v1' -> 'SSqNxt-06-0.2x' (a "-v1" is a re-run
+    of the same model), 'Squeezed CNN (SqueezeNet implementation)' -> 'Squeezed CNN'."""
+    s = str(model).replace("Shallow SqueezeNext-", "SSqNxt-").replace(" (baseline)", "")
+    s = s.replace(" (SqueezeNet implementation)", "")
+    return s.removesuffix("-v1")
 
 
 def tradeoff(trials: pd.DataFrame, paper_points: pd.DataFrame, path: Path) -> Path:
     """Accuracy vs checkpoint MB, MACs and s/epoch; Pareto fronts; the paper's points labelled.
 
-    ``paper_points``: columns table, model, model_name, accuracy_pct, size_mb, sec_per_epoch, macs (ours,
-    computed for that architecture), dataset; only CIFAR-10 rows are drawn.
+    ``paper_points``: columns table, model, model_name, display_name, accuracy_pct, size_mb, sec_per_epoch,
+    macs (ours, computed for that architecture), dataset; only CIFAR-10 rows are drawn.
     """
     done = _complete_c10(trials)
     done = done.dropna(subset=["test_acc"]) if len(done) else done
@@ -154,21 +179,27 @@ def tradeoff(trials: pd.DataFrame, paper_points: pd.DataFrame, path: Path) -> Pa
                            macs_m=done["macs"].astype(float) / 1e6)
     if len(pp):
         pp["macs_m"] = pp["macs"].astype(float) / 1e6
-        pp["short"] = [str(m).replace("Shallow SqueezeNext-", "SSqNxt-").replace(" (baseline)", "")
-                       .replace("Squeezed CNN (SqueezeNet implementation)", "Squeezed CNN") for m in pp["model"]]
-    fig, axes = plt.subplots(1, 3, figsize=(19, 6.8), sharey=True, constrained_layout=True)
+        pp["short"] = [short_label(m) for m in pp["model"]]
+    # fixed margins (not constrained layout): label placement needs final transforms without a draw
+    fig, axes = plt.subplots(1, 3, figsize=(19, 6.8), sharey=True)
+    fig.subplots_adjust(left=0.045, right=0.99, top=0.93, bottom=0.17, wspace=0.06)
     devices = ", ".join(sorted({str(d) for d in done["device"].dropna()})) if len(done) else ""
-    for ax, (xlabel, ours_col, paper_col) in zip(axes, panels):
+    to_label = []
+    for ax, (xlabel, ours_col, paper_col) in zip(axes, panels, strict=True):
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
+        ax.margins(x=0.1, y=0.05)  # room for the labels of the outermost points
         ax.grid(alpha=0.3, which="both", lw=0.4)
         if len(done):
             sub = done.dropna(subset=[ours_col])
             sub = sub[sub[ours_col] > 0]
             for arch, grp in sub.groupby("arch", sort=True):
                 ax.scatter(grp[ours_col], grp["test_acc"], s=9, alpha=0.45, lw=0,
-                           color=ARCH_COLOURS.get(str(arch), "0.5"), label=f"ours: {ARCH_LABELS.get(arch, arch)}",
-                           rasterized=True)
+                           color=ARCH_COLOURS.get(str(arch), "0.5"),
+                           label=f"ours: {ARCH_LABELS.get(arch, arch)}", rasterized=True)
             if len(sub):
                 x, y = sub[ours_col].to_numpy(float), sub["test_acc"].to_numpy(float)
                 front = pareto_front(x, y)
@@ -182,18 +213,26 @@ def tradeoff(trials: pd.DataFrame, paper_points: pd.DataFrame, path: Path) -> Pa
             ax.scatter(pts[paper_col], pts["accuracy_pct"], marker="*", s=90, color="#d62728",
                        edgecolor="black", lw=0.5, zorder=5,
                        label="paper (MACs: ours for that architecture)" if paper_col == "macs_m" else "paper")
-            lab = pts.sort_values("accuracy_pct", ascending=False).drop_duplicates("short")
-            _place_labels(ax, lab[paper_col].to_numpy(float), lab["accuracy_pct"].to_numpy(float),
-                          list(lab["short"]))
+            # one label per name and x position (Table 4's five dropout rates share one)
+            lab = pts.sort_values("accuracy_pct", ascending=False).drop_duplicates(["short", paper_col])
+            to_label.append((ax, lab[paper_col].to_numpy(float), lab["accuracy_pct"].to_numpy(float),
+                             list(lab["short"])))
         if not len(done) and not len(pts):
             ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    # labels last: the shared y limits are final only once every panel has its data
+    for ax in axes:
+        ax.set_xlim(ax.get_xlim())
+    axes[0].set_ylim(axes[0].get_ylim())
+    for args in to_label:
+        _place_labels(*args)
     axes[0].set_ylabel("top-1 test accuracy (%), CIFAR-10")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8,
-                   markerscale=1.5)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 7), fontsize=8,
+                   markerscale=1.5, frameon=False)
     n = len(done)
-    fig.suptitle(f"Accuracy trade-offs: {n:,} complete CIFAR-10 trials (ours{': ' + devices if devices else ''}) "
+    on = f": {devices}" if devices else ""
+    fig.suptitle(f"Accuracy trade-offs: {n:,} complete CIFAR-10 trials (ours{on}) "
                  "vs the paper's reported models (paper speeds: RTX 2080 Ti)", fontsize=11)
     return _save(fig, path)
 

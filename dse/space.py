@@ -345,10 +345,10 @@ def validate_sample_space(cfg: DictConfig) -> None:
             _set_dotted(copy.deepcopy({g: base_tree(cfg)[g] for g in SEARCHABLE_GROUPS}), key, None)
         validate_param_spec(key, spec)
     for key, c in cond.items():
-        if not isinstance(c, dict) or "on" not in c or "cases" not in c:
-            raise ConfigError(f"search.conditional.{key} needs 'on: <key>' and 'cases: {{value: spec}}'")
-        if c["on"] not in params:
-            raise ConfigError(f"search.conditional.{key}: 'on' key {c['on']!r} is not in search.params")
+        if not isinstance(c, dict) or "parent" not in c or "cases" not in c:
+            raise ConfigError(f"search.conditional.{key} needs 'parent: <key>' and 'cases: {{value: spec}}'")
+        if c["parent"] not in params:
+            raise ConfigError(f"search.conditional.{key}: parent {c['parent']!r} is not in search.params")
         for case, spec in c["cases"].items():
             validate_param_spec(f"{key}[{case}]", spec)
 
@@ -371,7 +371,7 @@ def suggest(trial: Any, search: dict[str, Any]) -> dict[str, Any]:
     for key, spec in (search.get("params") or {}).items():
         out[key] = draw(key, spec)
     for key, c in (search.get("conditional") or {}).items():
-        parent = out.get(c["on"])
+        parent = out.get(c["parent"])
         cases = {str(k): v for k, v in c["cases"].items()}
         if str(parent) in cases:
             out[key] = draw(key, cases[str(parent)])

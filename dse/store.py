@@ -120,6 +120,7 @@ class TrialRow(Base):
     torch_version: Mapped[str | None] = mapped_column(String(40))
     git_commit: Mapped[str | None] = mapped_column(String(64))
     host: Mapped[str | None] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))  # "host:pid" of the process that ran it last
     config_json: Mapped[str] = mapped_column(Text)
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ from dse.space import (
 )
 
 log = logging.getLogger("dse.sweep")
+# heartbeats and stale-trial handling are "experimental" in Optuna's terms but are what we rely on
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 FINGERPRINT_ATTR = "dse_space_fingerprint"
 OBJECTIVES = {  # name -> (direction, how to read it from a finished trial row)
@@ -179,7 +182,9 @@ class Worker:
             raise ConfigError(f"search.objectives must start with val_acc, got {self.objectives}")
         self.multi = len(self.objectives) > 1
         self.base = OmegaConf.to_container(cfg, resolve=True)
-        # Plan (and so validate) everything before touching any storage.
+        # Plan (and so validate) everything before touching any storage; the base config itself must be valid
+        # even where every point overrides the model (a typo on the command line is still a typo).
+        resolve_trial(self.base, {}, int(cfg.search.seeds[0]))
         if self.mode == "grid":
             self.plan = plan_grid(cfg)
             self.by_identity = {p.identity: p for p in self.plan}
@@ -188,7 +193,6 @@ class Worker:
             validate_sample_space(cfg)
             self.plan = []
             self.by_identity = {}
-            resolve_trial(self.base, {}, int(cfg.search.seeds[0]))  # the base config itself must be valid
         make_sampler(cfg, self.multi)
         make_pruner(cfg)
         self.fingerprint = space_fingerprint(cfg, self.plan if self.mode == "grid" else None)
@@ -375,7 +379,8 @@ class Worker:
             raise _Skip(f"already {row.status}: {row.fail_reason}")
         claimed = self.store.transition(
             self.name, identity, st.RUNNING, only_from=(st.PLANNED, st.QUEUED, st.INTERRUPTED, st.RUNNING),
-            optuna_trial_number=trial.number, host=self.host, started_at=st._now(),
+            optuna_trial_number=trial.number, host=self.host, worker=f"{self.host}:{os.getpid()}",
+            started_at=st._now(),
             attempts=(row.attempts if row else 0) + 1, **({} if row is None or row.status != st.RUNNING else
                                                           {"optuna_number": row.optuna_trial_number}))
         if not claimed:

@@ -10,6 +10,7 @@ from dse.config import CONF_DIR, EXPERIMENTS_DIR, compose, experiment_names, stu
 from dse.errors import ConfigError
 from dse.space import plan_grid, resolve_trial, validate_sample_space
 from dse.sweep import Worker
+from dse_testdata import tiny_imagefolder  # noqa: F401  (fixture)
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
@@ -97,7 +98,7 @@ def test_constraints_reject_before_training():
     (["model.width=-1"], "-1"),
     (["trainer.batch_size=0"], "batch"),
     (["optimizer.lr=-0.1"], "-0.1"),
-    (["experiment=custom", "search.blocks={}"], "empty search space"),
+    (["experiment=custom", "~search.blocks.single"], "empty search space"),
     (["experiment=dse", "search.params={model.width: {type: float, low: 3.0, high: 2.0}}"], "low 3.0 > high 2.0"),
 ])
 def test_bad_input_is_one_clear_line(overrides, needle, capsys):

@@ -55,8 +55,14 @@ needs_csvs = pytest.mark.skipif(not CSV_ROWS, reason=f"paper CSVs not found in {
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    # one intra-op thread: tiny batches gain nothing from more, and on a shared 2-core machine extra
+    # threads spin against other processes (a 0.1 s forward/backward became 2 s with 2 threads under load)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("num_classes", [10, 100])
@@ -82,12 +88,50 @@ def test_activation_variants_backward(arch: str, activation: str) -> None:
     model(torch.randn(2, 3, 32, 32)).sum().backward()
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec("squeezenet_1_1"),
+        ModelSpec("sqnxt", (1, 1, 1, 1), 0.25),
+        ModelSpec("modified_sqnxt", (1, 2, 1, 1), 0.25),
+        ModelSpec("shallow_sqnxt", (1, 1, 2, 1), 0.25),
+    ],
+    ids=lambda s: s.name,
+)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
+def test_channels_last_autocast_trace_onnx(spec: ModelSpec, tmp_path: Path) -> None:
+    model = build_model(spec).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        cl = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+        torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.isfinite(model(x)).all()
+        traced = torch.jit.trace(model, x)
+        torch.testing.assert_close(traced(x), ref, rtol=1e-4, atol=1e-5)
+    onnx = pytest.importorskip("onnx")
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False)  # the TorchScript exporter: no onnxscript needed
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
 def test_list_models() -> None:
     names = list_models()
     assert names == sorted(set(names))
-    for must in ("squeezenet_1_0", "squeezenet_1_1", "sqnxt_23_1x", "sqnxt_23_2x", "sqnxt_23v5_1x",
-                 "sqnxt_23v5_2x", "modified_sqnxt_23_1x", "shallow_sqnxt_06_0_4x", "shallow_sqnxt_14_1_5x",
-                 "shallow_sqnxt_14_1x_s1_5_5_1", "shallow_sqnxt_21_0_2x"):
+    for must in (
+        "squeezenet_1_0",
+        "squeezenet_1_1",
+        "sqnxt_23_1x",
+        "sqnxt_23_2x",
+        "sqnxt_23v5_1x",
+        "sqnxt_23v5_2x",
+        "modified_sqnxt_23_1x",
+        "shallow_sqnxt_06_0_4x",
+        "shallow_sqnxt_14_1_5x",
+        "shallow_sqnxt_14_1x_s1_5_5_1",
+        "shallow_sqnxt_21_0_2x",
+    ):
         assert must in names
     assert {row.spec.name for row in PAPER_ROWS} <= set(names)
     assert list_models("sqnxt_23*") == ["sqnxt_23_1x", "sqnxt_23_2x", "sqnxt_23v5_1x", "sqnxt_23v5_2x"]
@@ -97,18 +141,41 @@ def test_list_models() -> None:
 # ----------------------------------------------------------------------------------------------- names
 
 
-@pytest.mark.parametrize("spec, name, display", [
-    (ModelSpec("shallow_sqnxt", (1, 1, 1, 1), 0.4), "shallow_sqnxt_06_0_4x", "Shallow SqueezeNext-06-0.4x"),
-    (ModelSpec("shallow_sqnxt", (1, 1, 1, 1), 0.125), "shallow_sqnxt_06_0_125x", "Shallow SqueezeNext-06-0.125x"),
-    (ModelSpec("shallow_sqnxt", (1, 2, 8, 1), 1.5), "shallow_sqnxt_14_1_5x", "Shallow SqueezeNext-14-1.5x"),
-    (ModelSpec("shallow_sqnxt", (1, 5, 5, 1), 1), "shallow_sqnxt_14_1x_s1_5_5_1", "Shallow SqueezeNext-14-1x"),
-    (ModelSpec("shallow_sqnxt", (2, 2, 14, 1), 0.2), "shallow_sqnxt_21_0_2x", "Shallow SqueezeNext-21-0.2x"),
-    (ModelSpec("sqnxt", (6, 6, 8, 1), 2.0), "sqnxt_23_2x", "SqueezeNext-23-2x"),
-    (ModelSpec("sqnxt", [2, 4, 14, 1], 1.0), "sqnxt_23v5_1x", "SqueezeNext-23v5-1x"),
-    (ModelSpec("modified_sqnxt", (6, 6, 8, 1)), "modified_sqnxt_23_1x", "Modified SqueezeNext-23-1x"),
-    (ModelSpec("squeezenet_1_1"), "squeezenet_1_1", "SqueezeNet-v1.1"),
-    (ModelSpec("squeezenet_1_0"), "squeezenet_1_0", "SqueezeNet-v1.0"),
-])
+@pytest.mark.parametrize(
+    "spec, name, display",
+    [
+        (
+            ModelSpec("shallow_sqnxt", (1, 1, 1, 1), 0.4),
+            "shallow_sqnxt_06_0_4x",
+            "Shallow SqueezeNext-06-0.4x",
+        ),
+        (
+            ModelSpec("shallow_sqnxt", (1, 1, 1, 1), 0.125),
+            "shallow_sqnxt_06_0_125x",
+            "Shallow SqueezeNext-06-0.125x",
+        ),
+        (
+            ModelSpec("shallow_sqnxt", (1, 2, 8, 1), 1.5),
+            "shallow_sqnxt_14_1_5x",
+            "Shallow SqueezeNext-14-1.5x",
+        ),
+        (
+            ModelSpec("shallow_sqnxt", (1, 5, 5, 1), 1),
+            "shallow_sqnxt_14_1x_s1_5_5_1",
+            "Shallow SqueezeNext-14-1x",
+        ),
+        (
+            ModelSpec("shallow_sqnxt", (2, 2, 14, 1), 0.2),
+            "shallow_sqnxt_21_0_2x",
+            "Shallow SqueezeNext-21-0.2x",
+        ),
+        (ModelSpec("sqnxt", (6, 6, 8, 1), 2.0), "sqnxt_23_2x", "SqueezeNext-23-2x"),
+        (ModelSpec("sqnxt", [2, 4, 14, 1], 1.0), "sqnxt_23v5_1x", "SqueezeNext-23v5-1x"),
+        (ModelSpec("modified_sqnxt", (6, 6, 8, 1)), "modified_sqnxt_23_1x", "Modified SqueezeNext-23-1x"),
+        (ModelSpec("squeezenet_1_1"), "squeezenet_1_1", "SqueezeNet-v1.1"),
+        (ModelSpec("squeezenet_1_0"), "squeezenet_1_0", "SqueezeNet-v1.0"),
+    ],
+)
 def test_names_and_display_names(spec: ModelSpec, name: str, display: str) -> None:
     assert spec.name == name
     assert spec.display_name == display
@@ -132,16 +199,25 @@ def _random_spec(rng: random.Random) -> ModelSpec:
     if arch.startswith("squeezenet"):
         return ModelSpec(arch)
     depths = tuple(rng.randint(1, 15) for _ in range(4))
-    width = rng.choice([round(rng.uniform(0.05, 3.0), rng.randint(1, 4)), rng.uniform(0.01, 4.0),
-                        rng.choice([0.125, 0.2, 1.0, 2.0, 1e-5, 10.0, 1 / 3])])
+    width = rng.choice(
+        [
+            round(rng.uniform(0.05, 3.0), rng.randint(1, 4)),
+            rng.uniform(0.01, 4.0),
+            rng.choice([0.125, 0.2, 1.0, 2.0, 1e-5, 10.0, 1 / 3]),
+        ]
+    )
     return ModelSpec(arch, depths, width)
 
 
 def test_name_round_trip() -> None:
     rng = random.Random(1234)
     specs = [spec_from_name(n) for n in list_models()] + [_random_spec(rng) for _ in range(2000)]
-    specs += [ModelSpec("shallow_sqnxt", (2, 3, 5, 1), 0.33), ModelSpec("sqnxt", (2, 4, 14, 1), 0.5),
-              ModelSpec("shallow_sqnxt", (2, 4, 14, 1), 1.0), ModelSpec("shallow_sqnxt", (1, 1, 7, 1), 0.4)]
+    specs += [
+        ModelSpec("shallow_sqnxt", (2, 3, 5, 1), 0.33),
+        ModelSpec("sqnxt", (2, 4, 14, 1), 0.5),
+        ModelSpec("shallow_sqnxt", (2, 4, 14, 1), 1.0),
+        ModelSpec("shallow_sqnxt", (1, 1, 7, 1), 0.4),
+    ]
     by_name: dict[str, tuple] = {}
     for spec in specs:
         back = spec_from_name(spec.name, num_classes=100, dropout=0.1, activation="relu")
@@ -149,8 +225,10 @@ def test_name_round_trip() -> None:
         assert (back.arch, back.stage_depths, back.width) == key, spec.name
         assert (back.num_classes, back.dropout, back.activation) == (100, 0.1, "relu")
         assert by_name.setdefault(spec.name, key) == key, f"two specs share the name {spec.name}"
-    assert spec_from_name("shallow_sqnxt_14_1x_s1_2_8_1").name == "shallow_sqnxt_14_1x"  # explicit == canonical
-    assert spec_from_name("shallow_sqnxt_33_1x").stage_depths == (1, 15, 15, 1)  # generic 1-k-k-1 rule
+    assert (
+        spec_from_name("shallow_sqnxt_14_1x_s1_2_8_1").name == "shallow_sqnxt_14_1x"
+    )  # explicit == canonical
+    assert spec_from_name("shallow_sqnxt_34_1x").stage_depths == (1, 15, 15, 1)  # generic 1-k-k-1 rule
     assert spec_from_name("shallow_sqnxt_11_1x").stage_depths == (1, 3, 4, 1)
 
 
@@ -213,7 +291,11 @@ def test_facts() -> None:
     assert model_facts(build_model(spec)) == f  # a module gives the same facts
     fc = torch.nn.Linear(8, 3)
     assert model_facts(fc, input_size=(8,)).macs == 24 and model_facts(fc, input_size=(8,)).params == 27
-    for arch, depths in [("shallow_sqnxt", (1, 1, 1, 1)), ("sqnxt", (6, 6, 8, 1)), ("modified_sqnxt", (2, 2, 2, 1))]:
+    for arch, depths in [
+        ("shallow_sqnxt", (1, 1, 1, 1)),
+        ("sqnxt", (6, 6, 8, 1)),
+        ("modified_sqnxt", (2, 2, 2, 1)),
+    ]:
         params = [model_facts(ModelSpec(arch, depths, w)).params for w in (0.125, 0.25, 0.5, 1.0, 2.0)]
         assert params == sorted(params) and len(set(params)) == len(params), (arch, params)
         macs = [model_facts(ModelSpec(arch, depths, w)).macs for w in (0.5, 1.0)]
@@ -223,31 +305,36 @@ def test_facts() -> None:
 # ----------------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("make, needle", [
-    (lambda: spec_from_name("foo"), "'foo'"),
-    (lambda: spec_from_name("shallow_sqnxt_14_1x_s1_1_1_1"), "14"),
-    (lambda: spec_from_name("shallow_sqnxt_04_1x"), "4"),
-    (lambda: spec_from_name("shallow_sqnxt_23v5_1x"), "v5"),
-    (lambda: create_model("resnet18"), "'resnet18'"),
-    (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), -1), "-1"),
-    (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), 0), "width must be > 0, got 0"),
-    (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), float("nan")), "nan"),
-    (lambda: ModelSpec("shallow_sqnxt", (1, 0, 1)), "(1, 0, 1)"),
-    (lambda: ModelSpec("shallow_sqnxt", (1, 2, 0, 1)), "(1, 2, 0, 1)"),
-    (lambda: ModelSpec("shallow_sqnxt", (1, 2.5, 1, 1)), "2.5"),
-    (lambda: ModelSpec("shallow_sqnxt", None), "None"),
-    (lambda: ModelSpec("squeezenet_1_0", (1, 1, 1, 1)), "(1, 1, 1, 1)"),
-    (lambda: ModelSpec("squeezenet_1_1", None, 2.0), "2.0"),
-    (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), dropout=1.2), "dropout must be in [0, 1), got 1.2"),
-    (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), dropout=-0.1), "-0.1"),
-    (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), num_classes=1), "num_classes must be >= 2, got 1"),
-    (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), activation="tanh"),
-     "activation must be one of elu, relu, got 'tanh'"),
-    (lambda: ModelSpec("resnet", (1, 1, 1, 1)), "'resnet'"),
-    (lambda: ModelSpec.from_dict({"arch": "sqnxt", "depth": 3}), "depth"),
-    (lambda: ModelSpec("sqnxt", (6, 6, 8, 1)).replace(colour=1), "colour"),
-    (lambda: spec_from_name("sqnxt_23_1x", num_classes=1), "got 1"),
-])
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda: spec_from_name("foo"), "'foo'"),
+        (lambda: spec_from_name("shallow_sqnxt_14_1x_s1_1_1_1"), "14"),
+        (lambda: spec_from_name("shallow_sqnxt_04_1x"), "4"),
+        (lambda: spec_from_name("shallow_sqnxt_23v5_1x"), "v5"),
+        (lambda: create_model("resnet18"), "'resnet18'"),
+        (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), -1), "-1"),
+        (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), 0), "width must be > 0, got 0"),
+        (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), float("nan")), "nan"),
+        (lambda: ModelSpec("shallow_sqnxt", (1, 0, 1)), "(1, 0, 1)"),
+        (lambda: ModelSpec("shallow_sqnxt", (1, 2, 0, 1)), "(1, 2, 0, 1)"),
+        (lambda: ModelSpec("shallow_sqnxt", (1, 2.5, 1, 1)), "2.5"),
+        (lambda: ModelSpec("shallow_sqnxt", None), "None"),
+        (lambda: ModelSpec("squeezenet_1_0", (1, 1, 1, 1)), "(1, 1, 1, 1)"),
+        (lambda: ModelSpec("squeezenet_1_1", None, 2.0), "2.0"),
+        (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), dropout=1.2), "dropout must be in [0, 1), got 1.2"),
+        (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), dropout=-0.1), "-0.1"),
+        (lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), num_classes=1), "num_classes must be >= 2, got 1"),
+        (
+            lambda: ModelSpec("shallow_sqnxt", (1, 1, 1, 1), activation="tanh"),
+            "activation must be one of elu, relu, got 'tanh'",
+        ),
+        (lambda: ModelSpec("resnet", (1, 1, 1, 1)), "'resnet'"),
+        (lambda: ModelSpec.from_dict({"arch": "sqnxt", "depth": 3}), "depth"),
+        (lambda: ModelSpec("sqnxt", (6, 6, 8, 1)).replace(colour=1), "colour"),
+        (lambda: spec_from_name("sqnxt_23_1x", num_classes=1), "got 1"),
+    ],
+)
 def test_bad_inputs_raise(make, needle: str) -> None:
     with pytest.raises(InvalidModelConfig) as err:
         make()

@@ -18,6 +18,7 @@ import optuna
 import pytest
 
 from dse.store import Store
+from dse_testdata import real_cifar10, tiny_imagefolder  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
-"""Deployment: from a trained trial to files an embedded CPU runs, measured honestly (paper section 5, Table 7).
+"""Deployment: from a trained trial to files an embedded CPU runs, measured honestly (paper section 5,
+Table 7).
 
 The paper deploys its trained network on an NXP Bluebox2.0 through RTMaps, whose Python components define
 Birth/Core/Death. We have no Bluebox, so this package gives everything up to the board:
@@ -20,8 +21,8 @@ from dse.errors import DSEError
 
 
 class DeployError(DSEError):
-    """A deployment step cannot go on: unknown trial, checkpoint not matching its config, a budget nothing meets,
-    exported models that disagree with PyTorch. The message is one line and names the bad value."""
+    """A deployment step cannot go on: unknown trial, checkpoint not matching its config, a budget nothing
+    meets, exported models that disagree with PyTorch. The message is one line and names the bad value."""
 
 
 __all__ = ["DeployError"]

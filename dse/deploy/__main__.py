@@ -5,7 +5,7 @@ Examples::
     python -m dse.deploy --study quick --best
     python -m dse.deploy --study quick --pareto
     python -m dse.deploy --study quick --max-size 272KB          # KB = 1000 bytes; KiB = 1024
-    python -m dse.deploy --study quick --max-latency-ms 1.5      # p99 of the component's format, batch 1, 1 thread
+    python -m dse.deploy --study quick --max-latency-ms 1.5      # p99, batch 1, 1 thread
     python -m dse.deploy --trial 12
     python -m dse.deploy --model shallow_sqnxt_06_0_4x --checkpoint path/to/best.pt --data-root DIR
 
@@ -13,8 +13,8 @@ For each model, into ``--out`` (default ``results/deploy/<model>-t<trial id>/``;
 sub-folder each): ``model.onnx`` (float32, opset 17), ``model.torchscript.pt``, ``model.int8.onnx``,
 ``rtmaps_<model>.py`` and ``report.json``. Every format is scored on the test images (default all 10,000) and
 timed at batch 1 on one thread; the rows go to the store's ``dse_deployments`` table (one per format and host)
-and the trial's ``int8_bytes`` is set. Errors in the input (unknown trial, a checkpoint that does not match its
-config, a budget nothing meets) print one line and exit with status 2.
+and the trial's ``int8_bytes`` is set. Errors in the input (unknown trial, a checkpoint that does not match
+its config, a budget nothing meets) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class DeployReport:
         return next(f for f in self.formats if f.format == name)
 
 
-# ------------------------------------------------------------------------------------------------ loading
+# ---------------------------------------------------------------------------------------- loading
 def resolve_checkpoint(cand: Candidate) -> Path:
     path = Path(cand.checkpoint_path)
     tries = [path] if path.is_absolute() else [path, Path(__file__).resolve().parents[2] / path]
@@ -107,7 +107,7 @@ def resolve_checkpoint(cand: Candidate) -> Path:
 
 
 def load_checkpoint(cand: Candidate):
-    """(model in eval mode, spec) of a candidate; DeployError if the file is unusable or not the trial's model."""
+    """(model in eval mode, spec) of a candidate; DeployError if unusable or not the trial's model."""
     from dse.errors import CheckpointError
     from dse.train import load_model
 
@@ -117,8 +117,8 @@ def load_checkpoint(cand: Candidate):
     except CheckpointError as e:
         raise DeployError(f"{cand.label}: checkpoint {path} is unusable: {e}") from e
     if spec.name != cand.model_name:
-        raise DeployError(f"{cand.label}: checkpoint {path} holds {spec.name}, but the trial is {cand.model_name}; "
-                          "the checkpoint does not match its config")
+        raise DeployError(f"{cand.label}: checkpoint {path} holds {spec.name}, but the trial is "
+                          f"{cand.model_name}; the checkpoint does not match its config")
     for key, want in cand.expected.items():
         got = getattr(spec, key, None)
         same = math.isclose(float(got), float(want), abs_tol=1e-9) if isinstance(want, float) else got == want
@@ -133,14 +133,30 @@ def load_bundle(dataset: str, data_root: str | None, data_source: str | None = N
     from dse.data import DataConfig, load_data
 
     root = data_root
-    if root is None and data_source and ":" in data_source:  # e.g. "imagefolder:/work/shared/data/cifar10-jpg"
+    if root is None and data_source and ":" in data_source:  # "imagefolder:/work/shared/data/cifar10-jpg"
         cand_root = data_source.split(":", 1)[1]
         if Path(cand_root).exists():
             root = cand_root
     return load_data(DataConfig(dataset=dataset, root=root, download=False))
 
 
-# ------------------------------------------------------------------------------------------------ the pipeline
+def pick_test_images(bundle, n: int):
+    """(uint8 images, numpy int labels) of ``n`` test images: all, or a class-balanced draw (seed 0).
+
+    Not the first n: image folders are stored class by class, so the first 1,000 images are one class.
+    """
+    import torch
+
+    from dse.data import stratified_pick
+
+    x, y = bundle.test_x.cpu(), bundle.test_y.cpu()
+    if n < len(y):
+        idx = stratified_pick(y, n, torch.Generator().manual_seed(0))
+        x, y = x[idx], y[idx]
+    return x, y.numpy()
+
+
+# ---------------------------------------------------------------------------------------- the pipeline
 def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None) -> DeployReport:
     """Export, verify, quantize, score, time and package one model; record it in ``store`` if given."""
     import numpy as np
@@ -149,30 +165,34 @@ def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None
     from dse.deploy import export, latency, quantize, rtmaps
 
     if spec.num_classes != bundle.num_classes:
-        raise DeployError(f"{cand.label}: model has {spec.num_classes} classes, the data {bundle.num_classes}")
+        raise DeployError(f"{cand.label}: the model has {spec.num_classes} classes, the data "
+                          f"{bundle.num_classes}")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     n = min(int(opts.test_images), len(bundle.test_y))
     if n < 1:
         raise DeployError(f"--test-images must be >= 1, got {opts.test_images}")
-    test_x, test_y = bundle.test_x[:n].cpu(), bundle.test_y[:n].cpu().numpy()
+    test_x, test_y = pick_test_images(bundle, n)
     t0 = time.perf_counter()
 
     ref = export.logits_torch(model, test_x)
     ref_top = ref.argmax(1)
     ckpt = resolve_checkpoint(cand)
-    results = [FormatResult("torch", str(ckpt), ckpt.stat().st_size, export.accuracy(ref, test_y), n, 0.0, 100.0)]
+    results = [FormatResult("torch", str(ckpt), ckpt.stat().st_size, export.accuracy(ref, test_y), n, 0.0,
+                            100.0)]
 
     def add(fmt: str, path: Path, logits, diff: float) -> None:
-        results.append(FormatResult(fmt, str(path), path.stat().st_size, export.accuracy(logits, test_y), n, diff,
-                                    float((logits.argmax(1) == ref_top).mean() * 100.0)))
+        same = float((logits.argmax(1) == ref_top).mean() * 100.0)
+        results.append(FormatResult(fmt, str(path), path.stat().st_size, export.accuracy(logits, test_y), n,
+                                    diff, same))
 
     onnx_path = export.export_onnx(model, out / FORMAT_FILES["onnx"], opset=opts.opset)
     lo = export.logits_onnx(onnx_path, test_x)
     add("onnx", onnx_path, lo, export.verify(ref, lo, what=f"ONNX export {onnx_path}", atol=opts.atol))
     ts_path = export.export_torchscript(model, out / FORMAT_FILES["torchscript"])
     lt = export.logits_torchscript(ts_path, test_x)
-    add("torchscript", ts_path, lt, export.verify(ref, lt, what=f"TorchScript export {ts_path}", atol=opts.atol))
+    add("torchscript", ts_path, lt,
+        export.verify(ref, lt, what=f"TorchScript export {ts_path}", atol=opts.atol))
     log.info("%s: exported and verified on %d test images (%.1f s)", cand.label, n, time.perf_counter() - t0)
 
     calib = quantize.calibration_images(bundle.train_x.cpu(), bundle.train_y.cpu(), opts.calib_images)
@@ -200,11 +220,11 @@ def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None
     comp_model = next(Path(r.path) for r in results if r.format == comp_fmt)
     comp_path = out / f"rtmaps_{spec.name}.py"
     rtmaps.generate_component(
-        comp_path, comp_model, model_name=spec.name, class_names=bundle.classes, mean=CIFAR_MEAN, std=CIFAR_STD,
-        runtime=opts.runtime, provenance={"display_name": spec.display_name, "trial_id": cand.trial_id,
-                                          "study": cand.study, "format": comp_fmt,
-                                          "test_acc": next(r.test_acc for r in results if r.format == comp_fmt),
-                                          "test_images": n})
+        comp_path, comp_model, model_name=spec.name, class_names=bundle.classes, mean=CIFAR_MEAN,
+        std=CIFAR_STD, runtime=opts.runtime,
+        provenance={"display_name": spec.display_name, "trial_id": cand.trial_id, "study": cand.study,
+                    "format": comp_fmt, "test_images": n,
+                    "test_acc": round(next(r.test_acc for r in results if r.format == comp_fmt), 2)})
 
     report = DeployReport(
         model_name=spec.name, display_name=spec.display_name, trial_id=cand.trial_id, study=cand.study,
@@ -235,7 +255,8 @@ def record(store, report: DeployReport) -> None:
         lat = r.latency or {}
         store.record_deployment(
             trial_id=report.trial_id, model_name=report.model_name, format=r.format, path=r.path,
-            file_bytes=r.file_bytes, test_acc=r.test_acc, test_images=r.test_images, max_abs_diff=r.max_abs_diff,
+            file_bytes=r.file_bytes, test_acc=r.test_acc, test_images=r.test_images,
+            max_abs_diff=r.max_abs_diff,
             p50_ms=lat.get("p50_ms"), p99_ms=lat.get("p99_ms"), peak_mem_bytes=lat.get("peak_mem_bytes"),
             threads=lat.get("threads", 1), host=report.host, machine=report.machine,
             runtime=lat.get("runtime") or _runtime_of(r.format))
@@ -252,8 +273,9 @@ def summary(reports: list[DeployReport]) -> str:
         for r in rep.formats:
             lat = r.latency or {}
             peak = lat.get("peak_mem_bytes")
-            rows.append([rep.model_name if r.format == "torch" else "", rep.trial_id if r.format == "torch" else "",
-                         r.format, f"{r.file_bytes / 1000:.1f}", f"{r.test_acc:.2f}", f"{r.agreement:.2f}",
+            first = r.format == "torch"
+            rows.append([rep.model_name if first else "", rep.trial_id if first else "", r.format,
+                         f"{r.file_bytes / 1000:.1f}", f"{r.test_acc:.2f}", f"{r.agreement:.2f}",
                          f"{r.max_abs_diff:.1e}",
                          f"{lat['p50_ms']:.3f}" if lat else "-", f"{lat['p99_ms']:.3f}" if lat else "-",
                          f"{peak / 1e6:.1f}" if peak is not None else "-"])
@@ -268,7 +290,7 @@ def summary(reports: list[DeployReport]) -> str:
     return text
 
 
-# ------------------------------------------------------------------------------------------------ selection
+# ---------------------------------------------------------------------------------------- selection
 def _latency_probe(cand: Candidate, fmt: str, stat: str, opts: Options, store, bundle_for) -> float:
     """A candidate's latency in ms: the store's measurement on this host if any, else measured now."""
     if store is not None and cand.trial_id is not None:
@@ -283,7 +305,7 @@ def _latency_probe(cand: Candidate, fmt: str, stat: str, opts: Options, store, b
 
     model, spec = load_checkpoint(cand)
     bundle = bundle_for(cand)
-    feed = export.preprocess(bundle.test_x[:16].cpu()).numpy()
+    feed = export.preprocess(pick_test_images(bundle, 16)[0]).numpy()
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         if fmt == "torchscript":
@@ -291,7 +313,8 @@ def _latency_probe(cand: Candidate, fmt: str, stat: str, opts: Options, store, b
         else:
             path = export.export_onnx(model, d / "m.onnx", opset=opts.opset)
             if fmt == "onnx_int8":
-                calib = quantize.calibration_images(bundle.train_x.cpu(), bundle.train_y.cpu(), opts.calib_images)
+                calib = quantize.calibration_images(bundle.train_x.cpu(), bundle.train_y.cpu(),
+                                                    opts.calib_images)
                 pc = opts.per_channel if opts.per_channel != "auto" else True
                 path = quantize.quantize_int8(path, d / "m.int8.onnx", calib, per_channel=pc).path
         res = latency.measure(fmt, path, feed, warmup=opts.warmup, runs=opts.runs)
@@ -333,7 +356,8 @@ def select(args, store, opts: Options, bundle_for) -> list[Candidate]:
         if args.pareto:
             kept = [c for c in cands if probe(c) <= args.max_latency_ms]
             if not kept:
-                raise DeployError(f"no Pareto-front trial meets the latency budget of {args.max_latency_ms} ms")
+                raise DeployError(f"no Pareto-front trial meets the latency budget of "
+                                  f"{args.max_latency_ms} ms")
             return kept
         winner, _ = sel.first_under_latency(cands, args.max_latency_ms, probe)
         return [winner]
@@ -346,13 +370,14 @@ def store_url_hint(store) -> str:
     return redact(store.url)
 
 
-# ------------------------------------------------------------------------------------------------ CLI
+# ---------------------------------------------------------------------------------------- CLI
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dse.deploy", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("which models")
     g.add_argument("--study", help="study name in the store (default: every study)")
-    g.add_argument("--best", action="store_true", help="the most accurate trial (validation accuracy; default)")
+    g.add_argument("--best", action="store_true",
+                   help="the most accurate trial (validation accuracy; the default)")
     g.add_argument("--pareto", action="store_true",
                    help="every trial on the Pareto front of max validation accuracy vs min checkpoint bytes")
     g.add_argument("--max-size", metavar="SIZE",
@@ -372,13 +397,15 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--out", type=Path,
                    help="output folder (default results/deploy/<model>-t<trial id>/; several models: "
                         "<out>/<model>-t<trial id>/)")
-    o.add_argument("--data-root", help="dataset folder (default: the trial's data source, else env DSE_DATA_DIR)")
+    o.add_argument("--data-root",
+                   help="dataset folder (default: the trial's data source, else env DSE_DATA_DIR)")
     o.add_argument("--no-record", action="store_true", help="do not write the measurements to the store")
     m = p.add_argument_group("what")
     m.add_argument("--test-images", type=int, default=10000, help="test images scored (default 10000)")
     m.add_argument("--calib-images", type=int, default=512, help="training images for int8 calibration")
     m.add_argument("--per-channel", choices=("auto", "on", "off"), default="auto",
-                   help="int8 per-channel weight scales (auto: whichever agrees more with fp32 on validation)")
+                   help="int8 per-channel weight scales (auto: the variant agreeing more with fp32 on "
+                        "validation images)")
     m.add_argument("--runtime", choices=("onnxruntime", "torchscript"), default="onnxruntime",
                    help="what the RTMaps component runs")
     m.add_argument("--component-model", choices=("fp32", "int8"), default="fp32",
@@ -410,10 +437,12 @@ def run(args) -> int:
         raise DeployError("--test-images, --calib-images and --runs must be >= 1, --warmup >= 0")
     if args.runtime == "torchscript" and args.component_model == "int8":
         raise DeployError("--component-model int8 needs --runtime onnxruntime (the int8 model is ONNX)")
-    if args.max_latency_ms is not None and not (math.isfinite(args.max_latency_ms) and args.max_latency_ms > 0):
+    budget = args.max_latency_ms
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
         raise DeployError(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
     opts = Options(out=Path(), test_images=args.test_images, calib_images=args.calib_images,
-                   per_channel={"auto": "auto", "on": True, "off": False}[args.per_channel], runtime=args.runtime,
+                   per_channel={"auto": "auto", "on": True, "off": False}[args.per_channel],
+                   runtime=args.runtime,
                    component_model=args.component_model, warmup=args.warmup, runs=args.runs,
                    latency=not args.no_latency, atol=args.atol, opset=args.opset)
     adhoc = bool(args.model or args.checkpoint)
@@ -444,8 +473,8 @@ def run(args) -> int:
                                     store=None if args.no_record else store))
     print(summary(reports))
     for rep in reports:
-        print(f"{rep.model_name}: files in {rep.out}; RTMaps component {rep.component} ({rep.component_model}, "
-              f"{rep.runtime})")
+        print(f"{rep.model_name}: files in {rep.out}; RTMaps component {rep.component} "
+              f"({rep.component_model}, {rep.runtime})")
     return 0
 
 

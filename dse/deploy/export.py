@@ -1,10 +1,11 @@
 """Export a trained model to ONNX and TorchScript, run every format on real images, verify they agree.
 
-- ONNX: the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): the dynamo exporter, the default
-  since torch 2.9, needs the ``onnxscript`` package, which these models do not need (plain conv/ELU/BN graphs).
-  Opset 17, batch dimension dynamic, input "input" = normalised float32 (N, 3, 32, 32), output "logits" (N, C).
-  ``onnx.checker.check_model`` must pass. Tensor and node names are shortened (``compact_names``): for models of a
-  few hundred kB the long PyTorch scope names are a sizeable share of the file (and most of an int8 file).
+- ONNX: the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): the dynamo exporter, the
+  default since torch 2.9, needs the ``onnxscript`` package, which these plain conv/ELU/BN graphs do not need.
+  Opset 17, batch dimension dynamic, input "input" = normalised float32 (N, 3, 32, 32), output "logits"
+  (N, C). ``onnx.checker.check_model`` must pass. Tensor and node names are shortened (``compact_names``): for
+  models of a few hundred kB the long PyTorch scope names are a sizeable share of the file (most of an int8
+  file).
 - TorchScript: ``torch.jit.trace`` on one example image, saved with ``torch.jit.save``.
 - Verification: each exported model's float32 logits on real test images must match PyTorch's to ``atol``
   (default 1e-4, max absolute difference); otherwise DeployError.
@@ -45,6 +46,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a generated file gets the usual permissions
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -64,8 +68,8 @@ def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
     """Rename every internal tensor to t<i> and every node to n<i>, drop doc strings (in place; returned).
 
     Graph inputs and outputs keep their names (the component feeds "input" and reads "logits"). Meaning is
-    unchanged: names are only labels in ONNX. The saving is large for small quantized graphs, whose Q/DQ nodes and
-    per-tensor scale/zero-point initializers otherwise carry long scope names.
+    unchanged: names are only labels in ONNX. The saving is large for small quantized graphs, whose Q/DQ nodes
+    and per-tensor scale/zero-point initializers otherwise carry long scope names.
     """
     g = model.graph
     keep = {v.name for v in g.input} | {v.name for v in g.output}
@@ -135,7 +139,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, image_size:
     return Path(path)
 
 
-# ------------------------------------------------------------------------------------------------ running them
+# ---------------------------------------------------------------------------------------- running them
 def onnx_session(path: str | os.PathLike, threads: int = 1):
     """An onnxruntime CPU session with ``threads`` intra-op threads and one inter-op thread."""
     import onnxruntime as ort
@@ -197,6 +201,6 @@ def verify(reference: np.ndarray, candidate: np.ndarray, *, what: str, atol: flo
     return diff
 
 
-__all__ = ["DEFAULT_ATOL", "INPUT_NAME", "ONNX_OPSET", "OUTPUT_NAME", "accuracy", "atomic_path", "compact_names",
-           "export_onnx", "export_torchscript", "logits_onnx", "logits_torch", "logits_torchscript",
-           "onnx_session", "preprocess", "save_onnx", "verify"]
+__all__ = ["DEFAULT_ATOL", "INPUT_NAME", "ONNX_OPSET", "OUTPUT_NAME", "accuracy", "atomic_path",
+           "compact_names", "export_onnx", "export_torchscript", "logits_onnx", "logits_torch",
+           "logits_torchscript", "onnx_session", "preprocess", "save_onnx", "verify"]

@@ -3,17 +3,18 @@
 Each measurement runs in a fresh Python process (``python -m dse.deploy.latency``), so that
 
 - the thread settings hold from the start: ``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)`` and
-  ``set_num_interop_threads(1)``; onnxruntime ``intra_op_num_threads=1``, ``inter_op_num_threads=1``, sequential;
+  ``set_num_interop_threads(1)``; onnxruntime ``intra_op_num_threads=1``, ``inter_op_num_threads=1``,
+  sequential execution;
 - an onnxruntime measurement never imports torch, as a deployed onnxruntime program would not;
-- peak memory is the process's own: after the imports, the kernel's high-water mark is reset (``5`` written to
-  ``/proc/self/clear_refs``), the resident set is read (VmRSS), the model is loaded and run, and the high-water
-  mark is read (VmHWM). ``peak_mem_bytes`` = VmHWM - that VmRSS: the memory the model, its runtime session and
-  its inference add on top of the imported runtime. ``hwm_bytes`` is the whole process's peak (interpreter +
-  libraries + model). ``tracemalloc`` would miss native allocations (weights, arenas), hence /proc. Without
-  /proc (not Linux) both are None.
+- peak memory is the process's own: after the imports, the kernel's high-water mark is reset (``5`` written
+  to ``/proc/self/clear_refs``), the resident set is read (VmRSS), the model is loaded and run, and the
+  high-water mark is read (VmHWM). ``peak_mem_bytes`` = VmHWM - that VmRSS: the memory the model, its runtime
+  session and its inference add on top of the imported runtime. ``hwm_bytes`` is the whole process's peak
+  (interpreter + libraries + model). ``tracemalloc`` would miss native allocations (weights, arenas), hence
+  /proc. Without /proc (not Linux) both are None.
 
-Timing: ``warmup`` untimed runs, then ``runs`` timed runs of the model call alone (input already normalised and
-in the runtime's format; preprocessing excluded), cycling through a few real test images; p50 / p99 in ms.
+Timing: ``warmup`` untimed runs, then ``runs`` timed runs of the model call alone (input already normalised
+and in the runtime's format; preprocessing excluded), cycling through a few real test images; p50 / p99 in ms.
 The machine's 1-minute load average before and after is recorded: on a shared host, other processes inflate
 p99 - compare timings only like for like (DESIGN.md decision 9).
 """
@@ -78,7 +79,7 @@ def machine() -> str:
 
 
 def save_eager(model: Any, spec: Any, path: str | os.PathLike) -> Path:
-    """Save what the "torch" measurement rebuilds the eager model from: spec dict + state_dict (weights only)."""
+    """Save what the "torch" measurement rebuilds the eager model from: spec dict + state_dict."""
     import torch
 
     torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, str(path))
@@ -89,8 +90,8 @@ def measure(fmt: str, path: str | os.PathLike, images: Any, *, warmup: int = DEF
             runs: int = DEFAULT_RUNS, threads: int = 1, timeout: float = 600.0) -> LatencyResult:
     """Measure one model file in a fresh process.
 
-    fmt: "torch" (``path`` from ``save_eager``), "torchscript", "onnx" or "onnx_int8". images: normalised float32
-    array (K, 3, H, W); run i feeds image i mod K as a batch of one. Raises DeployError if the child fails.
+    fmt: "torch" (``path`` from ``save_eager``), "torchscript", "onnx" or "onnx_int8". images: normalised
+    float32 array (K, 3, H, W); run i feeds image i mod K as a batch of one. DeployError if the child fails.
     """
     import numpy as np
 
@@ -106,7 +107,7 @@ def measure(fmt: str, path: str | os.PathLike, images: Any, *, warmup: int = DEF
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(int(threads))
-    pkg_root = str(Path(__file__).resolve().parents[2])  # the folder holding dse/, for an uninstalled checkout
+    pkg_root = str(Path(__file__).resolve().parents[2])  # the folder holding dse/ (uninstalled checkout)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory() as d:
         inputs = Path(d) / "inputs.npy"
@@ -125,7 +126,7 @@ def measure(fmt: str, path: str | os.PathLike, images: Any, *, warmup: int = DEF
     raise DeployError(f"latency measurement of {fmt} {path} failed (exit {proc.returncode}): {tail}")
 
 
-# ------------------------------------------------------------------------------------------------ child side
+# ---------------------------------------------------------------------------------------- child side
 def _proc_status(key: str) -> int | None:
     """A /proc/self/status field in bytes (VmRSS, VmHWM), None without /proc."""
     try:

@@ -4,9 +4,9 @@
   through a ``CalibrationDataReader`` in batches; MinMax calibration of activations.
 - Format: QDQ (QuantizeLinear/DequantizeLinear pairs around float ops), int8 weights and activations (S8S8,
   onnxruntime's default; the x86 kernels with VNNI run it without the U8S8 saturation caveat).
-- Per-channel weight scales "where it helps": ``per_channel="auto"`` builds both variants and keeps the one whose
-  top-1 predictions agree more often with the float32 model on held-out validation images (ties: the smaller
-  file). Validation, not test: choosing on the test set would leak (DESIGN.md decision 7).
+- Per-channel weight scales "where it helps": ``per_channel="auto"`` builds both variants and keeps the one
+  whose top-1 predictions agree more often with the float32 model on held-out validation images (ties: the
+  smaller file). Validation, not test: choosing on the test set would leak (DESIGN.md decision 7).
 - ``quant_pre_process`` (shape inference + graph optimisation) runs first, as onnxruntime recommends.
 
 The model size reported for int8 is the bytes of the saved ``.int8.onnx`` file (names compacted, as for fp32).
@@ -48,8 +48,8 @@ class QuantResult:
     tried: dict[str, float] = field(default_factory=dict)  # variant -> agreement (auto mode)
 
 
-def calibration_images(train_x: torch.Tensor, train_y: torch.Tensor | None = None, n: int = CALIBRATION_IMAGES,
-                       seed: int = 0) -> torch.Tensor:
+def calibration_images(train_x: torch.Tensor, train_y: torch.Tensor | None = None,
+                       n: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
     """``n`` training images, class-balanced when labels are given (``dse.data.stratified_pick``), seeded."""
     n = min(int(n), len(train_x))
     if n <= 0:
@@ -64,9 +64,10 @@ def calibration_images(train_x: torch.Tensor, train_y: torch.Tensor | None = Non
 
 
 class ImageCalibrationReader:
-    """A ``CalibrationDataReader`` over uint8 images: yields {"input": normalised float32 batch}, then None."""
+    """A ``CalibrationDataReader`` over uint8 images: {"input": normalised float32 batch}, ..., then None."""
 
-    def __init__(self, images: torch.Tensor, batch: int = CALIBRATION_BATCH, input_name: str = INPUT_NAME) -> None:
+    def __init__(self, images: torch.Tensor, batch: int = CALIBRATION_BATCH,
+                 input_name: str = INPUT_NAME) -> None:
         self.images, self.batch, self.input_name = images, int(batch), input_name
         self._i = 0
 
@@ -169,4 +170,5 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
                        check_images=0 if check is None else len(check), tried=tried)
 
 
-__all__ = ["CALIBRATION_IMAGES", "ImageCalibrationReader", "QuantResult", "calibration_images", "quantize_int8"]
+__all__ = ["CALIBRATION_IMAGES", "ImageCalibrationReader", "QuantResult", "calibration_images",
+           "quantize_int8"]

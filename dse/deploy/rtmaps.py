@@ -8,15 +8,16 @@ imports ``rtmaps.types``, ``rtmaps.core`` and ``rtmaps.base_component``, which e
 The generated file is ``templates/rtmaps_classifier.py`` (a valid, lint-checked Python file) with its settings
 block replaced: the model file's path relative to the component, the runtime (onnxruntime, or TorchScript as a
 fallback), the input/output names, the normalisation constants, the class names and where the model came from.
-It loads the model in Birth, classifies each frame in Core (label and softmax score on two outputs) and releases
-it in Death. RTMaps cannot be installed here; the tests drive the generated class through a stand-in of the
-``rtmaps`` modules that they define.
+It loads the model in Birth, classifies each frame in Core (label and softmax score on two outputs) and
+releases it in Death. RTMaps cannot be installed here; the tests drive the generated class through a stand-in
+of the ``rtmaps`` modules that they define.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import pprint
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def render(*, model_file: str, runtime: str, model_name: str, mean: tuple[float,
         "THREADS": int(threads),
         "PROVENANCE": dict(provenance or {}),
     }
-    block = "\n".join(f"{k} = {v!r}" for k, v in settings.items())
+    block = "\n".join(f"{k} = {pprint.pformat(v, width=100, sort_dicts=False)}" for k, v in settings.items())
     source = f"{head}{_BEGIN}\n{block}\n{_END}{tail}"
     try:
         compile(source, "rtmaps_component.py", "exec")
@@ -69,11 +70,11 @@ def render(*, model_file: str, runtime: str, model_name: str, mean: tuple[float,
 
 
 def generate_component(out_path: str | os.PathLike, model_path: str | os.PathLike, *, model_name: str,
-                       class_names: list[str] | tuple[str, ...], mean: tuple[float, ...], std: tuple[float, ...],
-                       runtime: str = "onnxruntime", image_size: int = 32, threads: int = 1,
-                       provenance: dict[str, Any] | None = None) -> Path:
-    """Write the component for ``model_path`` to ``out_path`` (atomically); the model path is stored relative to
-    the component's folder (absolute if on another drive)."""
+                       class_names: list[str] | tuple[str, ...], mean: tuple[float, ...],
+                       std: tuple[float, ...], runtime: str = "onnxruntime", image_size: int = 32,
+                       threads: int = 1, provenance: dict[str, Any] | None = None) -> Path:
+    """Write the component for ``model_path`` to ``out_path`` (atomically); the model path is stored relative
+    to the component's folder (absolute if on another drive)."""
     out_path, model_path = Path(out_path), Path(model_path)
     if not model_path.is_file():
         raise DeployError(f"model file {model_path} for the RTMaps component does not exist")
@@ -82,8 +83,8 @@ def generate_component(out_path: str | os.PathLike, model_path: str | os.PathLik
     except ValueError:  # another drive (Windows)
         rel = str(model_path.resolve())
     prov = {"generated": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(), **(provenance or {})}
-    source = render(model_file=Path(rel).as_posix(), runtime=runtime, model_name=model_name, mean=mean, std=std,
-                    class_names=class_names, image_size=image_size, threads=threads, provenance=prov)
+    source = render(model_file=Path(rel).as_posix(), runtime=runtime, model_name=model_name, mean=mean,
+                    std=std, class_names=class_names, image_size=image_size, threads=threads, provenance=prov)
     with atomic_path(out_path) as tmp:
         tmp.write_text(source, encoding="utf-8")
     return out_path

@@ -4,8 +4,8 @@ A trial qualifies when it is complete, has a validation accuracy and a checkpoin
 DESIGN.md decision 7 (search on validation, report on test): models are ranked by ``best_val_acc``; ties go to
 the smaller checkpoint, then to the older trial. The test accuracy is only reported.
 
-Size budgets are parsed by ``parse_size`` with decimal units (KB = 1000 bytes, MB = 1000**2 bytes, as the paper's
-"272KB" and "0.272 MB" are the same number); binary units are spelled KiB / MiB.
+Size budgets are parsed by ``parse_size`` with decimal units (KB = 1000 bytes, MB = 1000**2 bytes, as the
+paper's "272KB" and "0.272 MB" are the same number); binary units are spelled KiB / MiB.
 """
 
 from __future__ import annotations
@@ -172,12 +172,13 @@ def under_size(cands: list[Candidate], max_bytes: int) -> list[Candidate]:
 
 
 def first_under_latency(cands: list[Candidate], max_ms: float,
-                        latency_ms: Callable[[Candidate], float]) -> tuple[Candidate, list[tuple[Candidate, float]]]:
+                        latency_ms: Callable[[Candidate], float]
+                        ) -> tuple[Candidate, list[tuple[Candidate, float]]]:
     """The most accurate candidate whose latency is at most ``max_ms``.
 
-    ``latency_ms`` measures (or looks up) one candidate; candidates are tried in order of accuracy and the search
-    stops at the first that passes, so at most one measurement per more accurate model is spent. Returns the
-    winner and every (candidate, latency) tried. Raises DeployError when none passes.
+    ``latency_ms`` measures (or looks up) one candidate; candidates are tried in order of accuracy and the
+    search stops at the first that passes, so at most one measurement per more accurate model is spent.
+    Returns the winner and every (candidate, latency) tried. Raises DeployError when none passes.
     """
     if not math.isfinite(max_ms) or max_ms <= 0:
         raise DeployError(f"latency budget must be > 0 ms, got {max_ms!r}")
@@ -192,7 +193,7 @@ def first_under_latency(cands: list[Candidate], max_ms: float,
 
 
 def trials_by_id(trials: pd.DataFrame, ids: list[int]) -> list[Candidate]:
-    """The given trials (any study), in the order asked; DeployError names ids that are missing or unusable."""
+    """The given trials (any study), in the order asked; DeployError names missing or unusable ids."""
     by_id = {int(r["id"]): r for r in trials.to_dict("records")}
     out = []
     for i in ids:

@@ -21,8 +21,10 @@ def paper_table() -> str:
             tables.append(row.table)
         if row.size_mb not in values:
             values.append(row.size_mb)
-    head = ("| name | display name | stage depths | width | params | MACs (M) | ours MB | paper MB | ours/paper "
-            "| tables |")
+    head = (
+        "| name | display name | stage depths | width | params | MACs (M) | ours MB | paper MB | ours/paper "
+        "| tables |"
+    )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for spec, (tables, values) in sizes.items():
         f = model_facts(spec)
@@ -30,16 +32,22 @@ def paper_table() -> str:
         depths = "-".join(map(str, spec.stage_depths)) if spec.stage_depths else "-"
         ratios = ", ".join(f"{ours / v:.2f}" for v in values)
         paper = ", ".join(f"{v:g}" for v in values)
-        lines.append(f"| {spec.name} | {spec.display_name} | {depths} | {spec.width:g} | {f.params:,} | "
-                     f"{f.macs / 1e6:.1f} | {ours:.3f} | {paper} | {ratios} | {','.join(t[5:] for t in tables)} |")
+        lines.append(
+            f"| {spec.name} | {spec.display_name} | {depths} | {spec.width:g} | {f.params:,} | "
+            f"{f.macs / 1e6:.1f} | {ours:.3f} | {paper} | {ratios} | {','.join(t[5:] for t in tables)} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dse.models", description=__doc__.splitlines()[0])
     g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--table", action="store_true", help="paper models: ours vs the paper's sizes (1 MB = 1e6 B)")
-    g.add_argument("--list", nargs="?", const="*", metavar="PATTERN", help="registered names (fnmatch pattern)")
+    g.add_argument(
+        "--table", action="store_true", help="paper models: ours vs the paper's sizes (1 MB = 1e6 B)"
+    )
+    g.add_argument(
+        "--list", nargs="?", const="*", metavar="PATTERN", help="registered names (fnmatch pattern)"
+    )
     g.add_argument("--show", metavar="NAME", help="spec and facts of one name (any valid name)")
     args = ap.parse_args(argv)
     if args.table:
@@ -58,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     f = model_facts(spec)
-    print(f"{spec.name}  {spec.display_name}  {spec.to_dict()}  params={f.params:,}  MACs={f.macs:,}  "
-          f"checkpoint={f.checkpoint_bytes:,} B")
+    print(
+        f"{spec.name}  {spec.display_name}  {spec.to_dict()}  params={f.params:,}  MACs={f.macs:,}  "
+        f"checkpoint={f.checkpoint_bytes:,} B"
+    )
     return 0
 
 

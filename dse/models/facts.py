@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import functools
 import io
-from dataclasses import dataclass
+import json
+import os
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -59,8 +64,12 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> i
     was_training = model.training
     try:
         p = next(model.parameters(), None)
-        x = torch.zeros(1, *input_size, device=p.device if p is not None else "cpu",
-                        dtype=p.dtype if p is not None else torch.float32)
+        x = torch.zeros(
+            1,
+            *input_size,
+            device=p.device if p is not None else "cpu",
+            dtype=p.dtype if p is not None else torch.float32,
+        )
         model.eval()
         with torch.no_grad():
             model(x)
@@ -80,19 +89,74 @@ def checkpoint_bytes(model: nn.Module) -> int:
 
 def _facts_of_module(model: nn.Module, input_size: tuple[int, ...]) -> ModelFacts:
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return ModelFacts(params=params, macs=count_macs(model, input_size), checkpoint_bytes=checkpoint_bytes(model))
+    return ModelFacts(
+        params=params, macs=count_macs(model, input_size), checkpoint_bytes=checkpoint_bytes(model)
+    )
+
+
+_DISK_LOCK = threading.Lock()
+
+
+def _disk_cache_path() -> Path:
+    root = os.environ.get("DSE_CACHE_DIR") or Path.home() / ".cache" / "dse"
+    return Path(root) / f"model_facts-torch{torch.__version__.split('+')[0]}.json"
+
+
+def _disk_key(spec: ModelSpec, input_size: tuple[int, ...]) -> str:
+    return json.dumps([spec.to_dict(), list(input_size)], sort_keys=True)
+
+
+def _disk_load() -> dict[str, dict[str, int]]:
+    try:
+        return json.loads(_disk_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _disk_store(key: str, facts: ModelFacts) -> None:
+    """Merge one entry into the on-disk cache (atomic replace; a lost race only loses a cache entry)."""
+    path = _disk_cache_path()
+    with _DISK_LOCK:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = _disk_load()
+            data[key] = asdict(facts)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".facts-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        except OSError:  # a read-only home is no reason to fail: the facts are just recomputed next time
+            pass
 
 
 @functools.lru_cache(maxsize=4096)
 def _facts_of_spec(spec: ModelSpec, input_size: tuple[int, ...]) -> ModelFacts:
-    return _facts_of_module(build_model(spec), input_size)
+    # Building ~600 models and serialising their state_dicts takes tens of seconds on a small CPU, and every
+    # sweep worker plans the whole grid at start: keep the facts on disk, keyed by spec and torch version.
+    key = _disk_key(spec, input_size)
+    hit = _disk_load().get(key)
+    if hit is not None:
+        return ModelFacts(**hit)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny forward passes: more threads only add contention
+    try:
+        facts = _facts_of_module(build_model(spec), input_size)
+    finally:
+        torch.set_num_threads(threads)
+    _disk_store(key, facts)
+    return facts
 
 
-def model_facts(spec_or_module: ModelSpec | nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> ModelFacts:
+def model_facts(
+    spec_or_module: ModelSpec | nn.Module, input_size: tuple[int, ...] = (3, 32, 32)
+) -> ModelFacts:
     """Params, MACs per image and checkpoint bytes of a spec (cached per spec) or of a built module."""
     input_size = tuple(int(v) for v in input_size)
     if isinstance(spec_or_module, ModelSpec):
-        return _facts_of_spec(spec_or_module, input_size)
+        # dropout and activation change neither weights nor conv/linear MACs: share one cache entry
+        return _facts_of_spec(spec_or_module.replace(dropout=None, activation=None), input_size)
     if isinstance(spec_or_module, nn.Module):
         return _facts_of_module(spec_or_module, input_size)
-    raise InvalidModelConfig(f"model_facts needs a ModelSpec or nn.Module, got {type(spec_or_module).__name__}")
+    raise InvalidModelConfig(
+        f"model_facts needs a ModelSpec or nn.Module, got {type(spec_or_module).__name__}"
+    )

@@ -12,15 +12,15 @@ Registry names (the join key of the store and the tables; ``ModelSpec.name``):
   Parsing accepts the explicit form for canonical depths too; ``ModelSpec.name`` always gives the shortest.
 
 Widths are written as the shortest decimal that round-trips the float (``repr``, in positional notation,
-trailing ".0" dropped): 1 -> "1", 2.0 -> "2", 0.4 -> "0_4", 0.33 -> "0_33", 1e-05 -> "0_00001". So any two specs
-with different (arch, stage_depths, width) get different names, and ``spec_from_name(spec.name)`` gives back
-the same arch, stage_depths and width.
+trailing ".0" dropped): 1 -> "1", 2.0 -> "2", 0.4 -> "0_4", 0.33 -> "0_33", 1e-05 -> "0_00001". So any two
+specs with different (arch, stage_depths, width) get different names, and ``spec_from_name(spec.name)`` gives
+back the same arch, stage_depths and width.
 
 Display names (the paper's naming, ``ModelSpec.display_name``): "Shallow SqueezeNext-06-0.4x",
 "SqueezeNext-23-2x", "SqueezeNext-23v5-1x", "Modified SqueezeNext-23-1x", "SqueezeNet-v1.1". The width uses
 the same shortest-decimal rule with a "." (so 1.0 -> "1x", 2.0 -> "2x"; the paper writes both "2x" and "2.0x",
-``normalize_paper_name`` maps its names onto ours). Stage depths are not part of a display name, as in the paper
-(Table 2's 14-1x is 1-5-5-1, Table 1's 14-1.5x is 1-2-8-1).
+``normalize_paper_name`` maps its names onto ours). Stage depths are not part of a display name, as in the
+paper (Table 2's 14-1x is 1-5-5-1, Table 1's 14-1.5x is 1-2-8-1).
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+import numbers
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 from torch import nn
 
@@ -42,10 +44,20 @@ ACTIVATIONS = ("elu", "relu")
 
 #: Per-arch defaults: SqueezeNet's classifier dropout (Iandola 2016), none in the SqueezeNext reference,
 #: p = 0.3 for Shallow SqueezeNext (section 3, Table 4); ELU for Shallow SqueezeNext (Fig. 6), ReLU otherwise.
-DEFAULT_DROPOUT = {"squeezenet_1_0": 0.5, "squeezenet_1_1": 0.5, "sqnxt": 0.0, "modified_sqnxt": 0.0,
-                   "shallow_sqnxt": 0.3}
-DEFAULT_ACTIVATION = {"squeezenet_1_0": "relu", "squeezenet_1_1": "relu", "sqnxt": "relu",
-                      "modified_sqnxt": "relu", "shallow_sqnxt": "elu"}
+DEFAULT_DROPOUT = {
+    "squeezenet_1_0": 0.5,
+    "squeezenet_1_1": 0.5,
+    "sqnxt": 0.0,
+    "modified_sqnxt": 0.0,
+    "shallow_sqnxt": 0.3,
+}
+DEFAULT_ACTIVATION = {
+    "squeezenet_1_0": "relu",
+    "squeezenet_1_1": "relu",
+    "sqnxt": "relu",
+    "modified_sqnxt": "relu",
+    "shallow_sqnxt": "elu",
+}
 
 SQNXT_23 = (6, 6, 8, 1)
 SQNXT_23V5 = (2, 4, 14, 1)
@@ -56,12 +68,23 @@ SQNXT_23V5 = (2, 4, 14, 1)
 #: 14: 1-2-8-1 (Tables 1, 2, 5, 7; Table 2's 14-1x 1-5-5-1 gets the explicit name). 21: 2-2-14-1 (Tables
 #: 1, 2, 5). 23: 6-6-8-1 (SqueezeNext-23).
 PAPER_CANONICAL: dict[int, tuple[int, int, int, int]] = {
-    6: (1, 1, 1, 1), 7: (1, 1, 2, 1), 8: (1, 2, 2, 1), 9: (1, 1, 4, 1), 10: (1, 3, 3, 1), 12: (1, 4, 4, 1),
-    14: (1, 2, 8, 1), 16: (1, 6, 6, 1), 21: (2, 2, 14, 1), 23: SQNXT_23,
+    6: (1, 1, 1, 1),
+    7: (1, 1, 2, 1),
+    8: (1, 2, 2, 1),
+    9: (1, 1, 4, 1),
+    10: (1, 3, 3, 1),
+    12: (1, 4, 4, 1),
+    14: (1, 2, 8, 1),
+    16: (1, 6, 6, 1),
+    21: (2, 2, 14, 1),
+    23: SQNXT_23,
 }
 
-_ARCH_DISPLAY = {"sqnxt": "SqueezeNext", "modified_sqnxt": "Modified SqueezeNext",
-                 "shallow_sqnxt": "Shallow SqueezeNext"}
+_ARCH_DISPLAY = {
+    "sqnxt": "SqueezeNext",
+    "modified_sqnxt": "Modified SqueezeNext",
+    "shallow_sqnxt": "Shallow SqueezeNext",
+}
 _SQUEEZENET_DISPLAY = {"squeezenet_1_0": "SqueezeNet-v1.0", "squeezenet_1_1": "SqueezeNet-v1.1"}
 
 
@@ -76,7 +99,9 @@ def canonical_stage_depths(depth: int) -> tuple[int, int, int, int]:
     (the Table 2 pattern) and 1-k-(k+1)-1 for an odd one. Depth = blocks + 2, at least 6.
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 6:
-        raise InvalidModelConfig(f"depth must be an integer >= 6 (four stages of >= 1 block, + 2), got {depth!r}")
+        raise InvalidModelConfig(
+            f"depth must be an integer >= 6 (four stages of >= 1 block, + 2), got {depth!r}"
+        )
     if depth in PAPER_CANONICAL:
         return PAPER_CANONICAL[depth]
     blocks = depth - 2
@@ -99,11 +124,14 @@ def _norm_depths(value: Any) -> tuple[int, int, int, int] | None:
         items = tuple(value)
     except TypeError:
         items = None
-    if (items is None or len(items) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items)):
+    if (
+        items is None
+        or len(items) != 4
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in items)
+    ):
         shown = items if items is not None else value
         raise InvalidModelConfig(f"stage_depths must be four positive integers, got {shown!r}")
-    return items  # type: ignore[return-value]
+    return tuple(int(v) for v in items)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -132,14 +160,14 @@ class ModelSpec:
             raise InvalidModelConfig(f"stage_depths must be four positive integers for {self.arch}, got None")
         set_(self, "stage_depths", depths)
         w = self.width
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w <= 0:
             raise InvalidModelConfig(f"width must be > 0, got {w!r}")
         w = float(w)
         if self.arch in SQUEEZENET_ARCHS and w != 1.0:
             raise InvalidModelConfig(f"width must be 1.0 for {self.arch} (no width multiplier), got {w!r}")
         set_(self, "width", w)
         p = DEFAULT_DROPOUT[self.arch] if self.dropout is None else self.dropout
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
             raise InvalidModelConfig(f"dropout must be in [0, 1), got {p!r}")
         set_(self, "dropout", float(p))
         act = DEFAULT_ACTIVATION[self.arch] if self.activation is None else self.activation
@@ -147,8 +175,9 @@ class ModelSpec:
             raise InvalidModelConfig(f"activation must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
         set_(self, "activation", act)
         n = self.num_classes
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
             raise InvalidModelConfig(f"num_classes must be >= 2, got {n!r}")
+        set_(self, "num_classes", int(n))
 
     @property
     def depth(self) -> int | None:
@@ -175,7 +204,11 @@ class ModelSpec:
         if self.arch in SQUEEZENET_ARCHS:
             return _SQUEEZENET_DISPLAY[self.arch]
         assert self.depth is not None
-        tag = "23v5" if self.arch != "shallow_sqnxt" and self.stage_depths == SQNXT_23V5 else f"{self.depth:02d}"
+        tag = (
+            "23v5"
+            if self.arch != "shallow_sqnxt" and self.stage_depths == SQNXT_23V5
+            else f"{self.depth:02d}"
+        )
         return f"{_ARCH_DISPLAY[self.arch]}-{tag}-{format_width(self.width)}x"
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,7 +222,9 @@ class ModelSpec:
         allowed = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - allowed)
         if unknown:
-            raise InvalidModelConfig(f"unknown ModelSpec keys {unknown}; allowed: {', '.join(sorted(allowed))}")
+            raise InvalidModelConfig(
+                f"unknown ModelSpec keys {unknown}; allowed: {', '.join(sorted(allowed))}"
+            )
         if "arch" not in d:
             raise InvalidModelConfig(f"ModelSpec dict needs 'arch', got keys {sorted(d)}")
         return cls(**d)
@@ -199,7 +234,9 @@ class ModelSpec:
         try:
             return dataclasses.replace(self, **changes)
         except TypeError as e:  # unknown field
-            raise InvalidModelConfig(f"{e}; fields: {', '.join(f.name for f in dataclasses.fields(self))}") from e
+            raise InvalidModelConfig(
+                f"{e}; fields: {', '.join(f.name for f in dataclasses.fields(self))}"
+            ) from e
 
 
 _NAME_RE = re.compile(
@@ -208,22 +245,26 @@ _NAME_RE = re.compile(
 )
 
 
-def spec_from_name(name: str, *, num_classes: int = 10, dropout: float | None = None,
-                   activation: str | None = None) -> ModelSpec:
+def spec_from_name(
+    name: str, *, num_classes: int = 10, dropout: float | None = None, activation: str | None = None
+) -> ModelSpec:
     """Parse a registry name (module docstring) into a ``ModelSpec``; keyword fields override defaults."""
     kw = dict(num_classes=num_classes, dropout=dropout, activation=activation)
     if name in SQUEEZENET_ARCHS:
         return ModelSpec(name, **kw)
     m = _NAME_RE.match(name) if isinstance(name, str) else None
     if m is None:
-        raise InvalidModelConfig(f"unknown model {name!r}; known: {', '.join(list_models())} "
-                                 "(or pattern {sqnxt,modified_sqnxt,shallow_sqnxt}_DD_Wx[_sA_B_C_D])")
+        raise InvalidModelConfig(
+            f"unknown model {name!r}; known: {', '.join(list_models())} "
+            "(or pattern {sqnxt,modified_sqnxt,shallow_sqnxt}_DD_Wx[_sA_B_C_D])"
+        )
     arch, depth = m["arch"], int(m["depth"])
     width = float(m["width"].replace("_", "."))
     if m["v5"]:
         if arch == "shallow_sqnxt" or depth != 23 or m["s"]:
-            raise InvalidModelConfig(f"unknown model {name!r}: the v5 tag exists only as sqnxt_23v5_Wx / "
-                                     "modified_sqnxt_23v5_Wx")
+            raise InvalidModelConfig(
+                f"unknown model {name!r}: the v5 tag exists only as sqnxt_23v5_Wx / modified_sqnxt_23v5_Wx"
+            )
         depths = SQNXT_23V5
     elif m["s"]:
         depths = tuple(int(v) for v in m["s"].split("_"))
@@ -243,15 +284,23 @@ def build_model(spec: ModelSpec) -> nn.Module:
         raise InvalidModelConfig(f"build_model needs a ModelSpec, got {type(spec).__name__}")
     if spec.arch in SQUEEZENET_ARCHS:
         from dse.models.squeezenet import SqueezeNet
-        return SqueezeNet(spec.arch.removeprefix("squeezenet_"), spec.num_classes, spec.dropout, spec.activation)
-    kw = dict(width=spec.width, num_classes=spec.num_classes, dropout=spec.dropout, activation=spec.activation)
+
+        return SqueezeNet(
+            spec.arch.removeprefix("squeezenet_"), spec.num_classes, spec.dropout, spec.activation
+        )
+    kw = dict(
+        width=spec.width, num_classes=spec.num_classes, dropout=spec.dropout, activation=spec.activation
+    )
     if spec.arch == "sqnxt":
         from dse.models.squeezenext import SqueezeNext
+
         return SqueezeNext(spec.stage_depths, **kw)
     if spec.arch == "modified_sqnxt":
         from dse.models.squeezenext import ModifiedSqueezeNext
+
         return ModifiedSqueezeNext(spec.stage_depths, **kw)
     from dse.models.shallow_squeezenext import ShallowSqueezeNext
+
     return ShallowSqueezeNext(spec.stage_depths, **kw)
 
 
@@ -282,7 +331,8 @@ class PaperRow:
 
 _PAPER_NAME_RE = re.compile(
     r"^(?P<fam>Shallow SqueezeNext|Modified SqueezeNext|SqueezeNext)-(?P<depth>\d+)(?P<v5>v5)?"
-    r"-(?P<width>\d+(?:\.\d+)?)x?$")
+    r"-(?P<width>\d+(?:\.\d+)?)x?$"
+)
 _PAPER_ALIASES = {"Squeezed CNN (SqueezeNet implementation)": "SqueezeNet-v1.0"}
 
 
@@ -305,11 +355,26 @@ def normalize_paper_name(model: str) -> str:
 
 
 def _blank(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+    """None, "", NaN, pandas' NA: "the paper gives no value" (pandas is not imported for this)."""
+    if v is None:
+        return True
+    if isinstance(v, str):
+        return not v.strip()
+    if hasattr(v, "__len__"):  # a sequence of stage depths
+        return len(v) == 0
+    try:
+        return bool(v != v)  # NaN; pd.NA's comparison is NA, whose bool() raises
+    except (TypeError, ValueError):
+        return True
 
 
-def paper_spec(model: str, resolution: str | Iterable[int] | None = None, width: float | None = None,
-               dropout: float | None = None, num_classes: int = 10) -> ModelSpec:
+def paper_spec(
+    model: str,
+    resolution: str | Iterable[int] | None = None,
+    width: float | None = None,
+    dropout: float | None = None,
+    num_classes: int = 10,
+) -> ModelSpec:
     """Map a row of the paper's tables (``model``, ``resolution`` "1-2-8-1" or empty, ``width``) to a spec.
 
     - Where the paper gives no resolution, the canonical depths of the name's total depth are a guess:
@@ -327,10 +392,15 @@ def paper_spec(model: str, resolution: str | Iterable[int] | None = None, width:
         return ModelSpec(arch, None, 1.0, None if _blank(dropout) else float(dropout), None, num_classes)
     m = _PAPER_NAME_RE.match(norm)
     if m is None:
-        raise InvalidModelConfig(f"unknown paper model {model!r}; expected 'SqueezeNet-v1.0', 'SqueezeNet-v1.1' "
-                                 "or '[Shallow |Modified ]SqueezeNext-DD-Wx'")
-    arch = {"SqueezeNext": "sqnxt", "Modified SqueezeNext": "modified_sqnxt",
-            "Shallow SqueezeNext": "shallow_sqnxt"}[m["fam"]]
+        raise InvalidModelConfig(
+            f"unknown paper model {model!r}; expected 'SqueezeNet-v1.0', 'SqueezeNet-v1.1' "
+            "or '[Shallow |Modified ]SqueezeNext-DD-Wx'"
+        )
+    arch = {
+        "SqueezeNext": "sqnxt",
+        "Modified SqueezeNext": "modified_sqnxt",
+        "Shallow SqueezeNext": "shallow_sqnxt",
+    }[m["fam"]]
     depth = int(m["depth"])
     name_width = float(m["width"])
     if _blank(width):
@@ -338,7 +408,9 @@ def paper_spec(model: str, resolution: str | Iterable[int] | None = None, width:
     else:
         w = float(width)
         if not math.isclose(w, name_width, rel_tol=1e-9):
-            raise InvalidModelConfig(f"width {width!r} disagrees with the width in {model!r} ({name_width:g})")
+            raise InvalidModelConfig(
+                f"width {width!r} disagrees with the width in {model!r} ({name_width:g})"
+            )
     if _blank(resolution):
         depths = SQNXT_23V5 if m["v5"] else canonical_stage_depths(depth)
     else:
@@ -353,8 +425,9 @@ def paper_spec(model: str, resolution: str | Iterable[int] | None = None, width:
         depths = _norm_depths(depths)
         assert depths is not None
         if sum(depths) + 2 != depth:
-            raise InvalidModelConfig(f"resolution {resolution!r} has {sum(depths)} blocks + 2 != depth {depth} "
-                                     f"of {model!r}")
+            raise InvalidModelConfig(
+                f"resolution {resolution!r} has {sum(depths)} blocks + 2 != depth {depth} of {model!r}"
+            )
     return ModelSpec(arch, depths, w, None if _blank(dropout) else float(dropout), None, num_classes)
 
 
@@ -392,17 +465,30 @@ _PAPER_ROWS_RAW: tuple[tuple, ...] = (
     ("table3", "Shallow SqueezeNext-12-1.0x", None, 1.000, 0.504),
     ("table3", "Shallow SqueezeNext-06-1.5x", None, 1.500, 2.442),
     ("table3", "Shallow SqueezeNext-06-2.0x", None, 2.000, 4.201),
-    *(("table4", "Shallow SqueezeNext-06-0.2x-v1", "1-1-1-1", 0.2, 0.273, p, f"p={p}")
-      for p in (0.1, 0.2, 0.3, 0.4, 0.5)),
+    *(
+        ("table4", "Shallow SqueezeNext-06-0.2x-v1", "1-1-1-1", 0.2, 0.273, p, f"p={p}")
+        for p in (0.1, 0.2, 0.3, 0.4, 0.5)
+    ),
     ("table5", "Shallow SqueezeNext-14-1.5x-v1", "1-2-8-1", 1.5, 8.720),
     ("table5", "Shallow SqueezeNext-21-0.2x-v1", "2-2-14-1", 0.2, 1.814),
     ("table5", "Shallow SqueezeNext-06-0.575x-v1", "1-1-1-1", 0.575, 0.449),
     ("table5", "Shallow SqueezeNext-06-0.4x-v1", "1-1-1-1", 0.4, 0.272),
     ("table5", "Shallow SqueezeNext-09-0.5x-v1", "1-1-4-1", 0.5, 0.531),
     ("table6", "Shallow SqueezeNext-14-1.0x", None, 1.0, 6.90, None, "adabound"),
-    *(("table6", "Shallow SqueezeNext-09-0.5x", "1-1-4-1", 0.5, s, None, o) for o, s in (
-        ("adam", 1.40), ("adamax", 1.40), ("adagrad", 1.00), ("adabound", 1.40), ("adadelta", 1.40),
-        ("asgd", 1.00), ("rmsprop", 1.40), ("rprop", 1.40), ("sgd_nesterov", 1.10))),
+    *(
+        ("table6", "Shallow SqueezeNext-09-0.5x", "1-1-4-1", 0.5, s, None, o)
+        for o, s in (
+            ("adam", 1.40),
+            ("adamax", 1.40),
+            ("adagrad", 1.00),
+            ("adabound", 1.40),
+            ("adadelta", 1.40),
+            ("asgd", 1.00),
+            ("rmsprop", 1.40),
+            ("rprop", 1.40),
+            ("sgd_nesterov", 1.10),
+        )
+    ),
     ("table7", "Squeezed CNN (SqueezeNet implementation)", None, None, 12.9),
     ("table7", "Shallow SqueezeNext-14-1.5x", "1-2-8-1", 1.5, 8.72),
     ("table7", "Shallow SqueezeNext-06-0.575x", "1-1-1-1", 0.575, 0.449),
@@ -428,8 +514,16 @@ def _table_models() -> dict[str, list[ModelSpec]]:
 PAPER_TABLE_MODELS: dict[str, list[ModelSpec]] = _table_models()
 
 #: Baselines registered beside the paper's models.
-BASELINE_NAMES = ("squeezenet_1_0", "squeezenet_1_1", "sqnxt_23_1x", "sqnxt_23_2x", "sqnxt_23v5_1x",
-                  "sqnxt_23v5_2x", "modified_sqnxt_23_1x", "modified_sqnxt_23_2x")
+BASELINE_NAMES = (
+    "squeezenet_1_0",
+    "squeezenet_1_1",
+    "sqnxt_23_1x",
+    "sqnxt_23_2x",
+    "sqnxt_23v5_1x",
+    "sqnxt_23v5_2x",
+    "modified_sqnxt_23_1x",
+    "modified_sqnxt_23_2x",
+)
 
 
 def _registered() -> tuple[str, ...]:

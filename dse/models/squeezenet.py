@@ -28,11 +28,32 @@ from torch import nn
 from dse.models.squeezenext import make_activation
 
 # (in, squeeze, expand1x1, expand3x3) per fire module, in order; "M" = 3x3 stride-2 max pool.
-_V1_0 = ["M", (96, 16, 64, 64), (128, 16, 64, 64), (128, 32, 128, 128), "M",
-         (256, 32, 128, 128), (256, 48, 192, 192), (384, 48, 192, 192), (384, 64, 256, 256), "M",
-         (512, 64, 256, 256)]
-_V1_1 = ["M", (64, 16, 64, 64), (128, 16, 64, 64), "M", (128, 32, 128, 128), (256, 32, 128, 128), "M",
-         (256, 48, 192, 192), (384, 48, 192, 192), (384, 64, 256, 256), (512, 64, 256, 256)]
+_V1_0 = [
+    "M",
+    (96, 16, 64, 64),
+    (128, 16, 64, 64),
+    (128, 32, 128, 128),
+    "M",
+    (256, 32, 128, 128),
+    (256, 48, 192, 192),
+    (384, 48, 192, 192),
+    (384, 64, 256, 256),
+    "M",
+    (512, 64, 256, 256),
+]
+_V1_1 = [
+    "M",
+    (64, 16, 64, 64),
+    (128, 16, 64, 64),
+    "M",
+    (128, 32, 128, 128),
+    (256, 32, 128, 128),
+    "M",
+    (256, 48, 192, 192),
+    (384, 48, 192, 192),
+    (384, 64, 256, 256),
+    (512, 64, 256, 256),
+]
 LAYOUTS = {"1_0": (96, _V1_0), "1_1": (64, _V1_1)}
 
 
@@ -53,8 +74,9 @@ class Fire(nn.Module):
 class SqueezeNet(nn.Module):
     """SqueezeNet v1.0 / v1.1 for 32x32 inputs (``version`` "1_0" or "1_1")."""
 
-    def __init__(self, version: str = "1_0", num_classes: int = 10, dropout: float = 0.5,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self, version: str = "1_0", num_classes: int = 10, dropout: float = 0.5, activation: str = "relu"
+    ) -> None:
         super().__init__()
         if version not in LAYOUTS:
             raise ValueError(f"version must be one of {', '.join(LAYOUTS)}, got {version!r}")

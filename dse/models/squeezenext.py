@@ -42,8 +42,8 @@ Modified SqueezeNext (section 2.3; Figures 2-3 are not in our text, this is our 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -95,7 +95,7 @@ class NetPlan:
 
 
 def squeeze_widths(in_ch: int, out_ch: int, stride: int) -> tuple[int, int]:
-    """The reference's squeeze ratios: C (stride 2), C/4 (channel-reducing block) or C/2; then half of that."""
+    """The reference's squeeze ratios: C (stride 2), C/4 (channel-reducing block) or C/2; then half."""
     if stride == 2:
         s1 = in_ch
     elif in_ch > out_ch:
@@ -125,10 +125,11 @@ ConvUnit = Callable[..., nn.Module]  # (in_ch, out_ch, kernel_size, stride=1, pa
 
 
 class ConvBnAct(nn.Sequential):
-    """conv -> BatchNorm -> activation (SqueezeNext's unit; Modified SqueezeNext's basic block, Fig. 2 right)."""
+    """conv -> BatchNorm -> activation (SqueezeNext unit; Modified SqueezeNext basic block, Fig. 2 right)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size, stride: int = 1, padding=0,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size, stride: int = 1, padding=0, activation: str = "relu"
+    ) -> None:
         super().__init__(
             nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, bias=True),
             nn.BatchNorm2d(out_ch),
@@ -139,13 +140,19 @@ class ConvBnAct(nn.Sequential):
 class SqnxtBottleneck(nn.Module):
     """1x1 squeeze -> 1x1 squeeze -> 3x1 -> 1x3 -> 1x1 expand, plus skip; ``unit`` makes each conv unit.
 
-    The squeeze conv carries the stride. A projection shortcut (1x1 conv stride s + BN, then the activation, as
-    in the reference) is used when the stride or channel count changes, otherwise identity. The sum is
+    The squeeze conv carries the stride. A projection shortcut (1x1 conv stride s + BN, then the activation,
+    as in the reference) is used when the stride or channel count changes, otherwise identity. The sum is
     activated again (not in place on a tensor autograd still needs: the add makes a fresh tensor).
     """
 
-    def __init__(self, plan: BlockPlan, unit: ConvUnit, activation: str, projection_bn_first: bool = True,
-                 allow_projection: bool = True) -> None:
+    def __init__(
+        self,
+        plan: BlockPlan,
+        unit: ConvUnit,
+        activation: str,
+        projection_bn_first: bool = True,
+        allow_projection: bool = True,
+    ) -> None:
         super().__init__()
         p = plan
         self.body = nn.Sequential(
@@ -159,7 +166,7 @@ class SqnxtBottleneck(nn.Module):
         if needs_projection and not allow_projection:
             raise ValueError(f"block {p} changes shape but projection shortcuts are disabled")
         if needs_projection:
-            # projection_bn_first: conv -> BN -> act (SqueezeNext); else conv -> act -> BN (Shallow SqueezeNext)
+            # projection_bn_first: conv -> BN -> act (SqueezeNext); else conv -> act -> BN (Shallow)
             layers = [nn.Conv2d(p.in_ch, p.out_ch, 1, p.stride, 0, bias=True)]
             if projection_bn_first:
                 layers += [nn.BatchNorm2d(p.out_ch), make_activation(activation)]
@@ -178,8 +185,14 @@ class SqnxtBottleneck(nn.Module):
 class SqueezeNext(nn.Module):
     """SqueezeNext for 32x32 inputs: stem, four stages of bottlenecks, 1x1 head conv, pool, dropout?, FC."""
 
-    def __init__(self, stage_depths: tuple[int, int, int, int], width: float = 1.0, num_classes: int = 10,
-                 dropout: float = 0.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        stage_depths: tuple[int, int, int, int],
+        width: float = 1.0,
+        num_classes: int = 10,
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         plan = net_plan(stage_depths, width)
         self.plan = plan
@@ -188,10 +201,12 @@ class SqueezeNext(nn.Module):
             return ConvBnAct(i, o, k, s, pad, activation)
 
         self.stem = unit(3, plan.stem_ch, 3, 1, 1)
-        self.stages = nn.Sequential(*[
-            nn.Sequential(*[SqnxtBottleneck(b, unit, activation) for b in plan.blocks if b.stage == s])
-            for s in range(4)
-        ])
+        self.stages = nn.Sequential(
+            *[
+                nn.Sequential(*[SqnxtBottleneck(b, unit, activation) for b in plan.blocks if b.stage == s])
+                for s in range(4)
+            ]
+        )
         self.head = unit(plan.last_ch, plan.head_ch, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -204,7 +219,7 @@ class SqueezeNext(nn.Module):
 
 
 class ModifiedFirstBlock(nn.Sequential):
-    """Modified SqueezeNext first block of a stage (Fig. 3 right, our reading): 1x1 basic block -> max pool."""
+    """Modified SqueezeNext first block of a stage (Fig. 3 right, our reading): 1x1 basic block, max pool."""
 
     def __init__(self, plan: BlockPlan, activation: str) -> None:
         super().__init__(
@@ -217,8 +232,14 @@ class ModifiedSqueezeNext(nn.Module):
     """Modified SqueezeNext (Duggal 2020, section 2.3): first block per stage = basic block + max pool,
     the remaining blocks = bottlenecks of basic blocks with identity skips."""
 
-    def __init__(self, stage_depths: tuple[int, int, int, int], width: float = 1.0, num_classes: int = 10,
-                 dropout: float = 0.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        stage_depths: tuple[int, int, int, int],
+        width: float = 1.0,
+        num_classes: int = 10,
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         plan = net_plan(stage_depths, width)
         self.plan = plan
@@ -233,9 +254,9 @@ class ModifiedSqueezeNext(nn.Module):
             return SqnxtBottleneck(b, unit, activation, allow_projection=False)
 
         self.stem = unit(3, plan.stem_ch, 3, 1, 1)
-        self.stages = nn.Sequential(*[
-            nn.Sequential(*[block(b) for b in plan.blocks if b.stage == s]) for s in range(4)
-        ])
+        self.stages = nn.Sequential(
+            *[nn.Sequential(*[block(b) for b in plan.blocks if b.stage == s]) for s in range(4)]
+        )
         self.head = unit(plan.last_ch, plan.head_ch, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

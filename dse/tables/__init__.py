@@ -1,8 +1,8 @@
 """The paper's Tables 1-7 again, from the results store: the paper's numbers beside ours, with flags.
 
-``python -m dse.tables`` (``make tables``) reads ``dse_trials`` / ``dse_deployments`` (never Optuna's tables),
-matches every row of ``experiments/paper_tables/table{1..7}_*.csv`` to trials (``dse.tables.match``), flags the
-paper's own inconsistencies (``dse.tables.paper``) and writes ``<out>/tables/tableN.{md,csv,tex}``,
+``python -m dse.tables`` (``make tables``) reads ``dse_trials`` / ``dse_deployments`` (never Optuna's
+tables), matches every row of ``experiments/paper_tables/table{1..7}_*.csv`` to trials (``dse.tables.match``),
+flags the paper's own inconsistencies (``dse.tables.paper``) and writes ``<out>/tables/tableN.{md,csv,tex}``,
 ``<out>/figures/*.png`` (``dse.figures``) and ``<out>/report.md`` (``dse.tables.report``).
 
 Library use::
@@ -93,11 +93,12 @@ def open_store(url: str) -> Store | None:
     try:
         parsed = make_url(url)
     except Exception as e:
-        raise TablesError(f"--db {url!r} is not a database URL; expected e.g. sqlite:///results/dse.db") from e
+        raise TablesError(f"--db {url!r} is not a database URL; expected e.g. "
+                          "sqlite:///results/dse.db") from e
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         if not Path(parsed.database).exists():
-            raise TablesError(f"no results store at {parsed.database} (from {url}); run `python -m dse.sweep` "
-                              "first, or pass --db URL / set DSE_STORAGE_URL")
+            raise TablesError(f"no results store at {parsed.database} (from {url}); run "
+                              "`python -m dse.sweep` first, or pass --db URL / set DSE_STORAGE_URL")
     store = Store(url, create=False, retries=2, backoff=0.2)
     with store.engine.connect() as conn:
         if not inspect(conn).has_table(TrialRow.__tablename__):
@@ -129,17 +130,26 @@ def read_store(url: str, studies: tuple[str, ...] | None = None) -> StoreData:
 
 def _our_sizes(paper: pd.DataFrame, res: pd.DataFrame) -> pd.DataFrame:
     """Our checkpoint MB / params / MACs per row: from trials, else computed from the architecture."""
-    from dse.models import model_facts
-
     out = res.copy()
     have = out["ckpt_bytes"].notna()
     out["ours_mb_source"] = np.where(have, "trial", "computed")
-    need = ~have | out["params"].isna() | out["macs"].isna()
-    for i in np.flatnonzero(need.to_numpy()):
-        f = model_facts(paper["spec"].iat[i])  # cached per spec; only rows nobody ran yet
-        for col, val in (("ckpt_bytes", f.checkpoint_bytes), ("params", f.params), ("macs", f.macs)):
-            if pd.isna(out[col].iat[i]):
-                out.iloc[i, out.columns.get_loc(col)] = float(val)
+    need = np.flatnonzero((~have | out["params"].isna() | out["macs"].isna()).to_numpy())
+    if len(need):
+        import torch
+
+        from dse.models import model_facts
+
+        threads = torch.get_num_threads()
+        # one 32x32 image per model: extra threads only contend (measured 10x slower on 2 busy cores)
+        torch.set_num_threads(1)
+        try:
+            for i in need:
+                f = model_facts(paper["spec"].iat[i])  # cached per spec; only rows nobody ran yet
+                for col, val in (("ckpt_bytes", f.checkpoint_bytes), ("params", f.params), ("macs", f.macs)):
+                    if pd.isna(out[col].iat[i]):
+                        out.iloc[i, out.columns.get_loc(col)] = float(val)
+        finally:
+            torch.set_num_threads(threads)
     out["ours_mb"] = out["ckpt_bytes"].astype(float) / MB
     return out
 
@@ -172,7 +182,7 @@ def build_tables(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.Data
                 idx = pd.MultiIndex.from_frame(rows[["table", "row"]])
                 for q in ("p50_ms", "p99_ms"):
                     rows[f"{fmt}_{q}"] = sub[q].reindex(idx).to_numpy(dtype=float)
-    ours = {(m, d): mb for m, d, mb in zip(rows["model_name"], rows["dataset"], rows["ours_mb"])}
+    ours = {(m, d): mb for m, d, mb in zip(rows["model_name"], rows["dataset"], rows["ours_mb"], strict=True)}
     flags = paper_flags(paper, ours)
     tables: dict[int, TableResult] = {}
     for n, part in rows.groupby("table", sort=True):
@@ -232,17 +242,18 @@ def generate(opts: Options, data: StoreData | None = None) -> Generated:
     for f in opts.formats:
         if f not in FORMATS:
             raise TablesError(f"unknown format {f!r}; allowed: {', '.join(FORMATS)}")
-    paper = load_paper_tables(opts.paper_dir or DEFAULT_PAPER_DIR)
     if data is None:
-        data = read_store(opts.db_url, opts.studies)
+        data = read_store(opts.db_url, opts.studies)  # first: a missing store fails before torch is imported
+    paper = load_paper_tables(opts.paper_dir or DEFAULT_PAPER_DIR)
     tables = build_tables(paper, data.trials, data.deployments)
     out = Path(opts.out_dir)
     files = write_tables(tables, out, opts.formats)
     figs: list[Path] = []
     if opts.figures:
         from dse.figures import write_figures
-        points = pd.concat([t.rows for t in tables.values()], ignore_index=True)[
-            ["table", "model", "model_name", "accuracy_pct", "size_mb", "sec_per_epoch", "macs", "dataset"]]
+        cols = ["table", "model", "model_name", "display_name", "accuracy_pct", "size_mb", "sec_per_epoch",
+                "macs", "dataset"]
+        points = pd.concat([t.rows for t in tables.values()], ignore_index=True)[cols]
         figs = write_figures(data.trials, points, data.epochs, out / "figures")
         files += figs
     files.append(write_report(out, tables, data, opts, figs))
@@ -250,7 +261,8 @@ def generate(opts: Options, data: StoreData | None = None) -> Generated:
 
 
 __all__ = [
-    "ConfigError", "DEFAULT_DB_URL", "FORMATS", "Generated", "Options", "StoreData", "StoreError", "TableResult",
+    "ConfigError", "DEFAULT_DB_URL", "FORMATS", "Generated", "Options", "StoreData", "StoreError",
+    "TableResult",
     "TablesError", "build_tables", "default_db_url", "generate", "load_paper_tables", "open_store",
     "parse_formats", "read_store", "run_command", "write_atomic", "write_tables",
 ]

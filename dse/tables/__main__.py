@@ -17,11 +17,13 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m dse.tables", description=__doc__.splitlines()[0])
     ap.add_argument("--db", default=None, metavar="URL",
-                    help=f"results store (default: $DSE_STORAGE_URL or sqlite:///results/dse.db; now {default_db_url()})")
+                    help="results store (default: $DSE_STORAGE_URL or sqlite:///results/dse.db; "
+                         f"now {default_db_url()})")
     ap.add_argument("--study", action="append", metavar="NAME",
                     help="only trials of this study (repeatable); default: every study")
     ap.add_argument("--out", default="results", metavar="DIR",
-                    help="output root: DIR/tables/tableN.*, DIR/figures/*.png, DIR/report.md (default results)")
+                    help="output root: DIR/tables/tableN.*, DIR/figures/*.png, DIR/report.md "
+                         "(default results)")
     ap.add_argument("--format", default="md", metavar="md,csv,tex", help="table formats, comma-separated")
     ap.add_argument("--paper-dir", default=None, metavar="DIR",
                     help="the paper's table CSVs (default experiments/paper_tables)")
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = Options(db_url=args.db or default_db_url(), out_dir=Path(args.out),
                        formats=parse_formats(args.format), studies=tuple(args.study) if args.study else None,
-                       paper_dir=Path(args.paper_dir) if args.paper_dir else None, figures=not args.no_figures)
+                       paper_dir=Path(args.paper_dir) if args.paper_dir else None,
+                       figures=not args.no_figures)
         res = generate(opts)
     except DSEError as e:
         print(f"error: {e}", file=sys.stderr)

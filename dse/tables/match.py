@@ -62,7 +62,8 @@ def candidates(paper: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         return cand
     ok = cand["p_dropout"].isna() | np.isclose(cand["dropout"].astype(float),
                                                cand["p_dropout"].astype(float).fillna(-1.0), atol=1e-9)
-    ok &= cand["p_optimizer"].isna() | (cand["optimizer"].astype("object") == cand["p_optimizer"].astype("object"))
+    same_opt = cand["optimizer"].astype("object") == cand["p_optimizer"].astype("object")
+    ok &= cand["p_optimizer"].isna() | same_opt
     return cand[ok.to_numpy()]
 
 
@@ -77,7 +78,8 @@ def aggregate(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFra
 
     done = cand[cand["status"] == COMPLETE].copy()
     if not done.empty:
-        imgs = done["train_images"].astype(float).fillna(done["data_fraction"].astype(float) * NOMINAL_TRAIN_IMAGES)
+        nominal = done["data_fraction"].astype(float) * NOMINAL_TRAIN_IMAGES
+        imgs = done["train_images"].astype(float).fillna(nominal)
         done["_budget"] = done["epochs"].astype(float) * imgs
         done["_bkey"] = _key(done, ("epochs", "data_fraction", "train_images"))
         g = done.groupby(["table", "row"])
@@ -87,7 +89,8 @@ def aggregate(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFra
         done = done[done["_rank"] == done.groupby(["table", "row"])["_rank"].transform("max")]
         done["_ckey"] = _key(done, CONFIG_COLUMNS)
         cg = done.groupby(["table", "row", "_ckey"]).agg(_val=("best_val_acc", "mean"), _n=("id", "size"))
-        cg = cg.reset_index().sort_values(["table", "row", "_val", "_n"], ascending=[True, True, False, False],
+        cg = cg.reset_index().sort_values(["table", "row", "_val", "_n"],
+                                          ascending=[True, True, False, False],
                                           na_position="last")
         n_configs = cg.groupby(["table", "row"]).size().rename("n_configs")
         best = cg.drop_duplicates(["table", "row"])[["table", "row", "_ckey"]]
@@ -99,7 +102,8 @@ def aggregate(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFra
             params=("params", "median"), macs=("macs", "median"), sec_mean=("sec_per_epoch", "mean"),
             epochs=("epochs", "first"), data_fraction=("data_fraction", "first"),
             train_images=("train_images", "max"), int8_trial=("int8_bytes", "median"),
-            devices=("device", _joined), precisions=("precision", _joined), data_sources=("data_source", _joined),
+            devices=("device", _joined), precisions=("precision", _joined),
+            data_sources=("data_source", _joined),
             studies=("study", _joined), trial_ids=("id", lambda s: sorted(int(v) for v in s)),
             config=("_ckey", "first"),
         )
@@ -123,7 +127,7 @@ def aggregate(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFra
         pending, on=["table", "row"], how="left").merge(size_any, on=["table", "row"], how="left")
     ok = base["status"].astype("object").eq("ok")
     status, text = [], []
-    for is_ok, reason, nfail, pend in zip(ok, base["_reason"], base["_nfail"], base["_pending"]):
+    for is_ok, reason, nfail, pend in zip(ok, base["_reason"], base["_nfail"], base["_pending"], strict=True):
         if bool(is_ok):
             status.append("ok")
             text.append("")
@@ -152,7 +156,8 @@ def aggregate(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFra
 
 def _describe_config(key: str) -> str:
     vals = key.split("|")
-    return ", ".join(f"{c}={v}" for c, v in zip(CONFIG_COLUMNS, vals) if v not in ("None", "nan"))
+    pairs = zip(CONFIG_COLUMNS, vals, strict=True)
+    return ", ".join(f"{c}={v}" for c, v in pairs if v not in ("None", "nan"))
 
 
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
@@ -190,7 +195,8 @@ def _attach_int8(out: pd.DataFrame, paper: pd.DataFrame, deployments: pd.DataFra
     per = deployments_by_row(out, paper, deployments)
     if per.empty:
         return out
-    int8 = per[per["format"] == "onnx_int8"][["table", "row", "file_bytes"]].rename(columns={"file_bytes": "_dep"})
+    int8 = per[per["format"] == "onnx_int8"][["table", "row", "file_bytes"]]
+    int8 = int8.rename(columns={"file_bytes": "_dep"})
     out = out.merge(int8, on=["table", "row"], how="left")
     out["int8_bytes"] = out["_dep"].astype(float).fillna(out["int8_bytes"].astype(float))
     return out.drop(columns=["_dep"])

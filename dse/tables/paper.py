@@ -56,9 +56,9 @@ def load_paper_tables(paper_dir: Path | str | None = None) -> pd.DataFrame:
     """All rows of the paper's tables, in the paper's order, with their registry names.
 
     Columns: table (1-7), row (0-based within its table), model (paper's name as printed), resolution,
-    width, dropout, optimizer, accuracy_pct, size_mb, sec_per_epoch, dataset ("cifar10"/"cifar100"),
-    model_name (registry name), display_name (our rendering of the paper's name), arch, stage_depths,
-    num_classes.
+    width, dropout, optimizer, accuracy_pct, size_mb, sec_per_epoch (and ``*_txt``: as printed), dataset
+    ("cifar10"/"cifar100"), model_name (registry name), display_name (our rendering of the paper's name),
+    arch, stage_depths, num_classes, spec (the ``ModelSpec``).
     """
     from dse.models import paper_spec  # imports torch: only when the tables are really built
 
@@ -70,17 +70,25 @@ def load_paper_tables(paper_dir: Path | str | None = None) -> pd.DataFrame:
     frames = []
     for f in files:
         df = pd.read_csv(f, dtype={"resolution": "string", "optimizer": "string"})
+        raw = pd.read_csv(f, dtype=str, keep_default_na=False)  # numbers as printed ("89.0", not 89)
         missing = {"model", "accuracy_pct", "size_mb", "sec_per_epoch"} - set(df.columns)
         if missing:
             raise ConfigError(f"{f} lacks columns {sorted(missing)}; has {list(df.columns)}")
         for c in _OPTIONAL:
             if c not in df.columns:
                 df[c] = pd.NA
+        for c in ("accuracy_pct", "size_mb", "sec_per_epoch"):
+            df[c + "_txt"] = raw[c].str.strip()
         n = _table_number(f)
         df.insert(0, "row", range(len(df)))
         df.insert(0, "table", n)
-        frames.append(df[["table", "row", "model", *_OPTIONAL, "accuracy_pct", "size_mb", "sec_per_epoch"]])
+        frames.append(df[["table", "row", "model", *_OPTIONAL, "accuracy_pct", "size_mb", "sec_per_epoch",
+                          "accuracy_pct_txt", "size_mb_txt", "sec_per_epoch_txt"]])
     paper = pd.concat(frames, ignore_index=True)
+    for c in ("width", "dropout", "accuracy_pct", "size_mb", "sec_per_epoch"):
+        paper[c] = pd.to_numeric(paper[c], errors="coerce").astype(float)
+    for c in ("resolution", "optimizer"):
+        paper[c] = paper[c].astype("object").where(paper[c].notna(), None)
     paper["dataset"] = ["cifar100" if t in CIFAR100_TABLES else "cifar10" for t in paper["table"]]
     paper["num_classes"] = [100 if ds == "cifar100" else 10 for ds in paper["dataset"]]
     specs = [paper_spec(r.model, None if pd.isna(r.resolution) else str(r.resolution),
@@ -106,7 +114,8 @@ def _tables(ts) -> str:
     return ("Table " if len(ts) == 1 else "Tables ") + ", ".join(map(str, ts))
 
 
-def paper_flags(paper: pd.DataFrame, ours_mb: Mapping[tuple[str, str], float]) -> dict[tuple[int, int], list[str]]:
+def paper_flags(paper: pd.DataFrame, ours_mb: Mapping[tuple[str, str], float]
+                ) -> dict[tuple[int, int], list[str]]:
     """Inconsistencies of the paper's own numbers, per (table, row): a list of one-line explanations.
 
     ``ours_mb`` maps (model_name, dataset) to our float32 checkpoint size in MB (1e6 bytes) of that
@@ -122,7 +131,8 @@ def paper_flags(paper: pd.DataFrame, ours_mb: Mapping[tuple[str, str], float]) -
       6. paper size vs our checkpoint size of that architecture off by more than ``SIZE_RATIO_LIMIT``x;
       7. transcription notes (``TRANSCRIPTION_NOTES``).
     """
-    flags: dict[tuple[int, int], list[str]] = {(int(t), int(r)): [] for t, r in zip(paper["table"], paper["row"])}
+    keys = zip(paper["table"], paper["row"], strict=True)
+    flags: dict[tuple[int, int], list[str]] = {(int(t), int(r)): [] for t, r in keys}
     rows = list(paper.itertuples(index=False))
     c10 = [r for r in rows if r.dataset == "cifar10"]
 
@@ -167,8 +177,13 @@ def paper_flags(paper: pd.DataFrame, ours_mb: Mapping[tuple[str, str], float]) -
                  and not math.isclose(o.size_mb, r.size_mb, abs_tol=1e-9)]
         if other:
             sizes = sorted({o.size_mb for o in other})
+            why = ""
+            if not pd.isna(r.optimizer) and any(not pd.isna(o.optimizer) and o.optimizer != r.optimizer
+                                                for o in other):
+                why = (" (those rows differ by optimizer: consistent with checkpoints that include the "
+                       "optimizer's per-weight state, e.g. 2 buffers for Adam-like, 1 for SGD momentum)")
             flags[key].append(f"same architecture listed at {', '.join(f'{s:g}' for s in sizes)} MB in "
-                              f"{_tables(o.table for o in other)}")
+                              f"{_tables(o.table for o in other)}{why}")
         # 6: against our checkpoint of that architecture
         mb = ours_mb.get((r.model_name, r.dataset))
         if mb and r.size_mb > 0:

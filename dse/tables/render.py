@@ -107,10 +107,12 @@ def display_cells(t: TableResult) -> tuple[list[str], list[list[str]], list[str]
     header += ["Budget", "Flags"]
     body = []
     for i, r in enumerate(t.rows.itertuples(index=False)):
-        if r.status == "ok":
+        if r.status == "ok" and _num(r.acc_mean) is None:
+            acc, diff = f"complete, no test accuracy recorded ({len(r.trial_ids or [])} trials)", ""
+        elif r.status == "ok":
             std = "" if _num(r.acc_std) is None else f" ± {r.acc_std:.2f}"
             acc = f"{r.acc_mean:.2f}{std} (n={int(r.n)})"
-            diff = f"{r.acc_mean - r.accuracy_pct:+.2f}"
+            diff = f"{r.acc_mean - r.accuracy_pct:+.2f}".replace("-0.00", "0.00").replace("+0.00", "0.00")
         elif r.status == "not run":
             acc, diff = f"not run: `{t.command}`", ""
         else:
@@ -122,14 +124,15 @@ def display_cells(t: TableResult) -> tuple[list[str], list[list[str]], list[str]
         if sec:
             what = ", ".join(x for x in (r.devices, r.precisions) if x)
             sec += f" ({what})" if what else ""
-        cells = [str(r.model), str(r.model_name), *[fn(r) for _, fn in extra], _f(r.accuracy_pct, "g"), acc, diff,
-                 _f(r.size_mb, "g"), mb, _f(r.params, ",.0f"), _f(r.int8_bytes / MB if _num(r.int8_bytes) else None,
-                                                                  ".3f"),
-                 _f(r.sec_per_epoch, "g"), sec]
+        int8 = _num(r.int8_bytes)
+        cells = [str(r.model), str(r.model_name), *[fn(r) for _, fn in extra], r.accuracy_pct_txt, acc, diff,
+                 r.size_mb_txt, mb, _f(r.params, ",.0f"), _f(None if int8 is None else int8 / MB, ".3f"),
+                 r.sec_per_epoch_txt, sec]
         if t.number == 7:
             for fmt in ("onnx", "onnx_int8"):
                 p50, p99 = getattr(r, f"{fmt}_p50_ms"), getattr(r, f"{fmt}_p99_ms")
-                cells.append(f"{p50:.2f} / {p99:.2f}" if _num(p50) is not None and _num(p99) is not None else "")
+                both = _num(p50) is not None and _num(p99) is not None
+                cells.append(f"{p50:.2f} / {p99:.2f}" if both else "")
         refs = [ref(f) for f in t.flags[i]]
         for n in t.notes[i]:
             refs.append(ref("ours: " + n))
@@ -145,11 +148,11 @@ def _md_cell(s: str) -> str:
 def to_markdown(t: TableResult) -> str:
     header, body, notes = display_cells(t)
     lines = [f"# Table {t.number}: {t.caption}", ""]
-    lines.append("Paper numbers beside ours. Accuracy: top-1 test accuracy in percent (CIFAR-100 for Table 6, "
-                 "CIFAR-10 otherwise) at the best-validation epoch, averaged over seeds; MB = 1e6 bytes of the "
-                 "float32 checkpoint; " + ("paper speed: seconds on Bluebox2.0 (as printed); ours: training "
-                                           "seconds per epoch and batch-1 latency (p50/p99)."
-                                           if t.number == 7 else "speed: training seconds per epoch."))
+    speed = ("paper speed: seconds on Bluebox2.0 (as printed); ours: training seconds per epoch and batch-1 "
+             "latency (p50/p99)." if t.number == 7 else "speed: training seconds per epoch.")
+    lines.append("Paper numbers beside ours. Accuracy: top-1 test accuracy in percent (CIFAR-100 for "
+                 "Table 6, CIFAR-10 otherwise) at the best-validation epoch, averaged over seeds; MB = 1e6 "
+                 "bytes of the float32 checkpoint; " + speed)
     lines.append("")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
@@ -214,11 +217,13 @@ def to_csv_frame(t: TableResult) -> pd.DataFrame:
         "dropout": r["dropout"], "optimizer": r["optimizer"], "dataset": r["dataset"],
         "paper_acc_pct": r["accuracy_pct"], "acc_mean_pct": r["acc_mean"], "acc_std_pct": r["acc_std"],
         "n": r["n"], "acc_diff_pct": r["acc_mean"] - r["accuracy_pct"], "paper_mb": r["size_mb"],
-        "ours_mb": r["ours_mb"], "ours_mb_source": r["ours_mb_source"], "params": r["params"], "macs": r["macs"],
+        "ours_mb": r["ours_mb"], "ours_mb_source": r["ours_mb_source"], "params": r["params"],
+        "macs": r["macs"],
         "int8_mb": r["int8_bytes"] / MB, "paper_sec": r["sec_per_epoch"], "ours_sec_per_epoch": r["sec_mean"],
         "devices": r["devices"], "precisions": r["precisions"], "epochs": r["epochs"],
-        "data_fraction": r["data_fraction"], "train_images": r["train_images"], "data_sources": r["data_sources"],
-        "n_budgets": r["n_budgets"], "n_configs": r["n_configs"], "config": r["config"], "status": r["status"],
+        "data_fraction": r["data_fraction"], "train_images": r["train_images"],
+        "data_sources": r["data_sources"], "n_budgets": r["n_budgets"], "n_configs": r["n_configs"],
+        "config": r["config"], "status": r["status"],
         "status_text": r["status_text"], "run_command": [t.command if s != "ok" else "" for s in r["status"]],
     })
     if t.number == 7:

@@ -44,11 +44,11 @@ def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, 
                 figures: list[Path]) -> str:
     t = data.trials
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    studies = (", ".join(opts.studies) if opts.studies
+               else "all (" + (", ".join(data.all_studies) or "none") + ")")
     lines = ["# Reproduction report: Shallow SqueezeNext (Duggal & El-Sharkawy 2020)", "",
-             f"Generated {now} by `python -m dse.tables` (dse {dse.__version__}, commit {_repo_commit()}) from "
-             f"`{redact(opts.db_url)}`; studies: "
-             f"{', '.join(opts.studies) if opts.studies else 'all (' + (', '.join(data.all_studies) or 'none') + ')'}.",
-             ""]
+             f"Generated {now} by `python -m dse.tables` (dse {dse.__version__}, commit {_repo_commit()}) "
+             f"from `{redact(opts.db_url)}`; studies: {studies}.", ""]
     if t.empty:
         lines += ["**The store has no trials**: every row below is 'not run'. Start with "
                   "`python -m dse.sweep experiment=tables`.", ""]

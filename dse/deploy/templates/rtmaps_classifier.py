@@ -6,8 +6,8 @@ numpy and, depending on RUNTIME, onnxruntime or torch - nothing from dse.
 
 Load it in an RTMaps "Python Bridge" component (paper section 5, Table 7: Birth / Core / Death):
 - input  "image": a frame, uint8 H x W x 3 (an RTMaps IplImage or a plain array). Channel order RGB unless the
-  image says channel_seq "BGR"/"BGRA"; a 4th (alpha) channel is dropped; a frame that is not 32 x 32 is resized
-  here by nearest neighbour (resize upstream for better accuracy).
+  image says channel_seq "BGR"/"BGRA"; a 4th (alpha) channel is dropped; a frame that is not 32 x 32 is
+  resized here by nearest neighbour (resize upstream for better accuracy).
 - output "label": the predicted class index (int), "score": its softmax probability (float), both stamped with
   the input's timestamp.
 - properties "model_path" (empty: the embedded MODEL_FILE) and "threads" (default 1, the measured setting).
@@ -50,16 +50,16 @@ def model_path(override=""):
 
 
 def to_rgb(frame):
-    """uint8 IMAGE_SIZE x IMAGE_SIZE x 3 RGB array from an IplImage-like object or an array; ValueError if not."""
+    """uint8 IMAGE_SIZE x IMAGE_SIZE x 3 RGB array from an IplImage-like object or an array (ValueError)."""
     data = getattr(frame, "image_data", frame)
     seq = str(getattr(frame, "channel_seq", "RGB") or "RGB").upper()
     img = np.asarray(data)
     if img.dtype != np.uint8:
-        raise ValueError("expected a uint8 image, got dtype %s" % img.dtype)
+        raise ValueError(f"expected a uint8 image, got dtype {img.dtype}")
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
     if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError("expected an H x W x 3 image, got shape %s" % (img.shape,))
+        raise ValueError(f"expected an H x W x 3 image, got shape {img.shape}")
     if img.shape[2] == 4:
         img = img[..., 1:] if seq.startswith("A") else img[..., :3]
         seq = seq.replace("A", "")
@@ -100,13 +100,17 @@ class Classifier:
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         elif runtime == "torchscript":
+            import warnings
+
             import torch
 
             torch.set_num_threads(int(threads))
             self.torch = torch
-            self.module = torch.jit.load(path, map_location="cpu").eval()
+            with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; it still runs
+                warnings.simplefilter("ignore", FutureWarning)
+                self.module = torch.jit.load(path, map_location="cpu").eval()
         else:
-            raise ValueError("RUNTIME must be 'onnxruntime' or 'torchscript', got %r" % (runtime,))
+            raise ValueError(f"RUNTIME must be 'onnxruntime' or 'torchscript', got {runtime!r}")
 
     def logits(self, x):
         if self.runtime == "onnxruntime":
@@ -139,14 +143,14 @@ class rtmaps_python(BaseComponent):
     def Birth(self):
         path = model_path(self.properties["model_path"].data)
         self.classifier = Classifier(path, int(self.properties["threads"].data))
-        rt.report_info("%s: %s loaded with %s (%d classes)" % (MODEL_NAME, path, RUNTIME, len(CLASS_NAMES)))
+        rt.report_info(f"{MODEL_NAME}: {path} loaded with {RUNTIME} ({len(CLASS_NAMES)} classes)")
 
     def Core(self):
         elt = self.inputs["image"].ioelt
         try:
             label, score = self.classifier(elt.data)
         except ValueError as e:
-            rt.report_error("%s: frame skipped: %s" % (MODEL_NAME, e))
+            rt.report_error(f"{MODEL_NAME}: frame skipped: {e}")
             return
         self._write("label", label, elt)
         self._write("score", score, elt)

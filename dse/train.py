@@ -1,0 +1,673 @@
+"""The training core: `fit(spec, data, optim, train) -> TrialResult`, a pure function of typed inputs.
+
+No Hydra, Optuna or SQL in here (DESIGN.md "The flow", STYLE.md point 3): the sweep adapts configs into the
+dataclasses below, and `on_epoch` is its hook for reporting and pruning. Every one of the ~600 trials of the
+design-space exploration runs through `fit`, so its speed is the sweep's speed: data sits on the device as uint8
+(dse.data), augmentation is batched, and the loop avoids per-step host syncs.
+
+Recipe (Duggal & El-Sharkawy 2020, section 3 and Table 1 footnote): SGD with momentum 0.9 and Nesterov, LR 0.01,
+step decay; AdaBound with lr 0.001, betas (0.9, 0.999) (section 2.4.1); the other optimizers of Table 6 with
+PyTorch's default learning rates. Batch 128, 200 epochs (the authors' public baseline code).
+
+Checkpoints (DESIGN.md decision 10): `last.pt` each epoch (everything needed to resume bit-exactly on the same
+device) and `best.pt` at the best validation epoch, written atomically, holding only tensors and primitives so
+they load with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import pickle
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dse.data import DataBundle, atomic_torch_save, batches
+from dse.errors import CheckpointError, ConfigError, DivergedError
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd_nesterov", "sgd", "adam", "adamax", "adagrad", "adadelta", "asgd", "rmsprop", "rprop", "adabound")
+#: Learning rate (step size, in units of the parameters per unit gradient) when OptimConfig.lr is None: the
+#: paper's 0.01 for SGD and 0.001 for AdaBound; PyTorch's defaults for the rest of Table 6.
+DEFAULT_LR = {"sgd_nesterov": 0.01, "sgd": 0.01, "adabound": 1e-3, "adam": 1e-3, "adamax": 2e-3, "adagrad": 1e-2,
+              "adadelta": 1.0, "asgd": 1e-2, "rmsprop": 1e-2, "rprop": 1e-2}
+ADABOUND_GAMMA = 1e-3  # convergence speed of AdaBound's bounds (its authors' recommendation)
+SCHEDULES = ("step", "cosine", "onecycle", "none")
+PER_ITERATION_SCHEDULES = ("onecycle",)  # stepped after every batch; the others after every epoch
+PRECISIONS = ("fp32", "bf16", "amp")
+PROGRESS = ("auto", "bar", "log", "none")
+CHECKPOINT_FORMAT = "dse.checkpoint"
+CHECKPOINT_VERSION = 1
+DIVERGENCE_CHECK_EVERY = 25  # batches between host syncs that check the running loss for NaN/inf
+
+
+# --------------------------------------------------------------------------------------------------------- configs
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (paper section 2.4, Table 6).
+
+    lr: step size (parameter units per unit of gradient; for adadelta a multiplier of its own step);
+      None -> DEFAULT_LR[name]. momentum: SGD momentum (sgd_nesterov needs > 0); other optimizers ignore it.
+    weight_decay: L2 coefficient added to the gradient (rprop has none in PyTorch and ignores it).
+    betas: Adam/Adamax/AdaBound moment decays. final_lr: AdaBound's final SGD-like lr (scaled with lr).
+    schedule: "step" (the paper's: lr x gamma at each fraction of `step_epochs` of the epochs), "cosine" (to 0
+      over the epochs), "onecycle" (per batch, peak = lr), "none". label_smoothing: in [0, 1).
+    """
+
+    name: str = "sgd_nesterov"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    final_lr: float = 0.1
+    schedule: str = "step"
+    step_epochs: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        # YAML gives lists; store tuples so the config stays hashable and compares equal either way
+        object.__setattr__(self, "betas", tuple(self.betas) if isinstance(self.betas, (list, tuple)) else self.betas)
+        object.__setattr__(self, "step_epochs", tuple(self.step_epochs)
+                           if isinstance(self.step_epochs, (list, tuple)) else self.step_epochs)
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name={self.name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+        if self.lr is not None and (not _num(self.lr) or self.lr <= 0):
+            raise ConfigError(f"optim.lr={self.lr!r} must be a number > 0 (or null for the default "
+                              f"{DEFAULT_LR[self.name]} of {self.name})")
+        if not _num(self.momentum) or not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum={self.momentum!r} must be in [0, 1)")
+        if self.name == "sgd_nesterov" and self.momentum == 0:
+            raise ConfigError("optim.momentum=0 is not allowed with sgd_nesterov (Nesterov needs momentum > 0); "
+                              "use name=sgd for plain SGD")
+        if not _num(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay={self.weight_decay!r} must be a number >= 0")
+        if (not isinstance(self.betas, tuple) or len(self.betas) != 2
+                or not all(_num(b) and 0 <= b < 1 for b in self.betas)):
+            raise ConfigError(f"optim.betas={self.betas!r} must be two numbers in [0, 1)")
+        if not _num(self.final_lr) or self.final_lr <= 0:
+            raise ConfigError(f"optim.final_lr={self.final_lr!r} must be a number > 0")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule={self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+        if (not isinstance(self.step_epochs, tuple)
+                or not all(_num(f) and 0 < f <= 1 for f in self.step_epochs)
+                or list(self.step_epochs) != sorted(self.step_epochs)):
+            raise ConfigError(f"optim.step_epochs={self.step_epochs!r} must be ascending fractions in (0, 1]")
+        if not _num(self.gamma) or not 0 < self.gamma <= 1:
+            raise ConfigError(f"optim.gamma={self.gamma!r} must be in (0, 1] (lr multiplier per step)")
+        if not _num(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"optim.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+
+    @property
+    def resolved_lr(self) -> float:
+        """The learning rate used: `lr`, or the default of the optimizer."""
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: epochs, batch size, device and speed knobs, checkpoints, progress display.
+
+    device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N". precision: "fp32", "bf16" (autocast to
+    bfloat16; fast on CPUs with AMX/AVX512-BF16 and on Ampere+ GPUs) or "amp" (CUDA float16 autocast + GradScaler).
+    threads: CPU threads for this fit (None: PyTorch's default, one per core). checkpoint_dir: where last.pt and
+    best.pt go (None: no checkpoints). resume: continue from a matching last.pt. progress: "auto" (a bar when stderr
+    is a terminal, else one log line per epoch), "bar", "log", "none".
+    """
+
+    epochs: int = 200
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_dir: str | None = None
+    resume: bool = True
+    progress: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            v = getattr(self, name)
+            if not _int(v) or v < 1:
+                raise ConfigError(f"train.{name}={v!r} must be an integer >= 1")
+        if not isinstance(self.device, str) or not (
+                self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device={self.device!r} is unknown; allowed: auto, cpu, cuda, cuda:N, mps")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+        if self.progress not in PROGRESS:
+            raise ConfigError(f"train.progress={self.progress!r} is unknown; allowed: {', '.join(PROGRESS)}")
+        if not _int(self.seed) or self.seed < 0:
+            raise ConfigError(f"train.seed={self.seed!r} must be an integer >= 0")
+        if self.threads is not None and (not _int(self.threads) or self.threads < 1):
+            raise ConfigError(f"train.threads={self.threads!r} must be an integer >= 1 or null")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+    def semantic_dict(self) -> dict[str, Any]:
+        """The fields that change what is computed (resume matches on these); speed and display knobs excluded."""
+        return {k: getattr(self, k) for k in ("epochs", "batch_size", "precision", "seed")}
+
+
+@dataclass
+class EpochMetrics:
+    """One epoch's numbers. Accuracies in percent (0-100); losses are mean cross-entropy per image (nats);
+    lr is the learning rate at the start of the epoch; seconds are wall-clock (train: the training pass incl.
+    augmentation; eval: the validation and test passes)."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    test_acc: float
+    lr: float
+    train_seconds: float
+    eval_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrialResult:
+    """Outcome of `fit`. Accuracies in percent; test_acc is the test accuracy at the best-validation epoch (with no
+    validation split, the last epoch); sec_per_epoch is the mean training seconds per epoch (the paper's "model
+    speed"); params, macs (per 32x32 image) and checkpoint_bytes come from dse.models.model_facts."""
+
+    best_val_acc: float
+    best_epoch: int
+    final_val_acc: float
+    test_acc: float
+    final_test_acc: float
+    sec_per_epoch: float
+    params: int
+    macs: int
+    checkpoint_bytes: int
+    device: str
+    precision: str
+    torch_version: str
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    best_checkpoint: str | None = None
+    resumed_from_epoch: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["epochs"] = [m.to_dict() for m in self.epochs]
+        return d
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists, recursively: the JSON-like form stored in checkpoints and compared on resume."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ------------------------------------------------------------------------------------------ optimizers, schedules
+def build_optimizer(params: Iterable[torch.Tensor] | Iterable[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer `cfg.name` over `params` (paper Table 6's nine plus plain SGD)."""
+    lr, wd, name = cfg.resolved_lr, cfg.weight_decay, cfg.name
+    o = torch.optim
+    if name == "sgd_nesterov":
+        return o.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd)
+    if name == "sgd":
+        return o.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    if name == "adam":
+        return o.Adam(params, lr=lr, betas=cfg.betas, weight_decay=wd)
+    if name == "adamax":
+        return o.Adamax(params, lr=lr, betas=cfg.betas, weight_decay=wd)
+    if name == "adagrad":
+        return o.Adagrad(params, lr=lr, weight_decay=wd)
+    if name == "adadelta":
+        return o.Adadelta(params, lr=lr, weight_decay=wd)
+    if name == "asgd":
+        return o.ASGD(params, lr=lr, weight_decay=wd)
+    if name == "rmsprop":
+        return o.RMSprop(params, lr=lr, weight_decay=wd)
+    if name == "rprop":
+        if wd:
+            log.info("rprop has no weight decay in PyTorch; optim.weight_decay=%g is ignored", wd)
+        return o.Rprop(params, lr=lr)
+    if name == "adabound":
+        import adabound
+
+        # adabound 0.0.5 uses add_(Number, Tensor) overloads that PyTorch deprecates; the maths is unaffected
+        warnings.filterwarnings("ignore", message=r".*overload of add", module="adabound")
+        warnings.filterwarnings("ignore", message=r".*overload of addcmul", module="adabound")
+        return adabound.AdaBound(params, lr=lr, betas=cfg.betas, final_lr=cfg.final_lr, gamma=ADABOUND_GAMMA,
+                                 weight_decay=wd)
+    raise ConfigError(f"optim.name={name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The lr schedule; call .step() once per epoch, or once per batch when cfg.schedule is in
+    PER_ITERATION_SCHEDULES ("onecycle"). "step" decays by cfg.gamma after round(f * epochs) epochs for each
+    f in cfg.step_epochs (defaults: at 50 % and 75 % of training)."""
+    s = torch.optim.lr_scheduler
+    if not _int(epochs) or epochs < 1 or not _int(steps_per_epoch) or steps_per_epoch < 1:
+        raise ConfigError(f"epochs={epochs!r} and steps_per_epoch={steps_per_epoch!r} must be integers >= 1")
+    if cfg.schedule == "step":
+        milestones = sorted({max(1, round(f * epochs)) for f in cfg.step_epochs})
+        return s.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        return s.CosineAnnealingLR(opt, T_max=epochs)
+    if cfg.schedule == "onecycle":
+        cycle = "betas" in opt.defaults or opt.defaults.get("momentum", 0) > 0
+        return s.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], epochs=epochs,
+                            steps_per_epoch=steps_per_epoch, cycle_momentum=cycle)
+    if cfg.schedule == "none":
+        return s.LambdaLR(opt, lambda _: 1.0)
+    raise ConfigError(f"optim.schedule={cfg.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a last.pt/best.pt with weights_only=True (tensors and primitives only; nothing that runs code).
+
+    Raises CheckpointError for a missing, truncated or garbage file, a pickle holding other objects, or a file
+    that is not a dse checkpoint (needs keys format, kind, state_dict, spec).
+    """
+    path = Path(path)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and primitives "
+                              f"(weights_only=True): {str(e).splitlines()[0]}") from e
+    except Exception as e:  # truncated zip (RuntimeError), random bytes (UnpicklingError/EOFError), ...
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or garbage?): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a dse checkpoint (expected a dict with format={CHECKPOINT_FORMAT!r})")
+    missing = [k for k in ("kind", "state_dict", "spec", "epoch") if k not in ck]
+    if missing or not isinstance(ck["state_dict"], dict) or not isinstance(ck["spec"], dict):
+        raise CheckpointError(f"{path} has the wrong structure: missing or malformed {missing or ['state_dict/spec']}")
+    if ck.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {ck['version']}; this dse reads up to "
+                              f"{CHECKPOINT_VERSION}")
+    return ck
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
+    """(model in eval mode on the CPU, its ModelSpec) from a best.pt or last.pt.
+
+    Raises CheckpointError when the file is unreadable or its state_dict does not match its spec.
+    """
+    from dse.models import ModelSpec, build_model
+
+    ck = load_checkpoint(path)
+    try:
+        spec = ModelSpec.from_dict(ck["spec"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} holds an invalid model spec {ck['spec']!r}: {e}") from e
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
+        model = build_model(spec)
+    try:
+        model.load_state_dict(ck["state_dict"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(f"{path}: state_dict does not match {spec.name}: "
+                              f"{' '.join(line.strip() for line in first[:3])}") from e
+    return model.eval(), spec
+
+
+def _state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    # contiguous CPU copies: portable across devices and memory formats, and safe to save while training goes on
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _rng_state() -> dict[str, Any]:
+    cuda = [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() and torch.cuda.is_initialized() \
+        else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------------------------------------------- fit
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda if available, else cpu; anything else as given (ConfigError if unavailable)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use device=auto or cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name!r} but MPS is not available here; use device=auto or cpu")
+    return dev
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Training batches per epoch as dse.data.batches yields them (a final batch of one image is dropped)."""
+    return n_images // batch_size + (1 if n_images % batch_size >= 2 else 0)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # an independent stream per (seed, epoch): resuming at epoch e reproduces e's order and augmentation
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@contextlib.contextmanager
+def _runtime(train: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Threads, determinism and cuDNN autotuning for the duration of one fit; restored afterwards."""
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_bench, prev_cudnn_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        if train.threads:
+            torch.set_num_threads(train.threads)
+        if train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuning pays off after one batch
+        yield
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev_bench, prev_cudnn_det
+
+
+class _Progress:
+    """A tqdm bar over all training batches (when asked or stderr is a tty), else one log line per epoch."""
+
+    def __init__(self, mode: str, name: str, epochs: int, steps: int, start_epoch: int) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode, self.epochs, self.bar = mode, epochs, None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=epochs * steps, initial=(start_epoch - 1) * steps, desc=name, unit="batch",
+                            dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def epoch(self, m: EpochMetrics) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(epoch=m.epoch, loss=f"{m.train_loss:.3f}", val=f"{m.val_acc:.2f}",
+                                 test=f"{m.test_acc:.2f}", refresh=False)
+        elif self.mode == "log":
+            log.info("epoch %d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  test acc %.2f%%  "
+                     "lr %.3g  %.1f s train + %.1f s eval", m.epoch, self.epochs, m.train_loss, m.train_acc,
+                     m.val_loss, m.val_acc, m.test_acc, m.lr, m.train_seconds, m.eval_seconds)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "amp":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int, precision: str = "fp32",
+             memory_format: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in percent) of `model` on a split, in eval mode; (nan, nan) if it is empty."""
+    x, _ = data.split(split)
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    device = x.device
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    try:
+        for xb, yb in batches(data, split, batch_size, train=False, memory_format=memory_format):
+            with _autocast(device, precision):
+                out = model(xb)
+            loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
+            correct += (out.argmax(1) == yb).sum()
+    finally:
+        model.train(was_training)
+    n = len(x)
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def _all_finite(model: nn.Module) -> bool:
+    params = [p.detach() for p in model.parameters()]
+    if not params:
+        return True
+    # one host sync: a per-tensor sum is non-finite iff some element is (or the sum overflows: diverged anyway)
+    return bool(torch.isfinite(torch.stack([p.float().sum() for p in params])).all())
+
+
+def fit(spec: Any, data: DataBundle, optim: OptimConfig, train: TrainConfig,
+        on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrialResult:
+    """Train `spec` on `data` and return its TrialResult (paper section 3's recipe by default).
+
+    Each epoch: one training pass (random order and crop/flip seeded from (train.seed, epoch)), then evaluation on
+    validation and test in eval mode, then checkpoints (best.pt if validation accuracy improved, last.pt), then
+    `on_epoch(metrics)`. An exception from on_epoch (e.g. optuna.TrialPruned) propagates with the checkpoints
+    already consistent. With train.resume and a last.pt of the same spec, optimizer config, train semantics and
+    data, training continues after its epoch and reproduces an uninterrupted run's metrics (same device).
+
+    Raises ConfigError (before any training) for invalid or inconsistent inputs, DivergedError when the training
+    loss becomes NaN/inf (checked every DIVERGENCE_CHECK_EVERY batches and at epoch end; no checkpoint is written
+    for that epoch), CheckpointError never for a damaged last.pt (it is ignored with a warning: training restarts).
+    """
+    from dse.models import build_model, model_facts
+
+    if not isinstance(optim, OptimConfig) or not isinstance(train, TrainConfig):
+        raise ConfigError(f"fit needs an OptimConfig and a TrainConfig, got {type(optim).__name__} and "
+                          f"{type(train).__name__}")
+    device = resolve_device(train.device)
+    if train.precision == "amp" and device.type != "cuda":
+        raise ConfigError(f"train.precision='amp' needs CUDA (device is {device}); use bf16 or fp32")
+    if train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision='bf16' is not supported by {torch.cuda.get_device_name(device)}; "
+                          "use amp or fp32")
+    if getattr(spec, "num_classes", None) != data.num_classes:
+        raise ConfigError(f"model {getattr(spec, 'name', spec)} has num_classes={getattr(spec, 'num_classes', None)} "
+                          f"but the data ({data.source}) has {data.num_classes} classes")
+    n_train = len(data.train_y)
+    if n_train < 2:
+        raise ConfigError(f"the training split has {n_train} images; at least 2 are needed")
+    steps = steps_per_epoch(n_train, train.batch_size)
+    facts = model_facts(spec)  # before seeding: it builds a model and would consume the seeded RNG
+
+    with _runtime(train, device):
+        data = data.to(device)
+        memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+        torch.manual_seed(train.seed)  # weight init and dropout (CPU and all CUDA devices)
+        model = build_model(spec).to(device, memory_format=memory_format)
+        step_model = torch.compile(model) if train.compile else model
+        opt = build_optimizer(model.parameters(), optim)
+        sched = build_scheduler(opt, optim, train.epochs, steps)
+        per_iteration = optim.schedule in PER_ITERATION_SCHEDULES
+        scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "amp")
+        criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+        config = _plain({"spec": spec.to_dict(), "optim": optim.to_dict(), "train": train.semantic_dict(),
+                         "data": {"fingerprint": data.fingerprint, "source": data.source, "sizes": data.sizes()}})
+
+        ckpt_dir = Path(train.checkpoint_dir) if train.checkpoint_dir else None
+        last_path = ckpt_dir / "last.pt" if ckpt_dir else None
+        best_path = ckpt_dir / "best.pt" if ckpt_dir else None
+        history: list[EpochMetrics] = []
+        start_epoch = 1
+        if last_path is not None and train.resume and last_path.exists():
+            state = _try_load_last(last_path, config)
+            if state is not None:
+                model.load_state_dict(state["state_dict"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+                if state.get("scaler"):
+                    scaler.load_state_dict(state["scaler"])
+                _set_rng_state(state["rng"])
+                history = [EpochMetrics(**m) for m in state["history"]]
+                start_epoch = int(state["epoch"]) + 1
+                log.info("resuming %s from %s after epoch %d", spec.name, last_path, start_epoch - 1)
+        resumed_from = start_epoch - 1
+        best = _best_of(history)
+
+        progress = _Progress(train.progress, spec.name, train.epochs, steps, start_epoch)
+        try:
+            for epoch in range(start_epoch, train.epochs + 1):
+                lr = float(opt.param_groups[0]["lr"])
+                gen = torch.Generator().manual_seed(_epoch_seed(train.seed, epoch))
+                model.train()
+                t0 = time.perf_counter()
+                loss_sum = torch.zeros((), device=device, dtype=torch.float32)  # sum over images (nats)
+                correct = torch.zeros((), device=device, dtype=torch.int64)
+                seen = 0
+                for i, (xb, yb) in enumerate(batches(data, "train", train.batch_size, train=True, generator=gen,
+                                                     memory_format=memory_format)):
+                    with _autocast(device, train.precision):
+                        out = step_model(xb)
+                        loss = criterion(out, yb)
+                    opt.zero_grad(set_to_none=True)
+                    if scaler.is_enabled():
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        opt.step()
+                    if per_iteration:
+                        sched.step()
+                    # accumulate on the device: no host sync per batch
+                    loss_sum += loss.detach().float() * len(yb)
+                    correct += (out.detach().argmax(1) == yb).sum()
+                    seen += len(yb)
+                    progress.step()
+                    if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum).item():
+                        raise DivergedError(epoch, loss_sum.item() / seen)
+                train_loss = loss_sum.item() / seen  # the epoch's one sync
+                train_acc = 100.0 * correct.item() / seen
+                _sync(device)
+                train_seconds = time.perf_counter() - t0
+                if not math.isfinite(train_loss):
+                    raise DivergedError(epoch, train_loss)
+                if not _all_finite(model):
+                    raise DivergedError(epoch, float("nan"), "model weights")
+                if not per_iteration:
+                    sched.step()
+
+                t1 = time.perf_counter()
+                val_loss, val_acc = evaluate(step_model, data, "val", train.eval_batch_size, train.precision,
+                                             memory_format)
+                _, test_acc = evaluate(step_model, data, "test", train.eval_batch_size, train.precision,
+                                       memory_format)
+                eval_seconds = time.perf_counter() - t1
+                m = EpochMetrics(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
+                                 val_acc=val_acc, test_acc=test_acc, lr=lr, train_seconds=train_seconds,
+                                 eval_seconds=eval_seconds)
+                history.append(m)
+                improved = best is None or math.isnan(m.val_acc) or m.val_acc > best.val_acc
+                if improved:
+                    best = m
+                if ckpt_dir is not None:
+                    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "spec": spec.to_dict(),
+                            "config": config, "torch_version": torch.__version__, "device": str(device),
+                            "precision": train.precision}
+                    sd = _state_dict_cpu(model)
+                    if improved:  # best first: a kill between the two writes re-runs this epoch on resume
+                        atomic_torch_save({**meta, "kind": "best", "epoch": epoch, "state_dict": sd,
+                                           "metrics": m.to_dict()}, best_path)
+                    atomic_torch_save({**meta, "kind": "last", "epoch": epoch, "state_dict": sd,
+                                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                       "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                                       "rng": _rng_state(), "history": [h.to_dict() for h in history]},
+                                      last_path)
+                progress.epoch(m)
+                if on_epoch is not None:
+                    on_epoch(m)
+        finally:
+            progress.close()
+
+    assert best is not None  # epochs >= 1 and either trained or resumed with history
+    last = history[-1]
+    return TrialResult(
+        best_val_acc=best.val_acc, best_epoch=best.epoch, final_val_acc=last.val_acc, test_acc=best.test_acc,
+        final_test_acc=last.test_acc, sec_per_epoch=float(np.mean([h.train_seconds for h in history])),
+        params=facts.params, macs=facts.macs, checkpoint_bytes=facts.checkpoint_bytes, device=str(device),
+        precision=train.precision, torch_version=torch.__version__, epochs=history,
+        best_checkpoint=str(best_path) if best_path is not None and best_path.exists() else None,
+        resumed_from_epoch=resumed_from,
+    )
+
+
+def _best_of(history: list[EpochMetrics]) -> EpochMetrics | None:
+    """The epoch fit would have picked: first epoch with the highest val_acc (the last one if val is empty)."""
+    best = None
+    for m in history:
+        if best is None or math.isnan(m.val_acc) or m.val_acc > best.val_acc:
+            best = m
+    return best
+
+
+def _try_load_last(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The last.pt state if it is readable and was written for the same config; else None (with a warning)."""
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        log.warning("not resuming: %s; training from scratch", e)
+        return None
+    needed = ("optimizer", "scheduler", "rng", "history", "config")
+    if state.get("kind") != "last" or any(k not in state for k in needed):
+        log.warning("not resuming: %s is not a last.pt checkpoint; training from scratch", path)
+        return None
+    if state["config"] != config:
+        diff = sorted(k for k in set(config) | set(state["config"]) if config.get(k) != state["config"].get(k))
+        log.warning("not resuming: %s was written for a different %s; training from scratch", path, ", ".join(diff))
+        return None
+    return state
+
+
+__all__ = [
+    "DEFAULT_LR", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "EpochMetrics", "OptimConfig", "TrainConfig",
+    "TrialResult", "build_optimizer", "build_scheduler", "evaluate", "fit", "load_checkpoint", "load_model",
+    "resolve_device", "steps_per_epoch",
+]

@@ -1,0 +1,154 @@
+"""Scale-out on a real PostgreSQL server: parallel workers, SIGKILL mid-trial, a database restart mid-sweep.
+
+Needs `DSE_TEST_PG_URL` (`.ci/run` starts a throwaway cluster on 127.0.0.1:55432 via `.ci/postgres.sh` and sets
+it); `DSE_TEST_PG_RESTART` is the shell command that restarts that server (for the outage test). Every test
+uses its own study name, so they do not see each other's trials.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from sqlalchemy import create_engine, text
+
+from dse.store import Store
+from dse_testdata import real_cifar10, tiny_imagefolder  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.postgres
+PG_URL = os.environ.get("DSE_TEST_PG_URL")
+if not PG_URL:
+    pytest.skip("DSE_TEST_PG_URL not set (run .ci/postgres.sh to start a server)", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTHS = "[0.125, 0.15, 0.2]"
+DROPOUTS = "[0.1, 0.2, 0.3, 0.4]"  # 3 x 4 = 12 grid trials
+
+
+def cmd(study: str, ckpt: Path, data: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dse.sweep", "experiment=custom", "budget=smoke", "storage=postgres",
+            f"study.name={study}", f"study.checkpoint_dir={ckpt}", "data.dataset=imagefolder",
+            f"data.root={data}", "data.val_size=50", "data.subset_size=null", "trainer.eval_batch_size=200",
+            f"search.blocks.single.grid={{model.width: {WIDTHS}, model.dropout: {DROPOUTS}}}",
+            "storage.heartbeat_interval=1", "storage.grace_period=4", "study.poll_seconds=0.5", "pruner=none",
+            "trainer.progress=log", *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "DSE_STORAGE_URL": PG_URL, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def rows(study: str) -> list[tuple]:
+    eng = create_engine(PG_URL)
+    with eng.connect() as c:
+        out = c.execute(text("select identity, status, epochs_done, attempts from dse_trials where study=:s "
+                             "order by id"), {"s": study}).fetchall()
+    eng.dispose()
+    return [tuple(r) for r in out]
+
+
+def check_agreement(study: str, n: int) -> None:
+    rs = rows(study)
+    assert len(rs) == n and len({r[0] for r in rs}) == n, rs
+    assert all(r[1] == "complete" for r in rs), rs
+    st = optuna.load_study(study_name=study, storage=PG_URL)
+    complete = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    ids = [t.user_attrs["identity"] for t in complete]
+    assert len(ids) == len(set(ids)) == n  # no configuration completed twice
+    assert set(ids) == {r[0] for r in rs}  # the store and Optuna agree row for row
+    df = Store(PG_URL).trials(study)
+    for t in complete:
+        assert t.value == pytest.approx(float(df[df.identity == t.user_attrs["identity"]].best_val_acc.iloc[0]))
+
+
+def test_three_workers_twelve_trials(tmp_path, tiny_imagefolder):
+    study = f"pg3-{uuid.uuid4().hex[:8]}"
+    c = cmd(study, tmp_path / "ckpt", tiny_imagefolder, "trainer.epochs=2")
+    ps = [subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in ps]
+    assert all(p.returncode == 0 for p in ps), [o[1][-2000:] for o in outs]
+    check_agreement(study, 12)
+    trained = [int(o[0].split("trained by this worker: ")[1].split()[0]) for o in outs]
+    assert sum(trained) == 12 and all(t >= 1 for t in trained), trained  # the work was shared
+
+
+def test_sigkill_one_worker_mid_trial(tmp_path, tiny_imagefolder):
+    study = f"pgkill-{uuid.uuid4().hex[:8]}"
+    c = cmd(study, tmp_path / "ckpt", tiny_imagefolder, "trainer.epochs=4")
+    ps = [subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for _ in range(3)]
+    by_pid = {p.pid: p for p in ps}
+    victim = None
+    deadline = time.time() + 300
+    while time.time() < deadline and victim is None:
+        time.sleep(0.2)
+        eng = create_engine(PG_URL)
+        try:
+            with eng.connect() as conn:
+                running = conn.execute(text("select worker from dse_trials where study=:s and status='running' "
+                                            "and epochs_done >= 1"), {"s": study}).fetchall()
+        except Exception:  # tables not created yet
+            running = []
+        finally:
+            eng.dispose()
+        for (worker,) in running:
+            pid = int(worker.rsplit(":", 1)[1])
+            if pid in by_pid:
+                victim = by_pid[pid]
+                victim.send_signal(signal.SIGKILL)  # mid-trial: it has written at least one epoch
+                break
+    assert victim is not None, "no trial got going"
+    victim.wait(30)
+    others = [p for p in ps if p is not victim]
+    outs = [p.communicate(timeout=600) for p in others]
+    assert all(p.returncode == 0 for p in others), [o[1][-2000:] for o in outs]
+    check_agreement(study, 12)
+    retried = [r for r in rows(study) if r[3] >= 2]
+    assert retried, "the killed worker's trial was not retried"
+
+
+@pytest.mark.skipif(not os.environ.get("DSE_TEST_PG_RESTART"), reason="DSE_TEST_PG_RESTART not set")
+def test_database_restart_mid_sweep(tmp_path, tiny_imagefolder):
+    study = f"pgrestart-{uuid.uuid4().hex[:8]}"
+    c = cmd(study, tmp_path / "ckpt", tiny_imagefolder, "trainer.epochs=3", "storage.retries=8")
+    p = subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            if any(r[1] == "complete" for r in rows(study)):
+                break
+        except Exception:
+            continue
+    subprocess.run(os.environ["DSE_TEST_PG_RESTART"], shell=True, check=True, timeout=60)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    # every trial completed exactly once, possibly after a retry; no half-written rows
+    rs = rows(study)
+    assert len(rs) == 12 and all(r[1] == "complete" for r in rs), rs
+    eng = create_engine(PG_URL)
+    with eng.connect() as conn:
+        orphans = conn.execute(text("select count(*) from dse_epochs e left join dse_trials t on t.id=e.trial_id "
+                                    "where t.id is null")).scalar()
+        gaps = conn.execute(text("select count(*) from dse_trials t where t.study=:s and (select count(*) from "
+                                 "dse_epochs e where e.trial_id=t.id) != t.epochs_done"), {"s": study}).scalar()
+    eng.dispose()
+    assert orphans == 0 and gaps == 0
+
+
+def test_unreachable_database_at_start_retries_then_fails(tmp_path, tiny_imagefolder):
+    e = {**env(), "DSE_STORAGE_URL": "postgresql+psycopg://dse@127.0.0.1:1/dse", "DSE_DB_PASSWORD": "hunter2"}
+    r = subprocess.run(cmd("x", tmp_path, tiny_imagefolder, "storage.retries=2", "storage.backoff=0.1"),
+                       cwd=REPO, env=e, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "retry 1/2" in r.stderr and "retry 2/2" in r.stderr  # backoff, then a clear error
+    assert r.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "hunter2" not in r.stdout + r.stderr

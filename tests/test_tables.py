@@ -1,0 +1,286 @@
+"""dse.tables and dse.figures on small SQLite stores filled with known rows through dse.store's ORM."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dse.store import DeploymentRow, EpochRow, Store, TrialRow
+from dse.tables import Options, TablesError, build_tables, generate, load_paper_tables, read_store
+from dse.tables.__main__ import main
+from dse.tables.paper import DEFAULT_PAPER_DIR, paper_flags
+
+_ids = itertools.count()
+
+# the registry facts of each model used below (names, arch, layout) come from dse.models
+from dse.models import spec_from_name  # noqa: E402
+
+
+def add_trial(store: Store, model: str, *, test_acc: float | None = None, seed: int = 0, **kw) -> int:
+    """Insert one trial with plausible defaults; returns its id."""
+    spec = spec_from_name(model, num_classes=100 if kw.get("dataset") == "cifar100" else 10)
+    fields = dict(
+        study="tables-smoke", identity=f"id{next(_ids)}", attempts=1, model_name=spec.name, arch=spec.arch,
+        stage_depths="-".join(map(str, spec.stage_depths)) if spec.stage_depths else None, width=spec.width,
+        dropout=spec.dropout, activation=spec.activation, num_classes=spec.num_classes,
+        optimizer="sgd_nesterov",
+        lr=0.01, schedule="step", dataset="cifar10", data_source="imagefolder:/data/cifar10-jpg",
+        data_fraction=1.0, train_images=45_000, epochs=200, batch_size=128, seed=seed, status="complete",
+        epochs_done=200, best_epoch=180, best_val_acc=None if test_acc is None else test_acc + 0.5,
+        test_acc=test_acc, params=1000, macs=10_000, checkpoint_bytes=123_456, sec_per_epoch=3.0,
+        device="cpu", precision="fp32", torch_version="2.14.1", git_commit="abc123", host="h",
+        config_json="{}")
+    fields.update(kw)
+    with store.session() as s:
+        row = TrialRow(**fields)
+        s.add(row)
+        s.flush()
+        return int(row.id)
+
+
+@pytest.fixture()
+def store(tmp_path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'dse.db'}")
+
+
+@pytest.fixture(scope="module")
+def paper() -> pd.DataFrame:
+    return load_paper_tables()
+
+
+def tables_of(store: Store, paper: pd.DataFrame, studies=None):
+    data = read_store(store.url, studies)
+    return build_tables(paper, data.trials, data.deployments)
+
+
+def row(tables, table: int, i: int):
+    return tables[table].rows.iloc[i]
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+
+
+def test_mean_std_n_and_difference_over_three_seeds(store, paper):
+    for seed, acc in enumerate((80.0, 81.0, 82.5)):
+        add_trial(store, "squeezenet_1_0", test_acc=acc, seed=seed)
+    t = tables_of(store, paper)
+    r = row(t, 1, 0)  # SqueezeNet-v1.0 (baseline), paper 79.59
+    assert r["status"] == "ok" and r["n"] == 3
+    assert r["acc_mean"] == pytest.approx(243.5 / 3)
+    assert r["acc_std"] == pytest.approx(math.sqrt(((80 - 243.5 / 3) ** 2 + (81 - 243.5 / 3) ** 2
+                                                    + (82.5 - 243.5 / 3) ** 2) / 2))
+    from dse.tables.render import to_markdown
+    md = to_markdown(t[1])
+    assert "81.17 ± 1.26 (n=3)" in md and "+1.58" in md
+    # the same architecture in Table 7 ("Squeezed CNN") gets the same trials
+    assert row(t, 7, 0)["acc_mean"] == pytest.approx(243.5 / 3)
+    assert row(t, 1, 1)["status"] == "not run"
+
+
+def test_largest_budget_wins_and_is_named(store, paper):
+    add_trial(store, "sqnxt_23_1x", test_acc=50.0, epochs=10)
+    add_trial(store, "sqnxt_23_1x", test_acc=52.0, epochs=10, seed=1)
+    add_trial(store, "sqnxt_23_1x", test_acc=70.0, data_fraction=0.1, train_images=4_500)
+    add_trial(store, "sqnxt_23_1x", test_acc=88.0)
+    add_trial(store, "sqnxt_23_1x", test_acc=90.0, seed=1)
+    t = tables_of(store, paper)
+    r = row(t, 1, 2)  # SqueezeNext-23-1x (baseline)
+    assert (r["acc_mean"], r["n"], r["epochs"], r["data_fraction"], r["n_budgets"]) == (89.0, 2, 200, 1.0, 3)
+    assert any("largest of 3 budgets" in n for n in t[1].notes[2])
+    from dse.tables.render import to_markdown
+    assert "200 ep x 45,000 img (100 % data), imagefolder:cifar10-jpg" in to_markdown(t[1])
+
+
+def test_config_chosen_by_validation_not_test(store, paper):
+    add_trial(store, "sqnxt_23_2x", test_acc=84.0, best_val_acc=85.0, optimizer="adam", lr=0.001)
+    add_trial(store, "sqnxt_23_2x", test_acc=83.0, best_val_acc=88.0)
+    r = row(tables_of(store, paper), 1, 3)
+    assert (r["acc_mean"], r["n"], r["n_configs"]) == (83.0, 1, 2)
+    assert "optimizer=sgd_nesterov" in r["config"]
+
+
+def test_table4_matches_dropout_table6_optimizer_and_dataset(store, paper):
+    add_trial(store, "shallow_sqnxt_06_0_2x", test_acc=80.0, dropout=0.1)
+    add_trial(store, "shallow_sqnxt_06_0_2x", test_acc=82.0, dropout=0.3)
+    add_trial(store, "shallow_sqnxt_09_0_5x", test_acc=50.0, optimizer="adam", dataset="cifar100")
+    t = tables_of(store, paper)
+    assert [row(t, 4, i)["acc_mean"] for i in (0, 2)] == [80.0, 82.0]
+    assert [row(t, 4, i)["status"] for i in (1, 3, 4)] == ["not run"] * 3
+    assert row(t, 1, 8)["status"] == "ok"  # Table 1's 06-0.2x: any dropout (best by validation)
+    assert row(t, 6, 1)["acc_mean"] == 50.0 and row(t, 6, 1)["optimizer"] == "adam"
+    assert row(t, 6, 2)["status"] == "not run"  # adamax
+    assert row(t, 5, 4)["status"] == "not run"  # 09-0.5x on CIFAR-10: the CIFAR-100 trial does not count
+
+
+def test_failed_and_pending_rows(store, paper):
+    reason = "DatasetNotFoundError: CIFAR-100 not found under /data/cifar100 and downloads are disabled"
+    add_trial(store, "shallow_sqnxt_09_0_5x", status="failed", fail_reason=reason, optimizer="rprop",
+              dataset="cifar100")
+    add_trial(store, "shallow_sqnxt_09_0_5x", status="running", optimizer="rmsprop", dataset="cifar100")
+    t = tables_of(store, paper)
+    assert row(t, 6, 8)["status_text"] == "failed: " + reason[:60]
+    assert row(t, 6, 7)["status"] == "pending" and "running 1" in row(t, 6, 7)["status_text"]
+
+
+def test_not_run_rows_show_the_exact_command_and_computed_size(tmp_path, store, paper):
+    res = generate(Options(db_url=store.url, out_dir=tmp_path / "out", figures=False))
+    for n, tab in res.tables.items():
+        assert (tab.rows["status"] == "not run").all()
+        md = (tmp_path / "out" / "tables" / f"table{n}.md").read_text()
+        assert f"not run: `python -m dse.sweep experiment=table{n}`" in md
+    r = row(res.tables, 1, 7)  # 06-0.4x: our size computed from the architecture
+    assert r["ours_mb_source"] == "computed" and 0.1 < r["ours_mb"] < 0.5 and r["params"] > 0
+
+
+def test_int8_size_and_table7_latencies_from_deployments(store, paper):
+    tid = add_trial(store, "shallow_sqnxt_09_0_5x", test_acc=87.0)
+    with store.session() as s:
+        s.add(DeploymentRow(trial_id=tid, model_name="shallow_sqnxt_09_0_5x", format="onnx",
+                            file_bytes=500_000, p50_ms=1.0, p99_ms=2.0, host="h"))
+        s.add(DeploymentRow(trial_id=tid, model_name="shallow_sqnxt_09_0_5x", format="onnx_int8",
+                            file_bytes=30_000, p50_ms=0.5, p99_ms=0.9, host="h"))
+    t = tables_of(store, paper)
+    r = row(t, 7, 3)
+    lat = (r["onnx_p50_ms"], r["onnx_p99_ms"], r["onnx_int8_p50_ms"], r["onnx_int8_p99_ms"])
+    assert lat == (1, 2, .5, .9)
+    assert r["int8_bytes"] == 30_000 and row(t, 5, 4)["int8_bytes"] == 30_000
+    from dse.tables.render import to_markdown
+    md = to_markdown(t[7])
+    assert "1.00 / 2.00" in md and "0.50 / 0.90" in md and "0.030" in md
+
+
+def test_study_filter(store, paper):
+    add_trial(store, "squeezenet_1_1", test_acc=70.0, study="a-smoke")
+    add_trial(store, "squeezenet_1_1", test_acc=90.0, study="b-smoke")
+    assert row(tables_of(store, paper, ("a-smoke",)), 1, 1)["acc_mean"] == 70.0
+    assert row(tables_of(store, paper), 1, 1)["n"] == 2
+    with pytest.raises(TablesError, match="unknown study 'c'"):
+        read_store(store.url, ("c",))
+
+
+# ------------------------------------------------------------------------------------------------ flags
+
+
+def _flags(paper, ours=None):
+    return paper_flags(paper, ours or {})
+
+
+def _flag_rows(flags, paper, text):
+    return {(t, r) for (t, r), fs in flags.items() if any(text in f for f in fs)}
+
+
+def test_flags_table6_repeats_table3_and_is_implausible(paper):
+    f = _flags(paper)
+    t6 = paper[paper["table"] == 6]
+    repeated = {(6, int(r)) for r, a in zip(t6["row"], t6["accuracy_pct"], strict=True)
+                if a in (77.9, 87.3, 89.0, 84.6, 88.1, 87.7, 89.4)}
+    assert len(repeated) == 7
+    assert _flag_rows(f, paper, "repeats a CIFAR-10 accuracy") == repeated
+    assert repeated <= _flag_rows(f, paper, "implausible for CIFAR-100")
+    assert "Table 3's 06-2.0x" in " ".join(f[(6, 9)])  # 89.4 again
+
+
+def _row_of(paper, table: int, model: str) -> int:
+    return int(paper[(paper["table"] == table) & (paper["model"] == model)]["row"].iloc[0])
+
+
+def test_flags_duplicate_row_width_scaling_typo_and_size_ratio(paper):
+    ours = {("shallow_sqnxt_06_0_2x", "cifar10"): 0.107, ("shallow_sqnxt_06_0_4x", "cifar10"): 0.238,
+            ("shallow_sqnxt_21_0_2x", "cifar10"): 0.362}
+    f = _flags(paper, ours)
+    row_08 = _row_of(paper, 2, "Shallow SqueezeNext-08-2x")
+    assert any("same numbers as SqueezeNet-v1.1 in Table 1" in x for x in f[(2, row_08)])
+    t1_02 = _row_of(paper, 1, "Shallow SqueezeNext-06-0.2x")
+    width = [x for x in f[(1, t1_02)] if "size does not grow with width" in x and "06-0.4x" in x]
+    assert width and "ours: 0.107 vs 0.238 MB" in width[0]
+    assert any("1.8.14" in x for x in f[(5, 1)])
+    assert any("5.01x our float32 checkpoint" in x for x in f[(1, 5)])  # 1.814 / 0.362
+
+
+def test_flags_follow_the_data_not_row_numbers(tmp_path, paper):
+    d = tmp_path / "paper"
+    shutil.copytree(DEFAULT_PAPER_DIR, d)
+    t6 = d / "table6_cifar100_optimizers.csv"
+    t6.write_text(t6.read_text().replace(",89.4,", ",40.0,"))
+    edited = load_paper_tables(d)
+    f = _flags(edited)
+    assert not any("repeats" in x or "implausible" in x for x in f[(6, 9)])
+    assert any("repeats" in x for x in f[(6, 4)])
+
+
+# ------------------------------------------------------------------------------ files, figures, report, CLI
+
+
+def _with_curves(store: Store) -> None:
+    for model, acc in (("squeezenet_1_0", 79.0), ("sqnxt_23_1x", 87.0), ("shallow_sqnxt_14_1_5x", 91.0),
+                       ("shallow_sqnxt_06_0_4x", 82.0)):
+        tid = add_trial(store, model, test_acc=acc, epochs=5)
+        with store.session() as s:
+            for e in range(1, 6):
+                s.add(EpochRow(trial_id=tid, epoch=e, train_acc=acc * e / 5 + 5, val_acc=acc * e / 5))
+
+
+def test_formats_figures_and_report_written(tmp_path, store):
+    _with_curves(store)
+    out = tmp_path / "out"
+    res = generate(Options(db_url=store.url, out_dir=out, formats=("md", "csv", "tex")))
+    for n in range(1, 8):
+        for fmt in ("md", "csv", "tex"):
+            assert (out / "tables" / f"table{n}.{fmt}").stat().st_size > 0
+    csv = pd.read_csv(out / "tables" / "table1.csv")
+    assert csv.loc[0, "acc_mean_pct"] == 79.0 and csv.loc[0, "paper_acc_pct"] == 79.59
+    assert csv.loc[0, "acc_diff_pct"] == pytest.approx(79.0 - 79.59)
+    assert csv.loc[1, "run_command"] == "python -m dse.sweep experiment=table1"
+    assert r"\begin{tabular}" in (out / "tables" / "table1.tex").read_text()
+    for name in ("figure9.png", "tradeoff.png"):
+        data = (out / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    report = (out / "report.md").read_text()
+    for link in [f"tables/table{n}.{fmt}" for n in range(1, 8) for fmt in ("md", "csv", "tex")] + [
+            "figures/figure9.png", "figures/tradeoff.png"]:
+        assert f"]({link})" in report and (out / link).exists()
+    assert "tables-smoke" in report and "`abc123`" in report and "`2.14.1`" in report and "`cpu`" in report
+    assert "| tables-smoke | 4 | 4 |" in report  # trial counts by status
+    assert res.files and all(p.exists() for p in res.files)
+
+
+def test_figures_on_an_empty_store(tmp_path, store):
+    out = tmp_path / "out"
+    generate(Options(db_url=store.url, out_dir=out))
+    assert (out / "figures" / "figure9.png").stat().st_size > 5_000
+    assert "The store has no trials" in (out / "report.md").read_text()
+
+
+def test_pareto_front():
+    from dse.figures import pareto_front
+    x = np.array([1.0, 2.0, 2.0, 3.0, 0.5, 4.0])
+    y = np.array([80.0, 85.0, 70.0, 84.0, 60.0, 90.0])
+    assert pareto_front(x, y).tolist() == [4, 0, 1, 5]
+
+
+def test_cli_missing_store_is_one_line(tmp_path, capsys):
+    rc = main(["--db", f"sqlite:///{tmp_path / 'nope.db'}", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: no results store at") and err.count("\n") == 1
+    assert not (tmp_path / "nope.db").exists()  # reading never creates a store
+
+
+def test_cli_bad_format_and_unknown_study(tmp_path, store, capsys):
+    assert main(["--db", store.url, "--format", "md,xls", "--out", str(tmp_path)]) == 1
+    assert "unknown format xls" in capsys.readouterr().err
+    assert main(["--db", store.url, "--study", "nope", "--out", str(tmp_path)]) == 1
+    assert "unknown study 'nope'" in capsys.readouterr().err
+
+
+def test_cli_on_an_empty_store_explains(tmp_path, capsys):
+    db = tmp_path / "empty.db"
+    db.touch()  # a file with no dse tables at all
+    rc = main(["--db", f"sqlite:///{db}", "--out", str(tmp_path / "out"), "--no-figures"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "the store has no trials" in out and "Table 6: 0/10 rows" in out
+    assert (tmp_path / "out" / "tables" / "table6.md").exists()
