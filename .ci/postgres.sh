@@ -13,12 +13,23 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
 as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
+write_env() {  # what the tests need: the URL, and the command that restarts this server (outage test)
+  {
+    echo "export DSE_TEST_PG_URL=postgresql+psycopg://dse@127.0.0.1:$PGPORT/dse"
+    if [ "$(id -u)" = 0 ]; then
+      echo "export DSE_TEST_PG_RESTART=\"su postgres -s /bin/bash -c '$BIN/pg_ctl -D $PGDATA -w -m fast restart >/dev/null'\""
+    else
+      echo "export DSE_TEST_PG_RESTART=\"$BIN/pg_ctl -D $PGDATA -w -m fast restart >/dev/null\""
+    fi
+  } > "${DSE_PG_ENV:-/tmp/dse-pg.env}"
+}
 if as_pg "$BIN/pg_ctl -D $PGDATA status" >/dev/null 2>&1; then
-  echo "PostgreSQL already running on $PGPORT"; exit 0
+  echo "PostgreSQL already running on $PGPORT"; write_env; exit 0
 fi
 rm -rf "$PGDATA"; mkdir -p "$PGDATA"; [ "$(id -u)" = 0 ] && chown postgres:postgres "$PGDATA"
 as_pg "$BIN/initdb -D $PGDATA -A trust -U postgres >/dev/null"
 as_pg "$BIN/pg_ctl -D $PGDATA -l $PGDATA/server.log -w -o '-p $PGPORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200' start >/dev/null"
 as_pg "$BIN/psql -h 127.0.0.1 -p $PGPORT -U postgres -c \"CREATE ROLE dse LOGIN SUPERUSER\" >/dev/null"
 as_pg "$BIN/psql -h 127.0.0.1 -p $PGPORT -U postgres -c \"CREATE DATABASE dse OWNER dse\" >/dev/null"
+write_env
 echo "PostgreSQL started on 127.0.0.1:$PGPORT (data $PGDATA)"

@@ -46,7 +46,7 @@ def _worker(url: str, name: str, trials: int, out: mp.Queue) -> None:
 
     widths = [round(0.1 + 0.01 * i, 2) for i in range(trials)]
     cfg = compose(["experiment=custom", f"storage.url={url}", f"study.name={name}", "pruner=none",
-                   f"search.blocks.single.grid={{model.width: {widths}}}", "study.poll_seconds=0.05"])
+                   f"+search.blocks.single.grid={{model.width: {widths}}}", "study.poll_seconds=0.05"])
     Worker._train = _stub_train
     w = Worker(cfg)
     import io

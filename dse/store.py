@@ -229,6 +229,31 @@ def with_retries(fn: Callable[[], T], *, what: str, retries: int = 5, backoff: f
     raise AssertionError("unreachable")
 
 
+@contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Serialise schema creation between workers starting at once (PostgreSQL advisory lock; CREATE TABLE
+    racing CREATE TABLE fails there). SQLite needs nothing: its writes are serialised by the file lock."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import text
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+_SCHEMA_LOCK_KEY = 0x64736531  # "dse1"
+
+
 class Store:
     """Read/write access to our tables. Cheap to create; one per process is plenty."""
 

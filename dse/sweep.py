@@ -30,6 +30,7 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
+from sqlalchemy.exc import SQLAlchemyError
 
 from dse import store as st
 from dse.config import REPO, compose, study_name
@@ -239,8 +240,14 @@ class Worker:
     def open(self) -> None:
         self.url = storage_url(self.cfg)
         s = self.cfg.storage
-        self.store = st.Store(self.url, retries=int(s.retries), backoff=float(s.backoff))
-        self.storage = optuna_storage(self.url, self.cfg, self._on_stale)
+
+        def create() -> None:
+            with st.schema_lock(self.url):  # workers starting together must not race on CREATE TABLE
+                self.store = st.Store(self.url, retries=int(s.retries), backoff=float(s.backoff))
+                self.storage = optuna_storage(self.url, self.cfg, self._on_stale)
+
+        st.with_retries(create, what="opening the results store", retries=int(s.retries),
+                        backoff=float(s.backoff), url=self.url)
         directions = [OBJECTIVES[o][0] for o in self.objectives]
         multi = len(directions) > 1
         try:
@@ -311,17 +318,20 @@ class Worker:
         identity = frozen.user_attrs.get("identity")
         log.warning("trial %d (%s) lost its worker; re-queueing it", frozen.number, identity and identity[:12])
         if identity:
-            self._queue(identity, (st.RUNNING, st.QUEUED), optuna_number=frozen.number)
+            self._queue(identity, (st.RUNNING, st.QUEUED, st.INTERRUPTED), optuna_number=frozen.number)
 
     def reconcile(self) -> int:
-        """Re-queue what a crash or Ctrl-C left behind: interrupted trials, running trials whose Optuna trial
-        is no longer running, queued trials that never reached Optuna's queue."""
+        """Repair what a crash, an outage or Ctrl-C left behind: re-queue interrupted trials, running trials
+        whose Optuna trial is no longer running and queued trials that never reached Optuna's queue; and where
+        our store finished a trial whose result never reached Optuna (the database went away between the two),
+        give Optuna that result, so that the two agree row for row."""
         if self.mode != "grid":
             return 0
         optuna.storages.fail_stale_trials(self.study)
-        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
-        live = {t.user_attrs.get("identity") for t in trials.values()
+        trials = self.study.get_trials(deepcopy=False)
+        live = {t.user_attrs.get("identity") for t in trials
                 if t.state in (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)}
+        told = {t.user_attrs.get("identity") for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
         n = 0
         for row in self.store.rows(self.name):
             if row.identity in live:
@@ -333,7 +343,27 @@ class Worker:
             elif row.status == st.QUEUED and row.queued_at is not None and \
                     (st._now() - row.queued_at).total_seconds() > 60:
                 n += self._queue(row.identity, (st.QUEUED,), optuna_number=row.optuna_trial_number)
+            elif row.status == st.COMPLETE and row.identity not in told and row.identity in self.by_identity:
+                self._tell_stored(row)
         return n
+
+    def _tell_stored(self, row: st.TrialRow) -> None:
+        """Record in Optuna a trial our store completed but Optuna never heard of (compare-and-set first, so
+        that of several workers repairing at once exactly one adds it)."""
+        if not self.store.transition(self.name, row.identity, st.COMPLETE, only_from=(st.COMPLETE,),
+                                     optuna_number=row.optuna_trial_number, optuna_trial_number=-1):
+            return
+        p = self.by_identity[row.identity]
+        values = self._values(row)
+        frozen = optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE, params=p.params, distributions=self.distributions,
+            user_attrs={"identity": row.identity, "restored_from_store": True, "test_acc": row.test_acc},
+            **({"values": values} if self.multi else {"value": values}))
+        self.study.add_trial(frozen)
+        number = max(t.number for t in self.study.get_trials(deepcopy=False))
+        self.store.update_trial(row.id, optuna_trial_number=number)
+        log.warning("trial %s finished in the store but its result never reached Optuna; recorded it as "
+                    "trial %d", row.identity[:12], number)
 
     # ---------------------------------------------------------------------------------------------------
     def _values(self, row: st.TrialRow) -> float | list[float]:
@@ -425,6 +455,15 @@ class Worker:
             self.store.update_trial(row.id, status=st.INTERRUPTED, fail_reason="interrupted (Ctrl-C/SIGTERM)",
                                     finished_at=st._now())
             raise
+        except (st.StoreError, SQLAlchemyError) as e:
+            log.warning("trial %d stopped by a storage error; it will be re-queued: %s", trial.number,
+                        _first_line(e)[:200])
+            try:
+                self.store.update_trial(row.id, status=st.INTERRUPTED, fail_reason=f"storage error: "
+                                        f"{_first_line(e)[:500]}")
+            except Exception:  # noqa: BLE001 - still down: reconcile re-queues the running row later
+                pass
+            raise
         except Exception as e:
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             if _is_oom(e):
@@ -461,30 +500,49 @@ class Worker:
         max_trials = self.cfg.max_trials
         n_trials = self.cfg.search.n_trials
         done_states = st.TERMINAL
+        failures = 0
+        retries, backoff = int(self.cfg.storage.retries), float(self.cfg.storage.backoff)
         while not self.stop_requested:
             if max_trials is not None and self.trained >= max_trials:
                 log.info("this worker reached max_trials=%d", max_trials)
                 break
-            waiting, running = self._waiting_running()
-            if self.mode == "grid":
-                if waiting == 0:
-                    if running == 0 or not self.cfg.study.wait_for_running:
-                        if self.reconcile() == 0:
-                            break
-                        continue
-                    time.sleep(float(self.cfg.study.poll_seconds))
-                    self.reconcile()
-                    continue
-            else:
-                done = self.store.count(self.name, done_states)
-                if done + running >= n_trials:
-                    if running == 0 or not self.cfg.study.wait_for_running:
-                        break
-                    time.sleep(float(self.cfg.study.poll_seconds))
-                    optuna.storages.fail_stale_trials(self.study)
-                    continue
-            self.study.optimize(self.objective, n_trials=1, catch=(Exception,))
+            try:
+                if not self._step(n_trials, done_states):
+                    break
+                failures = 0
+            except (KeyboardInterrupt, ConfigError):
+                raise
+            except Exception as e:  # the database went away mid-step (Optuna's own calls do not retry)
+                failures += 1
+                if failures > retries:
+                    raise st.StoreError(f"storage {st.redact(self.url)} kept failing ({failures} times in a "
+                                        f"row): {_first_line(e)}") from e
+                delay = min(backoff * 2 ** (failures - 1), 30.0)
+                log.warning("storage error (%s: %s); retry %d/%d in %.1f s", type(e).__name__,
+                            _first_line(e)[:200], failures, retries, delay)
+                time.sleep(delay)
         self.summary()
+
+    def _step(self, n_trials: int | None, done_states: tuple[str, ...]) -> bool:
+        """One scheduling step: run a trial, or wait for others' running trials; False when nothing is left."""
+        waiting, running = self._waiting_running()
+        if self.mode == "grid":
+            if waiting == 0:
+                if running == 0 or not self.cfg.study.wait_for_running:
+                    return self.reconcile() > 0
+                time.sleep(float(self.cfg.study.poll_seconds))
+                self.reconcile()
+                return True
+        else:
+            done = self.store.count(self.name, done_states)
+            if done + running >= n_trials:
+                if running == 0 or not self.cfg.study.wait_for_running:
+                    return False
+                time.sleep(float(self.cfg.study.poll_seconds))
+                optuna.storages.fail_stale_trials(self.study)
+                return True
+        self.study.optimize(self.objective, n_trials=1, catch=(Exception,))
+        return True
 
     def summary(self) -> None:
         df = self.store.trials(self.name)
@@ -551,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         except DSEError:
             raise
         except Exception as e:  # Hydra/OmegaConf composition errors: unknown keys, wrong types, bad YAML
-            raise ConfigError(f"bad configuration: {_first_line(e)}") from None
+            msg = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+            raise ConfigError(f"bad configuration: {msg or type(e).__name__}") from None
         if show_cfg:
             print(OmegaConf.to_yaml(cfg))
             return 0

@@ -36,7 +36,7 @@ def cmd(study: str, ckpt: Path, data: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dse.sweep", "experiment=custom", "budget=smoke", "storage=postgres",
             f"study.name={study}", f"study.checkpoint_dir={ckpt}", "data.dataset=imagefolder",
             f"data.root={data}", "data.val_size=50", "data.subset_size=null", "trainer.eval_batch_size=200",
-            f"search.blocks.single.grid={{model.width: {WIDTHS}, model.dropout: {DROPOUTS}}}",
+            f"+search.blocks.single.grid={{model.width: {WIDTHS}, model.dropout: {DROPOUTS}}}",
             "storage.heartbeat_interval=1", "storage.grace_period=4", "study.poll_seconds=0.5", "pruner=none",
             "trainer.progress=log", *extra]
 
