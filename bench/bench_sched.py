@@ -66,14 +66,12 @@ def measure(url: str, workers: int, trials: int) -> tuple[float, int]:
     Store(url).dispose()
     q: mp.Queue = mp.get_context("spawn").Queue()
     ctx = mp.get_context("spawn")
-    t0 = time.perf_counter()
     procs = [ctx.Process(target=_worker, args=(url, name, trials, q)) for _ in range(workers)]
     for p in procs:
         p.start()
     results = [q.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
-    wall = time.perf_counter() - t0
     done = sum(r[0] for r in results)
     busy = sum(r[1] for r in results)  # worker-seconds spent in Worker.run (planning + scheduling)
     return busy / max(done, 1) * 1000.0, done

@@ -295,8 +295,10 @@ def grid_distributions(plan: list[PlannedTrial]) -> dict[str, Any]:
     for p in plan:
         for k, v in p.params.items():
             keys.setdefault(k, set()).add(v)
-    return {k: optuna.distributions.CategoricalDistribution(sorted(vs, key=lambda x: (x is None, str(type(x)), x if x is not None else 0)))
-            for k, vs in keys.items()}
+    def order(x: Any) -> tuple[bool, str, Any]:  # None last; numbers and strings never compared to each other
+        return (x is None, type(x).__name__, x if x is not None else 0)
+
+    return {k: optuna.distributions.CategoricalDistribution(sorted(vs, key=order)) for k, vs in keys.items()}
 
 
 # -- sample mode -----------------------------------------------------------------------------------------------

@@ -36,10 +36,8 @@ from dse import store as st
 from dse.config import REPO, compose, study_name
 from dse.errors import ConfigError, DSEError
 from dse.space import (
-    PlannedTrial,
     TrialConfig,
     check_constraints,
-    dashboard_params,
     grid_distributions,
     plan_grid,
     resolve_trial,

@@ -610,7 +610,7 @@ def fit(spec: Any, data: DataBundle, optim: OptimConfig, train: TrainConfig,
                     best = m
                 if ckpt_dir is not None:
                     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "spec": spec.to_dict(),
-                            "config": config, "torch_version": torch.__version__, "device": str(device),
+                            "config": config, "torch_version": str(torch.__version__), "device": str(device),
                             "precision": train.precision}
                     sd = _state_dict_cpu(model)
                     if improved:  # best first: a kill between the two writes re-runs this epoch on resume
@@ -633,7 +633,7 @@ def fit(spec: Any, data: DataBundle, optim: OptimConfig, train: TrainConfig,
         best_val_acc=best.val_acc, best_epoch=best.epoch, final_val_acc=last.val_acc, test_acc=best.test_acc,
         final_test_acc=last.test_acc, sec_per_epoch=float(np.mean([h.train_seconds for h in history])),
         params=facts.params, macs=facts.macs, checkpoint_bytes=facts.checkpoint_bytes, device=str(device),
-        precision=train.precision, torch_version=torch.__version__, epochs=history,
+        precision=train.precision, torch_version=str(torch.__version__), epochs=history,
         best_checkpoint=str(best_path) if best_path is not None and best_path.exists() else None,
         resumed_from_epoch=resumed_from,
     )

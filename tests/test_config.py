@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from dse_testdata import tiny_imagefolder  # noqa: F401  (fixture)
 
 from dse.config import CONF_DIR, EXPERIMENTS_DIR, compose, experiment_names, study_name
 from dse.errors import ConfigError
 from dse.space import plan_grid, resolve_trial, validate_sample_space
 from dse.sweep import Worker
-from dse_testdata import tiny_imagefolder  # noqa: F401  (fixture)
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from dse_testdata import real_cifar10, tiny_imagefolder  # noqa: F401  (fixtures)
 from sqlalchemy import create_engine, text
 
 from dse.store import Store
-from dse_testdata import real_cifar10, tiny_imagefolder  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.postgres
 PG_URL = os.environ.get("DSE_TEST_PG_URL")

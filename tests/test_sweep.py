@@ -16,9 +16,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from dse_testdata import real_cifar10, tiny_imagefolder  # noqa: F401  (fixtures)
 
 from dse.store import Store
-from dse_testdata import real_cifar10, tiny_imagefolder  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 
