@@ -268,6 +268,12 @@ class Worker:
             sampler=make_sampler(self.cfg, multi), pruner=make_pruner(self.cfg),
             **({"directions": directions} if multi else {"direction": directions[0]}))
         if existing is None:
+            import optuna_dashboard
+
+            # what optuna-dashboard shows on its axes instead of "Objective 0, 1"
+            optuna_dashboard.set_objective_names(self.study, [
+                {"val_acc": "val accuracy %", "checkpoint_bytes": "checkpoint bytes", "sec_per_epoch":
+                 "seconds per epoch", "macs": "MACs per image", "params": "parameters"}[o] for o in self.objectives])
             self.study.set_user_attr(FINGERPRINT_ATTR, self.fingerprint)
             self.study.set_user_attr("experiment", self.cfg.study.experiment)
             self.study.set_user_attr("objectives", self.objectives)

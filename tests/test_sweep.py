@@ -62,6 +62,35 @@ def test_smoke_study_fills_store_and_restart_trains_nothing(tmp_path, tiny_image
         assert t.params["dropout"] == pytest.approx(row.dropout)
     epochs = Store(f"sqlite:///{db}").epochs(study="table4-smoke")
     assert len(epochs) == 5  # smoke budget: 1 epoch each
+    check_dashboard(f"sqlite:///{db}", "table4-smoke")
+
+
+def check_dashboard(url: str, name: str) -> None:
+    """optuna-dashboard (its WSGI app, as `optuna-dashboard URL` serves it) opens the study with its params."""
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna_dashboard
+
+    app = optuna_dashboard.wsgi(url)
+
+    def get(path: str) -> dict:
+        env: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+        setup_testing_defaults(env)
+        status: list[str] = []
+        body = b"".join(app(env, lambda s, h, *a: status.append(s)))
+        assert status[0].startswith("200"), (path, status, body[:300])
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    sid = [s["study_id"] for s in studies if s["study_name"] == name][0]
+    detail = get(f"/api/studies/{sid}")
+    assert len(detail["trials"]) >= 5
+    trial = detail["trials"][0]
+    assert {p["name"] for p in trial["params"]} >= {"model", "width", "dropout", "optimizer", "seed"}
+    assert {a["key"] for a in trial["user_attrs"]} >= {"identity", "model", "checkpoint_bytes", "test_acc"}
+    assert detail["objective_names"] == ["val accuracy %"]
 
 
 def test_sigkill_mid_trial_then_rerun_completes_every_trial_once(tmp_path, tiny_imagefolder):
