@@ -24,6 +24,7 @@ import pickle
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,10 @@ import torch.nn.functional as F
 from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
+# torchvision 0.29 deprecates its image decoders in favour of TorchCodec (not installed here); they still work and
+# are ~5x faster than PIL per CIFAR JPEG. The PIL fallback in _decode_one keeps working if they are removed.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 DATASETS = ("cifar10", "cifar100", "imagefolder")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per channel, on pixels scaled to [0, 1]
@@ -454,12 +459,23 @@ def _read_pickles(dataset: str, folder: Path, fingerprint: str) -> _Decoded:
 _DECODE_CHUNK = 500  # files per thread-pool task; each task reads its files then decodes them in one batch call
 
 
+def _tv_decoders():
+    """torchvision's (decode_jpeg, decode_image, ImageReadMode), or None where they are unavailable."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+        return decode_jpeg, decode_image, ImageReadMode
+    except ImportError:
+        return None
+
+
 def _decode_one(path: str, raw: bytes) -> torch.Tensor:
     """Decode one image file's bytes to uint8 (3, 32, 32); torchvision first, PIL for what it cannot read."""
-    from torchvision.io import ImageReadMode, decode_image
-
+    tv = _tv_decoders()
     try:
-        img = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        if tv is None:
+            raise ImportError("torchvision.io decoders unavailable")
+        img = tv[1](torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=tv[2].RGB)
     except Exception:
         try:
             from PIL import Image
@@ -480,8 +496,6 @@ def _to_size(img: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_chunk(paths: list[str]) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     raws = []
     for p in paths:
         try:
@@ -489,12 +503,13 @@ def _decode_chunk(paths: list[str]) -> torch.Tensor:
                 raws.append(f.read())
         except OSError as e:
             raise CorruptDatasetError(f"cannot read image {p}: {e}") from e
-    jpeg = [i for i, p in enumerate(paths) if p.lower().endswith((".jpg", ".jpeg"))]
+    tv = _tv_decoders()
+    jpeg = [i for i, p in enumerate(paths) if p.lower().endswith((".jpg", ".jpeg"))] if tv else []
     out: list[torch.Tensor | None] = [None] * len(paths)
     if jpeg:
         try:  # the batched decoder is ~5x faster than PIL per image; it fails as a whole on one bad file
-            imgs = decode_jpeg([torch.frombuffer(bytearray(raws[i]), dtype=torch.uint8) for i in jpeg],
-                               mode=ImageReadMode.RGB)
+            imgs = tv[0]([torch.frombuffer(bytearray(raws[i]), dtype=torch.uint8) for i in jpeg],
+                         mode=tv[2].RGB)
             for i, img in zip(jpeg, imgs):
                 out[i] = _to_size(img)
         except Exception:
@@ -544,11 +559,16 @@ def stratified_pick(labels: torch.Tensor, n: int, generator: torch.Generator) ->
     return torch.cat(picked).sort().values if picked else torch.empty(0, dtype=torch.long)
 
 
-def _split(d: _Decoded, cfg: DataConfig) -> DataBundle:
-    n_train = len(d.train_y)
+def split_indices(train_labels: torch.Tensor, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices) into the official training set that `cfg` selects.
+
+    Validation: `val_size` images, class-balanced, seeded by val_seed. Training: the rest, or a class-balanced
+    seeded subset of it (subset / subset_size). Public so a reference pipeline can train on the same images.
+    """
+    n_train = len(train_labels)
     if cfg.val_size >= n_train:
         raise ConfigError(f"data.val_size={cfg.val_size} leaves no training images; the source has {n_train}")
-    val_idx = stratified_pick(d.train_y, cfg.val_size, torch.Generator().manual_seed(cfg.val_seed))
+    val_idx = stratified_pick(train_labels, cfg.val_size, torch.Generator().manual_seed(cfg.val_seed))
     keep = torch.ones(n_train, dtype=torch.bool)
     keep[val_idx] = False
     rest = keep.nonzero().flatten()
@@ -558,7 +578,12 @@ def _split(d: _Decoded, cfg: DataConfig) -> DataBundle:
             raise ConfigError(
                 f"data.subset_size={n} exceeds the {len(rest)} training images left after val_size={cfg.val_size}"
             )
-        rest = rest[stratified_pick(d.train_y[rest], n, torch.Generator().manual_seed(cfg.subset_seed))]
+        rest = rest[stratified_pick(train_labels[rest], n, torch.Generator().manual_seed(cfg.subset_seed))]
+    return rest, val_idx
+
+
+def _split(d: _Decoded, cfg: DataConfig) -> DataBundle:
+    rest, val_idx = split_indices(d.train_y, cfg)
     h = hashlib.sha256(d.fingerprint.encode())
     h.update(repr((cfg.val_size, cfg.val_seed, cfg.subset, cfg.subset_size, cfg.subset_seed)).encode())
     return DataBundle(

@@ -393,8 +393,9 @@ def _runtime(train: TrainConfig, device: torch.device) -> Iterator[None]:
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_bench, prev_cudnn_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
-        if train.threads:
-            torch.set_num_threads(train.threads)
+        threads = train.threads or int(os.environ.get("DSE_THREADS", "0") or 0)
+        if threads:
+            torch.set_num_threads(threads)
         if train.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)

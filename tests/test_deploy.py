@@ -238,7 +238,7 @@ def test_verify_rejects_disagreement():
 
 def test_int8_is_smaller_and_agrees(tmp_path):
     model, _ = tiny_model("shallow_sqnxt_06_0_4x")
-    fp32 = export.export_onnx(model, tmp_path / "m.onnx")
+    fp32 = export.export_onnx(model, tmp_path / "m.onnx", compact=False)
     b = bundle()
     reader = quantize.ImageCalibrationReader(b.train_x[:40], batch=16)
     batches = []
@@ -248,7 +248,10 @@ def test_int8_is_smaller_and_agrees(tmp_path):
     calib = quantize.calibration_images(b.train_x, b.train_y, 64)
     assert len(calib) == 64
     q = quantize.quantize_int8(fp32, tmp_path / "m.int8.onnx", calib, per_channel="auto", check=b.val_x)
-    assert q.file_bytes == q.path.stat().st_size < fp32.stat().st_size / 1.5
+    compact = export.export_onnx(model, tmp_path / "m.compact.onnx")
+    assert q.file_bytes == q.path.stat().st_size < compact.stat().st_size / 1.5
+    with pytest.raises(DeployError, match="compacted tensor names"):
+        quantize.quantize_int8(compact, tmp_path / "x.onnx", calib, per_channel=True)
     assert set(q.tried) == {"per_channel", "per_tensor"} and q.agreement is not None
     ops = {n.op_type for n in onnx.load(str(q.path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -357,10 +360,11 @@ def test_deploy_model_records_every_format(tmp_path):
     assert report["int8_per_channel"] in (True, False)
     table = summary([rep])
     assert "onnx_int8" in table and "p99 ms" in table
-    # deploying again replaces the rows instead of adding new ones
-    deploy_model(model, spec, cand, bundle(), Options(out=tmp_path / "out", test_images=30, latency=False),
+    # deploying again replaces the rows instead of adding new ones; without latency, the stored one stays
+    deploy_model(model, spec, cand, bundle(), Options(out=tmp_path / "out", test_images=20, latency=False),
                   store=store)
-    assert len(store.deployments([trial_id])) == 4
+    again = store.deployments([trial_id])
+    assert len(again) == 4 and (again["test_images"] == 20).all() and again["p50_ms"].notna().all()
 
 
 def _add_trial(store, model_name: str, ckpt: Path, status: str = "complete", val_acc: float = 50.0,
@@ -429,9 +433,8 @@ def test_cli_checkpoint_not_matching_config(tmp_path, capsys):
 
 def _trained_checkpoint(tmp_path: Path, name: str) -> Path:
     """A real best.pt written by dse.train.fit (one epoch on 64 synthetic images)."""
-    from dse.train import OptimConfig, TrainConfig, fit
-
     from dse.data import DataBundle
+    from dse.train import OptimConfig, TrainConfig, fit
 
     b = bundle(n_train=64, n_val=20, n_test=20)
     data = DataBundle(train_x=b.train_x, train_y=b.train_y, val_x=b.val_x, val_y=b.val_y, test_x=b.test_x,

@@ -130,6 +130,30 @@ def test_sigkill_mid_trial_then_rerun_completes_every_trial_once(tmp_path, tiny_
     assert sorted(t.user_attrs["identity"] for t in complete) == sorted(i for i, *_ in rows)
 
 
+def test_ctrl_c_marks_the_trial_and_the_rerun_finishes(tmp_path, tiny_imagefolder):
+    db, ckpt = tmp_path / "c.db", tmp_path / "ckpt"
+    cmd = sweep_cmd(db, ckpt, tiny_imagefolder, "trainer.epochs=4")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            if db.exists() and any(r[1] == "running" and r[2] >= 1 for r in store_rows(db)):
+                break
+        except sqlite3.OperationalError:
+            continue
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    statuses = [r[1] for r in store_rows(db)]
+    assert statuses.count("interrupted") == 1 and "running" not in statuses, statuses
+    r = run(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {s for _, s, _, _ in store_rows(db)} == {"complete"} and len(store_rows(db)) == 5
+
+
 def test_two_workers_train_disjoint_trials(tmp_path, tiny_imagefolder):
     db, ckpt = tmp_path / "w.db", tmp_path / "ckpt"
     cmd = sweep_cmd(db, ckpt, tiny_imagefolder, "trainer.epochs=2")

@@ -41,6 +41,7 @@ def quick(**kw) -> TrainConfig:
     kw.setdefault("eval_batch_size", 40)
     kw.setdefault("device", "cpu")
     kw.setdefault("progress", "none")
+    kw.setdefault("threads", 1)  # tiny batches on a shared 2-core machine: 2 OpenMP threads only wait
     return TrainConfig(**kw)
 
 
@@ -142,7 +143,7 @@ def test_fit_is_seeded(tiny_bundle) -> None:
 
 
 @pytest.mark.parametrize("kw", [{"precision": "bf16"}, {"channels_last": True}, {"deterministic": True},
-                                {"threads": 1}])
+                                {"threads": 2}])
 def test_fit_options(tiny_bundle, kw: dict) -> None:
     r = fit(SPEC, tiny_bundle, OptimConfig(), quick(epochs=1, **kw))
     assert math.isfinite(r.epochs[0].train_loss) and r.precision == kw.get("precision", "fp32")

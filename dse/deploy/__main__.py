@@ -160,6 +160,7 @@ def pick_test_images(bundle, n: int):
 def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None) -> DeployReport:
     """Export, verify, quantize, score, time and package one model; record it in ``store`` if given."""
     import numpy as np
+    import onnx
 
     from dse.data import CIFAR_MEAN, CIFAR_STD
     from dse.deploy import export, latency, quantize, rtmaps
@@ -186,20 +187,24 @@ def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None
         results.append(FormatResult(fmt, str(path), path.stat().st_size, export.accuracy(logits, test_y), n,
                                     diff, same))
 
-    onnx_path = export.export_onnx(model, out / FORMAT_FILES["onnx"], opset=opts.opset)
-    lo = export.logits_onnx(onnx_path, test_x)
-    add("onnx", onnx_path, lo, export.verify(ref, lo, what=f"ONNX export {onnx_path}", atol=opts.atol))
-    ts_path = export.export_torchscript(model, out / FORMAT_FILES["torchscript"])
-    lt = export.logits_torchscript(ts_path, test_x)
-    add("torchscript", ts_path, lt,
-        export.verify(ref, lt, what=f"TorchScript export {ts_path}", atol=opts.atol))
-    log.info("%s: exported and verified on %d test images (%.1f s)", cand.label, n, time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=out) as work_dir:  # intermediate files
+        work = Path(work_dir)
+        # the quantizer needs the export with PyTorch's tensor names (see quantize.quantize_int8)
+        raw_onnx = export.export_onnx(model, work / "raw.onnx", opset=opts.opset, compact=False)
+        onnx_path = export.save_onnx(export.compact_names(onnx.load(str(raw_onnx))), out / FORMAT_FILES["onnx"])
+        lo = export.logits_onnx(onnx_path, test_x)
+        add("onnx", onnx_path, lo, export.verify(ref, lo, what=f"ONNX export {onnx_path}", atol=opts.atol))
+        ts_path = export.export_torchscript(model, out / FORMAT_FILES["torchscript"])
+        lt = export.logits_torchscript(ts_path, test_x)
+        add("torchscript", ts_path, lt,
+            export.verify(ref, lt, what=f"TorchScript export {ts_path}", atol=opts.atol))
+        log.info("%s: exported and verified on %d test images (%.1f s)", cand.label, n, time.perf_counter() - t0)
 
-    calib = quantize.calibration_images(bundle.train_x.cpu(), bundle.train_y.cpu(), opts.calib_images)
-    check = bundle.val_x[:quantize.CHECK_IMAGES].cpu() if len(bundle.val_x) else None
-    per_channel = opts.per_channel if check is not None or opts.per_channel != "auto" else True
-    q = quantize.quantize_int8(onnx_path, out / FORMAT_FILES["onnx_int8"], calib, per_channel=per_channel,
-                               check=check)
+        calib = quantize.calibration_images(bundle.train_x.cpu(), bundle.train_y.cpu(), opts.calib_images)
+        check = bundle.val_x[:quantize.CHECK_IMAGES].cpu() if len(bundle.val_x) else None
+        per_channel = opts.per_channel if check is not None or opts.per_channel != "auto" else True
+        q = quantize.quantize_int8(raw_onnx, out / FORMAT_FILES["onnx_int8"], calib, per_channel=per_channel,
+                                   check=check)
     lq = export.logits_onnx(q.path, test_x)
     add("onnx_int8", q.path, lq, float(np.max(np.abs(lq.astype(np.float64) - ref))))
     log.info("%s: int8 (%s) %d bytes, calibrated on %d training images", cand.label,
@@ -250,16 +255,21 @@ def _runtime_of(fmt: str) -> str:
 
 
 def record(store, report: DeployReport) -> None:
-    """One ``dse_deployments`` row per format; the trial's ``int8_bytes``."""
+    """One ``dse_deployments`` row per format (insert or replace); the trial's ``int8_bytes``.
+
+    A run without latency (``--no-latency``) leaves the latency columns of an existing row as they were, so a
+    quick re-export does not erase an earlier measurement.
+    """
     for r in report.formats:
-        lat = r.latency or {}
-        store.record_deployment(
-            trial_id=report.trial_id, model_name=report.model_name, format=r.format, path=r.path,
-            file_bytes=r.file_bytes, test_acc=r.test_acc, test_images=r.test_images,
-            max_abs_diff=r.max_abs_diff,
-            p50_ms=lat.get("p50_ms"), p99_ms=lat.get("p99_ms"), peak_mem_bytes=lat.get("peak_mem_bytes"),
-            threads=lat.get("threads", 1), host=report.host, machine=report.machine,
-            runtime=lat.get("runtime") or _runtime_of(r.format))
+        values = dict(trial_id=report.trial_id, model_name=report.model_name, format=r.format, path=r.path,
+                      file_bytes=r.file_bytes, test_acc=r.test_acc, test_images=r.test_images,
+                      max_abs_diff=r.max_abs_diff, threads=1, host=report.host, machine=report.machine,
+                      runtime=_runtime_of(r.format))
+        if r.latency:
+            values.update(p50_ms=r.latency["p50_ms"], p99_ms=r.latency["p99_ms"],
+                          peak_mem_bytes=r.latency["peak_mem_bytes"], threads=r.latency["threads"],
+                          runtime=r.latency["runtime"])
+        store.record_deployment(**values)
     if report.trial_id is not None:
         store.update_trial(report.trial_id, int8_bytes=report.format("onnx_int8").file_bytes)
 
@@ -311,7 +321,7 @@ def _latency_probe(cand: Candidate, fmt: str, stat: str, opts: Options, store, b
         if fmt == "torchscript":
             path = export.export_torchscript(model, d / "m.pt")
         else:
-            path = export.export_onnx(model, d / "m.onnx", opset=opts.opset)
+            path = export.export_onnx(model, d / "m.onnx", opset=opts.opset, compact=fmt != "onnx_int8")
             if fmt == "onnx_int8":
                 calib = quantize.calibration_images(bundle.train_x.cpu(), bundle.train_y.cpu(),
                                                     opts.calib_images)

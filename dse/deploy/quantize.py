@@ -8,6 +8,10 @@
   whose top-1 predictions agree more often with the float32 model on held-out validation images (ties: the
   smaller file). Validation, not test: choosing on the test set would leak (DESIGN.md decision 7).
 - ``quant_pre_process`` (shape inference + graph optimisation) runs first, as onnxruntime recommends.
+- Input: an export that keeps PyTorch's tensor names (``export_onnx(..., compact=False)``). On graphs whose
+  tensors were renamed t0, t1, ... (``compact_names``) onnxruntime 1.31's quantizer wired an activation to a
+  weight's quantized copy (shallow_sqnxt_09_0_5x: a Conv fed a 1-D tensor); so names are compacted only after
+  quantizing, and ``quantize_int8`` refuses an already compacted input.
 
 The model size reported for int8 is the bytes of the saved ``.int8.onnx`` file (names compacted, as for fp32).
 Shallow SqueezeNext's basic block is conv -> ELU -> BatchNorm (paper Fig. 6): ELU and BatchNorm have no int8
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -127,6 +132,10 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     validation images; the variant agreeing more with float32 wins). Raises DeployError on failure.
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
+    names = [i.name for i in onnx.load(str(fp32_path), load_external_data=False).graph.initializer]
+    if names and all(re.fullmatch(r"t\d+", n) for n in names):
+        raise DeployError(f"{fp32_path} has compacted tensor names; quantize an export made with "
+                          "export_onnx(..., compact=False) (module docstring)")
     if per_channel not in (True, False, "auto"):
         raise DeployError(f"per_channel must be true, false or auto, got {per_channel!r}")
     if per_channel == "auto" and (check is None or len(check) == 0):
