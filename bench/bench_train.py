@@ -56,9 +56,16 @@ def cpu_peak() -> dict:
     fp32 = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
     # bf16: AMX TDPBF16PS = 16x16x32 MACs per 16 cycles -> 1024 FLOP/cycle; AVX512-BF16 dot products -> 128
     bf16 = 1024 if "amx_bf16" in flags else 128 if "avx512_bf16" in flags else fp32
-    return {"cpu": name, "cores": cores, "ghz": ghz, "fp32_flop_per_cycle": fp32, "bf16_flop_per_cycle": bf16,
-            "fp32_peak": cores * ghz * 1e9 * fp32, "bf16_peak": cores * ghz * 1e9 * bf16,
-            "flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})}
+    return {
+        "cpu": name,
+        "cores": cores,
+        "ghz": ghz,
+        "fp32_flop_per_cycle": fp32,
+        "bf16_flop_per_cycle": bf16,
+        "fp32_peak": cores * ghz * 1e9 * fp32,
+        "bf16_peak": cores * ghz * 1e9 * bf16,
+        "flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+    }
 
 
 # ---------------------------------------------------------------------------------------- reference pipeline
@@ -68,8 +75,9 @@ def reference_run(spec, data_dir: Path, train_idx: list[int], epochs: int, evalu
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, Subset
 
-    transform_train = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                                 T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    transform_train = T.Compose(
+        [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)]
+    )
     transform_test = T.Compose([T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
     trainset = Subset(torchvision.datasets.ImageFolder(str(data_dir / "train"), transform=transform_train), train_idx)
     trainloader = DataLoader(trainset, batch_size=BATCH, shuffle=True, num_workers=2)
@@ -111,32 +119,65 @@ def reference_run(spec, data_dir: Path, train_idx: list[int], epochs: int, evalu
 # --------------------------------------------------------------------------------------------------- ours
 def ours_run(spec, bundle, epochs: int, precision: str, channels_last: bool, threads: int, evaluate: bool) -> dict:
     data = bundle if evaluate else dataclasses.replace(bundle, test_x=bundle.test_x[:0], test_y=bundle.test_y[:0])
-    r = fit(spec, data, OptimConfig(schedule="none"),
-            TrainConfig(epochs=epochs, batch_size=BATCH, device="cpu", precision=precision,
-                        channels_last=channels_last, threads=threads, progress="none", seed=0))
+    r = fit(
+        spec,
+        data,
+        OptimConfig(schedule="none"),
+        TrainConfig(
+            epochs=epochs,
+            batch_size=BATCH,
+            device="cpu",
+            precision=precision,
+            channels_last=channels_last,
+            threads=threads,
+            progress="none",
+            seed=0,
+        ),
+    )
     for m in r.epochs:
         print(f"    ours epoch: {m.train_seconds:.1f} s, train acc {m.train_acc:.2f} %", flush=True)
-    return {"seconds": [m.train_seconds for m in r.epochs], "images": len(bundle.train_y),
-            "test_acc": r.final_test_acc if evaluate else None}
+    return {
+        "seconds": [m.train_seconds for m in r.epochs],
+        "images": len(bundle.train_y),
+        "test_acc": r.final_test_acc if evaluate else None,
+    }
 
 
 def calibrate(spec, bundle, batches: int, thread_options: list[int]) -> list[dict]:
     """Time `batches` training steps for each precision x layout x threads; fastest first."""
     n = batches * BATCH
-    small = dataclasses.replace(bundle, train_x=bundle.train_x[:n], train_y=bundle.train_y[:n],
-                                test_x=bundle.test_x[:0], test_y=bundle.test_y[:0])
+    small = dataclasses.replace(
+        bundle,
+        train_x=bundle.train_x[:n],
+        train_y=bundle.train_y[:n],
+        test_x=bundle.test_x[:0],
+        test_y=bundle.test_y[:0],
+    )
     rows = []
     for threads in thread_options:
         for precision in ("fp32", "bf16"):
             for cl in (False, True):
-                r = fit(spec, small, OptimConfig(schedule="none"),
-                        TrainConfig(epochs=2, batch_size=BATCH, device="cpu", precision=precision,
-                                    channels_last=cl, threads=threads, progress="none"))
+                r = fit(
+                    spec,
+                    small,
+                    OptimConfig(schedule="none"),
+                    TrainConfig(
+                        epochs=2,
+                        batch_size=BATCH,
+                        device="cpu",
+                        precision=precision,
+                        channels_last=cl,
+                        threads=threads,
+                        progress="none",
+                    ),
+                )
                 sec = min(m.train_seconds for m in r.epochs)  # epoch 1 includes one-time warm-up
-                rows.append({"precision": precision, "channels_last": cl, "threads": threads,
-                             "images_per_s": n / sec})
-                print(f"    calibrate {precision:4s} {'channels_last' if cl else 'nchw':13s} threads={threads}: "
-                      f"{n / sec:7.0f} images/s", flush=True)
+                rows.append({"precision": precision, "channels_last": cl, "threads": threads, "images_per_s": n / sec})
+                print(
+                    f"    calibrate {precision:4s} {'channels_last' if cl else 'nchw':13s} threads={threads}: "
+                    f"{n / sec:7.0f} images/s",
+                    flush=True,
+                )
     return sorted(rows, key=lambda r: -r["images_per_s"])
 
 
@@ -156,8 +197,12 @@ def rate(run: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=10_000, help="training images per epoch (class-balanced subset)")
-    ap.add_argument("--large-images", type=int, default=1_024,
-                    help="training images for models over 20 M MACs (sqnxt_23_1x is ~20x slower per image)")
+    ap.add_argument(
+        "--large-images",
+        type=int,
+        default=1_024,
+        help="training images for models over 20 M MACs (sqnxt_23_1x is ~20x slower per image)",
+    )
     ap.add_argument("--epochs", type=int, default=2, help="epochs of each timed run (accuracy runs included)")
     ap.add_argument("--models", default="shallow_sqnxt_06_0_4x,sqnxt_23_1x")
     ap.add_argument("--quick", action="store_true", help="--images 2048 --large-images 256 --epochs 1")
@@ -176,9 +221,11 @@ def main() -> None:
     peak = cpu_peak()
     default_threads = torch.get_num_threads()
     print(f"machine: {peak['cpu']}, {peak['cores']} cores at {peak['ghz']:.2f} GHz, flags {' '.join(peak['flags'])}")
-    print(f"peak assumption: fp32 {peak['cores']} x {peak['ghz']:.2f} GHz x {peak['fp32_flop_per_cycle']} FLOP/cycle "
-          f"= {peak['fp32_peak'] / 1e9:.0f} GFLOP/s; bf16 {peak['bf16_flop_per_cycle']} FLOP/cycle "
-          f"(AMX if listed) = {peak['bf16_peak'] / 1e9:.0f} GFLOP/s")
+    print(
+        f"peak assumption: fp32 {peak['cores']} x {peak['ghz']:.2f} GHz x {peak['fp32_flop_per_cycle']} FLOP/cycle "
+        f"= {peak['fp32_peak'] / 1e9:.0f} GFLOP/s; bf16 {peak['bf16_flop_per_cycle']} FLOP/cycle "
+        f"(AMX if listed) = {peak['bf16_peak'] / 1e9:.0f} GFLOP/s"
+    )
     print(f"torch {torch.__version__}, default threads {default_threads}, load average {os.getloadavg()}")
 
     t0 = time.perf_counter()
@@ -190,8 +237,10 @@ def main() -> None:
         cfg = DataConfig(root=str(data_dir), val_size=0, subset_size=n)
         t1 = time.perf_counter()
         bundle = load_data(cfg)
-        print(f"\n== {spec.display_name} ({name}): {facts.params:,} params, {facts.macs / 1e6:.2f} M MACs/image; "
-              f"{n} training images; data ready in {time.perf_counter() - t1:.1f} s (decode once, then cache)")
+        print(
+            f"\n== {spec.display_name} ({name}): {facts.params:,} params, {facts.macs / 1e6:.2f} M MACs/image; "
+            f"{n} training images; data ready in {time.perf_counter() - t1:.1f} s (decode once, then cache)"
+        )
         # the same images for the reference: ImageFolder lists files in the same (sorted) order as dse.data
         targets = torch.tensor(_imagefolder_targets(data_dir / "train"))
         train_idx = split_indices(targets, cfg)[0].tolist()
@@ -203,43 +252,68 @@ def main() -> None:
         threads = [int(t) for t in args.threads.split(",")]
         calib = calibrate(spec, bundle, max(2, args.calib_batches if facts.macs <= 20e6 else 2), threads)
         best = calib[0]
-        print(f"  best: {best['precision']}, {'channels_last' if best['channels_last'] else 'nchw'}, "
-              f"threads={best['threads']}")
+        print(
+            f"  best: {best['precision']}, {'channels_last' if best['channels_last'] else 'nchw'}, "
+            f"threads={best['threads']}"
+        )
         print("  ours, best options:")
-        ours_best = ours_run(spec, bundle, epochs, best["precision"], best["channels_last"], best["threads"],
-                             accuracy)
+        ours_best = ours_run(spec, bundle, epochs, best["precision"], best["channels_last"], best["threads"], accuracy)
         print(f"  ours, fp32 nchw, threads={default_threads} (the reference's precision and threads):")
-        ours_fp32 = ours_run(spec, bundle, 1 if not accuracy else min(epochs, 2), "fp32", False, default_threads,
-                             False)
+        ours_fp32 = ours_run(spec, bundle, 1 if not accuracy else min(epochs, 2), "fp32", False, default_threads, False)
         print(f"  reference (ImageFolder + PIL + DataLoader(num_workers=2), fp32, threads={default_threads}):")
         ref = reference_run(spec, data_dir, train_idx, epochs, accuracy)
 
         flop_per_image = 3 * facts.macs * 2
-        rows = [("reference", ref, "fp32"), ("ours fp32", ours_fp32, "fp32"), ("ours best", ours_best,
-                                                                             best["precision"])]
-        print(f"  {'pipeline':10s} {'images/s':>9s} {'s/epoch':>8s} {'s/50k-epoch':>11s} {'GFLOP/s':>8s} "
-              f"{'% fp32 peak':>11s} {'% bf16 peak':>11s} {'x ref':>6s}")
+        rows = [
+            ("reference", ref, "fp32"),
+            ("ours fp32", ours_fp32, "fp32"),
+            ("ours best", ours_best, best["precision"]),
+        ]
+        print(
+            f"  {'pipeline':10s} {'images/s':>9s} {'s/epoch':>8s} {'s/50k-epoch':>11s} {'GFLOP/s':>8s} "
+            f"{'% fp32 peak':>11s} {'% bf16 peak':>11s} {'x ref':>6s}"
+        )
         res = {}
         for label, run, prec in rows:
             ips = rate(run)
             gflops = ips * flop_per_image / 1e9
-            res[label] = {"images_per_s": ips, "sec_per_epoch": run["images"] / ips,
-                          "sec_per_full_epoch": FULL_EPOCH / ips, "gflop_per_s": gflops,
-                          "fraction_fp32_peak": gflops * 1e9 / peak["fp32_peak"],
-                          "fraction_bf16_peak": gflops * 1e9 / peak["bf16_peak"], "precision": prec,
-                          "test_acc": run.get("test_acc"), "speedup": ips / rate(ref), "seconds": run["seconds"]}
+            res[label] = {
+                "images_per_s": ips,
+                "sec_per_epoch": run["images"] / ips,
+                "sec_per_full_epoch": FULL_EPOCH / ips,
+                "gflop_per_s": gflops,
+                "fraction_fp32_peak": gflops * 1e9 / peak["fp32_peak"],
+                "fraction_bf16_peak": gflops * 1e9 / peak["bf16_peak"],
+                "precision": prec,
+                "test_acc": run.get("test_acc"),
+                "speedup": ips / rate(ref),
+                "seconds": run["seconds"],
+            }
             r = res[label]
-            print(f"  {label:10s} {ips:9.0f} {r['sec_per_epoch']:8.1f} {r['sec_per_full_epoch']:11.0f} "
-                  f"{gflops:8.2f} {100 * r['fraction_fp32_peak']:10.2f}% {100 * r['fraction_bf16_peak']:10.3f}% "
-                  f"{r['speedup']:6.2f}")
-        print(f"  speed ratio ours best / reference: {res['ours best']['speedup']:.2f}x "
-              f"(goal >= 3x for Shallow SqueezeNext-06-0.4x); ours fp32 / reference: "
-              f"{res['ours fp32']['speedup']:.2f}x")
+            print(
+                f"  {label:10s} {ips:9.0f} {r['sec_per_epoch']:8.1f} {r['sec_per_full_epoch']:11.0f} "
+                f"{gflops:8.2f} {100 * r['fraction_fp32_peak']:10.2f}% {100 * r['fraction_bf16_peak']:10.3f}% "
+                f"{r['speedup']:6.2f}"
+            )
+        print(
+            f"  speed ratio ours best / reference: {res['ours best']['speedup']:.2f}x "
+            f"(goal >= 3x for Shallow SqueezeNext-06-0.4x); ours fp32 / reference: "
+            f"{res['ours fp32']['speedup']:.2f}x"
+        )
         if accuracy:
-            print(f"  test accuracy after {epochs} epoch(s) on the same {n} images, constant lr 0.01: "
-                  f"reference {ref['test_acc']:.2f} %, ours ({best['precision']}) {ours_best['test_acc']:.2f} %")
-        report["models"][name] = {"images": n, "epochs": epochs, "calibration": calib, "best": best,
-                                  "macs": facts.macs, "params": facts.params, "results": res}
+            print(
+                f"  test accuracy after {epochs} epoch(s) on the same {n} images, constant lr 0.01: "
+                f"reference {ref['test_acc']:.2f} %, ours ({best['precision']}) {ours_best['test_acc']:.2f} %"
+            )
+        report["models"][name] = {
+            "images": n,
+            "epochs": epochs,
+            "calibration": calib,
+            "best": best,
+            "macs": facts.macs,
+            "params": facts.params,
+            "results": res,
+        }
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ class DataConf:
     subset: float | None = None  # fraction of the remaining training images (low-fidelity trials)
     subset_size: int | None = None  # or a count of training images (class-balanced, seeded)
     subset_seed: int = 0
+    test_size: int | None = None  # evaluate on a class-balanced subset of the test set (cheap budgets); null = all
     download: bool = True
     cache_dir: str | None = None  # None -> $DSE_CACHE_DIR -> ~/.cache/dse
 

@@ -40,8 +40,9 @@ from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError
 log = logging.getLogger(__name__)
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec (not installed here); they still work and
 # are ~5x faster than PIL per CIFAR JPEG. The PIL fallback in _decode_one keeps working if they are removed.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 DATASETS = ("cifar10", "cifar100", "imagefolder")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per channel, on pixels scaled to [0, 1]
@@ -69,6 +70,9 @@ class DataConfig:
     val_seed: seed of the validation draw.
     subset / subset_size: keep only a fraction (0, 1] / a count of the remaining training images, class-balanced,
       seeded by subset_seed. At most one of them may be set.
+    test_size: evaluate on a class-balanced seeded (seed 0) subset of this many test images; None = the whole
+      test set. For cheap budgets only: test accuracy every epoch on 10,000 images costs more than a small
+      training epoch on a CPU. Tables report the test images used.
     download: fetch official CIFAR via torchvision when missing (needs internet).
     cache_dir: where decoded tensors are cached; None -> env DSE_CACHE_DIR -> ~/.cache/dse.
     """
@@ -80,10 +84,13 @@ class DataConfig:
     subset: float | None = None
     subset_size: int | None = None
     subset_seed: int = 0
+    test_size: int | None = None
     download: bool = True
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if self.test_size is not None and (not _is_int(self.test_size) or self.test_size < 1):
+            raise ConfigError(f"data.test_size={self.test_size!r} must be an integer >= 1 (images) or null")
         if self.dataset not in DATASETS:
             raise ConfigError(f"data.dataset={self.dataset!r} is unknown; allowed: {', '.join(DATASETS)}")
         if not _is_int(self.val_size) or self.val_size < 0:
@@ -213,7 +220,8 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     device = torch.device(device)
     kind, path = _locate(cfg)
     fingerprint = _fingerprint(kind, path, cfg.dataset)
-    bundle_key = (fingerprint, cfg.val_size, cfg.val_seed, cfg.subset, cfg.subset_size, cfg.subset_seed, str(device))
+    bundle_key = (fingerprint, cfg.val_size, cfg.val_seed, cfg.subset, cfg.subset_size, cfg.subset_seed, cfg.test_size,
+                  str(device))
     with _MEMO_LOCK:
         if bundle_key in _BUNDLE_MEMO:
             _BUNDLE_MEMO.move_to_end(bundle_key)
@@ -225,8 +233,15 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     bundle = _split(decoded, cfg).to(device)
     _memo_put(_BUNDLE_MEMO, bundle_key, bundle)
     sizes = bundle.sizes()
-    log.info("data %s: %d train / %d val / %d test images, %d classes, on %s",
-             bundle.source, sizes["train"], sizes["val"], sizes["test"], bundle.num_classes, device)
+    log.info(
+        "data %s: %d train / %d val / %d test images, %d classes, on %s",
+        bundle.source,
+        sizes["train"],
+        sizes["val"],
+        sizes["test"],
+        bundle.num_classes,
+        device,
+    )
     return bundle
 
 
@@ -234,9 +249,7 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
 def _is_imagefolder(root: Path) -> bool:
     """True when root has train/ and test/ folders that each contain at least one class folder."""
     try:
-        return all(
-            (root / s).is_dir() and any(p.is_dir() for p in (root / s).iterdir()) for s in ("train", "test")
-        )
+        return all((root / s).is_dir() and any(p.is_dir() for p in (root / s).iterdir()) for s in ("train", "test"))
     except OSError:
         return False
 
@@ -343,8 +356,9 @@ def _load_cached_or_decode(cfg: DataConfig, kind: str, path: Path, fingerprint: 
             d = torch.load(cache, map_location="cpu", weights_only=True)
             if d.get("format") == CACHE_FORMAT and d.get("fingerprint") == fingerprint:
                 log.info("data cache hit: %s", cache)
-                return _Decoded(d["train_x"], d["train_y"], d["test_x"], d["test_y"], list(d["classes"]),
-                                d["source"], fingerprint)
+                return _Decoded(
+                    d["train_x"], d["train_y"], d["test_x"], d["test_y"], list(d["classes"]), d["source"], fingerprint
+                )
         except Exception as e:  # a damaged cache is not an error: decode again and overwrite it
             log.warning("ignoring unreadable data cache %s (%s: %s)", cache, type(e).__name__, e)
     t0 = time.perf_counter()
@@ -358,8 +372,16 @@ def _load_cached_or_decode(cfg: DataConfig, kind: str, path: Path, fingerprint: 
 
 
 def _write_cache(cache: Path, d: _Decoded) -> None:
-    payload = {"format": CACHE_FORMAT, "fingerprint": d.fingerprint, "source": d.source, "classes": d.classes,
-               "train_x": d.train_x, "train_y": d.train_y, "test_x": d.test_x, "test_y": d.test_y}
+    payload = {
+        "format": CACHE_FORMAT,
+        "fingerprint": d.fingerprint,
+        "source": d.source,
+        "classes": d.classes,
+        "train_x": d.train_x,
+        "train_y": d.train_y,
+        "test_x": d.test_x,
+        "test_y": d.test_y,
+    }
     try:
         atomic_torch_save(payload, cache)
     except OSError as e:  # a read-only cache folder costs time, not correctness
@@ -390,10 +412,14 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles the official CIFAR batches (dicts of bytes, lists and numpy arrays) and nothing that runs code."""
 
     _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module: str, name: str):
@@ -437,8 +463,9 @@ def _read_batch(path: Path, label_key: bytes) -> tuple[torch.Tensor, torch.Tenso
 def _read_pickles(dataset: str, folder: Path, fingerprint: str) -> _Decoded:
     train_files, test_files, meta = _pickle_files(dataset, folder)
     label_key = b"labels" if dataset == "cifar10" else b"fine_labels"
-    parts = {s: [_read_batch(p, label_key) for p in files] for s, files in (("train", train_files),
-                                                                              ("test", test_files))}
+    parts = {
+        s: [_read_batch(p, label_key) for p in files] for s, files in (("train", train_files), ("test", test_files))
+    }
     if meta.is_file():
         m = _unpickle(meta)
         names = m.get(b"label_names" if dataset == "cifar10" else b"fine_label_names")
@@ -490,8 +517,9 @@ def _decode_one(path: str, raw: bytes) -> torch.Tensor:
 def _to_size(img: torch.Tensor) -> torch.Tensor:
     if img.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE):
         return img.contiguous()
-    out = F.interpolate(img[None].float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True,
-                        align_corners=False)
+    out = F.interpolate(
+        img[None].float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False
+    )
     return out[0].round().clamp(0, 255).to(torch.uint8)
 
 
@@ -508,13 +536,12 @@ def _decode_chunk(paths: list[str]) -> torch.Tensor:
     out: list[torch.Tensor | None] = [None] * len(paths)
     if jpeg:
         try:  # the batched decoder is ~5x faster than PIL per image; it fails as a whole on one bad file
-            imgs = tv[0]([torch.frombuffer(bytearray(raws[i]), dtype=torch.uint8) for i in jpeg],
-                         mode=tv[2].RGB)
-            for i, img in zip(jpeg, imgs):
+            imgs = tv[0]([torch.frombuffer(bytearray(raws[i]), dtype=torch.uint8) for i in jpeg], mode=tv[2].RGB)
+            for i, img in zip(jpeg, imgs, strict=True):
                 out[i] = _to_size(img)
         except Exception:
             pass  # find the bad file (or decode what PIL can) one by one below
-    return torch.stack([o if o is not None else _decode_one(p, r) for o, p, r in zip(out, paths, raws)])
+    return torch.stack([o if o is not None else _decode_one(p, r) for o, p, r in zip(out, paths, raws, strict=True)])
 
 
 def _read_imagefolder(root: Path, fingerprint: str) -> _Decoded:
@@ -524,12 +551,19 @@ def _read_imagefolder(root: Path, fingerprint: str) -> _Decoded:
     with ThreadPoolExecutor(workers) as pool:
         for split, items in files.items():
             paths = [p for p, _ in items]
-            chunks = [paths[i:i + _DECODE_CHUNK] for i in range(0, len(paths), _DECODE_CHUNK)]
+            chunks = [paths[i : i + _DECODE_CHUNK] for i in range(0, len(paths), _DECODE_CHUNK)]
             x = torch.cat(list(pool.map(_decode_chunk, chunks)))
             y = torch.tensor([label for _, label in items], dtype=torch.int64)
             result[split] = (x, y)
-    return _Decoded(result["train"][0], result["train"][1], result["test"][0], result["test"][1], classes,
-                    f"imagefolder:{root}", fingerprint)
+    return _Decoded(
+        result["train"][0],
+        result["train"][1],
+        result["test"][0],
+        result["test"][1],
+        classes,
+        f"imagefolder:{root}",
+        fingerprint,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------- splits
@@ -553,7 +587,7 @@ def stratified_pick(labels: torch.Tensor, n: int, generator: torch.Generator) ->
         for i in order[:rest]:
             quota[i] += 1
     picked = []
-    for c, q in zip(classes.tolist(), quota.tolist()):
+    for c, q in zip(classes.tolist(), quota.tolist(), strict=True):
         idx = (labels == c).nonzero().flatten()
         picked.append(idx[torch.randperm(len(idx), generator=generator)[:q]])
     return torch.cat(picked).sort().values if picked else torch.empty(0, dtype=torch.long)
@@ -586,11 +620,22 @@ def _split(d: _Decoded, cfg: DataConfig) -> DataBundle:
     rest, val_idx = split_indices(d.train_y, cfg)
     h = hashlib.sha256(d.fingerprint.encode())
     h.update(repr((cfg.val_size, cfg.val_seed, cfg.subset, cfg.subset_size, cfg.subset_seed)).encode())
+    test_x, test_y = d.test_x, d.test_y
+    if cfg.test_size is not None and cfg.test_size < len(test_y):
+        h.update(repr(("test_size", cfg.test_size)).encode())
+        idx = stratified_pick(test_y, cfg.test_size, torch.Generator().manual_seed(0))
+        test_x, test_y = test_x[idx], test_y[idx]
     return DataBundle(
-        train_x=d.train_x[rest], train_y=d.train_y[rest],
-        val_x=d.train_x[val_idx], val_y=d.train_y[val_idx],
-        test_x=d.test_x, test_y=d.test_y,
-        num_classes=len(d.classes), classes=list(d.classes), source=d.source, fingerprint=h.hexdigest()[:16],
+        train_x=d.train_x[rest],
+        train_y=d.train_y[rest],
+        val_x=d.train_x[val_idx],
+        val_y=d.train_y[val_idx],
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=len(d.classes),
+        classes=list(d.classes),
+        source=d.source,
+        fingerprint=h.hexdigest()[:16],
         config=cfg,
     )
 
@@ -612,8 +657,9 @@ def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tens
     return torch.addcmul(shift, x.to(dtype), scale)
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
-                     padding: int = CROP_PADDING) -> torch.Tensor:
+def random_crop_flip(
+    x: torch.Tensor, generator: torch.Generator | None = None, padding: int = CROP_PADDING
+) -> torch.Tensor:
     """Per-image random crop (zero padding `padding` pixels) and horizontal flip (p = 0.5) of a uint8 batch.
 
     One gather on the device: the padded batch is flattened to (B, C, Hp*Wp) and each output pixel reads from
@@ -625,18 +671,25 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
     dy = torch.randint(0, 2 * padding + 1, (b, 1, 1), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (b, 1, 1), generator=generator)
     flip = torch.rand(b, 1, 1, generator=generator) < 0.5
-    i = torch.arange(h).view(1, h, 1)
-    j = torch.arange(w).view(1, 1, w)
+    # only the 3 x B draws cross to the device; the (B, H*W) index is built there
+    dy, dx, flip = (t.to(x.device, non_blocking=True) for t in (dy, dx, flip))
+    i = torch.arange(h, device=x.device).view(1, h, 1)
+    j = torch.arange(w, device=x.device).view(1, 1, w)
     cols = dx + torch.where(flip, w - 1 - j, j)
-    index = ((dy + i) * wp + cols).view(b, 1, h * w).to(x.device, non_blocking=True)
+    index = ((dy + i) * wp + cols).view(b, 1, h * w)
     xp = F.pad(x, (padding, padding, padding, padding)).view(b, c, hp * wp)
     return torch.gather(xp, 2, index.expand(b, c, h * w)).view(b, c, h, w)
 
 
-def batches(bundle: DataBundle, split: str, batch_size: int, train: bool = False,
-            generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-            memory_format: torch.memory_format = torch.contiguous_format,
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    bundle: DataBundle,
+    split: str,
+    batch_size: int,
+    train: bool = False,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (normalized images `dtype` (B, 3, 32, 32), int64 labels) of `split` on the bundle's device.
 
     train=True: a random order and per-image crop + flip, all drawn from `generator` (a CPU torch.Generator; None
@@ -650,12 +703,12 @@ def batches(bundle: DataBundle, split: str, batch_size: int, train: bool = False
     if train:
         order = torch.randperm(n, generator=generator).to(x.device, non_blocking=True)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             if len(idx) < 2:
                 break
             xb = random_crop_flip(x[idx], generator)
             yield normalize(xb, dtype).contiguous(memory_format=memory_format), y[idx]
     else:
         for start in range(0, n, batch_size):
-            xb = x[start:start + batch_size]
-            yield normalize(xb, dtype).contiguous(memory_format=memory_format), y[start:start + batch_size]
+            xb = x[start : start + batch_size]
+            yield normalize(xb, dtype).contiguous(memory_format=memory_format), y[start : start + batch_size]

@@ -96,6 +96,7 @@ class TrialRow(Base):
     data_source: Mapped[str | None] = mapped_column(Text)  # which copy, e.g. imagefolder:/.../cifar10-jpg
     data_fraction: Mapped[float] = mapped_column(Float)  # fraction of the (train minus val) images used
     train_images: Mapped[int | None] = mapped_column(Integer)
+    test_images: Mapped[int | None] = mapped_column(Integer)  # the whole test set unless the budget subsets it
     epochs: Mapped[int] = mapped_column(Integer)
     batch_size: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(Integer)

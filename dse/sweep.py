@@ -268,10 +268,8 @@ class Worker:
             sampler=make_sampler(self.cfg, multi), pruner=make_pruner(self.cfg),
             **({"directions": directions} if multi else {"direction": directions[0]}))
         if existing is None:
-            import optuna_dashboard
-
             # what optuna-dashboard shows on its axes instead of "Objective 0, 1"
-            optuna_dashboard.set_objective_names(self.study, [
+            self.study.set_metric_names([
                 {"val_acc": "val accuracy %", "checkpoint_bytes": "checkpoint bytes", "sec_per_epoch":
                  "seconds per epoch", "macs": "MACs per image", "params": "parameters"}[o] for o in self.objectives])
             self.study.set_user_attr(FINGERPRINT_ATTR, self.fingerprint)
@@ -449,8 +447,8 @@ class Worker:
         try:
             train_cfg = tcfg.train_config(str(ckpt_dir))
             data = load_data(tcfg.data_config(), device=_device_of(train_cfg))
-            self.store.update_trial(row.id, data_source=data.source,
-                                    train_images=int(data.train_x.shape[0]))
+            self.store.update_trial(row.id, data_source=data.source, train_images=int(data.train_x.shape[0]),
+                                    test_images=int(data.test_x.shape[0]))
             result = fit(tcfg.model, data, tcfg.optim_config(), train_cfg, on_epoch=on_epoch)
         except optuna.TrialPruned as e:
             self.store.update_trial(row.id, status=st.PRUNED, fail_reason=str(e), finished_at=st._now())

@@ -36,14 +36,25 @@ from torch import nn
 
 from dse.data import DataBundle, atomic_torch_save, batches
 from dse.errors import CheckpointError, ConfigError, DivergedError
+from dse.models import ModelSpec, build_model, model_facts
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd_nesterov", "sgd", "adam", "adamax", "adagrad", "adadelta", "asgd", "rmsprop", "rprop", "adabound")
 #: Learning rate (step size, in units of the parameters per unit gradient) when OptimConfig.lr is None: the
 #: paper's 0.01 for SGD and 0.001 for AdaBound; PyTorch's defaults for the rest of Table 6.
-DEFAULT_LR = {"sgd_nesterov": 0.01, "sgd": 0.01, "adabound": 1e-3, "adam": 1e-3, "adamax": 2e-3, "adagrad": 1e-2,
-              "adadelta": 1.0, "asgd": 1e-2, "rmsprop": 1e-2, "rprop": 1e-2}
+DEFAULT_LR = {
+    "sgd_nesterov": 0.01,
+    "sgd": 0.01,
+    "adabound": 1e-3,
+    "adam": 1e-3,
+    "adamax": 2e-3,
+    "adagrad": 1e-2,
+    "adadelta": 1.0,
+    "asgd": 1e-2,
+    "rmsprop": 1e-2,
+    "rprop": 1e-2,
+}
 ADABOUND_GAMMA = 1e-3  # convergence speed of AdaBound's bounds (its authors' recommendation)
 SCHEDULES = ("step", "cosine", "onecycle", "none")
 PER_ITERATION_SCHEDULES = ("onecycle",)  # stepped after every batch; the others after every epoch
@@ -89,30 +100,42 @@ class OptimConfig:
     def __post_init__(self) -> None:
         # YAML gives lists; store tuples so the config stays hashable and compares equal either way
         object.__setattr__(self, "betas", tuple(self.betas) if isinstance(self.betas, (list, tuple)) else self.betas)
-        object.__setattr__(self, "step_epochs", tuple(self.step_epochs)
-                           if isinstance(self.step_epochs, (list, tuple)) else self.step_epochs)
+        object.__setattr__(
+            self,
+            "step_epochs",
+            tuple(self.step_epochs) if isinstance(self.step_epochs, (list, tuple)) else self.step_epochs,
+        )
         if self.name not in OPTIMIZERS:
             raise ConfigError(f"optim.name={self.name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
         if self.lr is not None and (not _num(self.lr) or self.lr <= 0):
-            raise ConfigError(f"optim.lr={self.lr!r} must be a number > 0 (or null for the default "
-                              f"{DEFAULT_LR[self.name]} of {self.name})")
+            raise ConfigError(
+                f"optim.lr={self.lr!r} must be a number > 0 (or null for the default "
+                f"{DEFAULT_LR[self.name]} of {self.name})"
+            )
         if not _num(self.momentum) or not 0 <= self.momentum < 1:
             raise ConfigError(f"optim.momentum={self.momentum!r} must be in [0, 1)")
         if self.name == "sgd_nesterov" and self.momentum == 0:
-            raise ConfigError("optim.momentum=0 is not allowed with sgd_nesterov (Nesterov needs momentum > 0); "
-                              "use name=sgd for plain SGD")
+            raise ConfigError(
+                "optim.momentum=0 is not allowed with sgd_nesterov (Nesterov needs momentum > 0); "
+                "use name=sgd for plain SGD"
+            )
         if not _num(self.weight_decay) or self.weight_decay < 0:
             raise ConfigError(f"optim.weight_decay={self.weight_decay!r} must be a number >= 0")
-        if (not isinstance(self.betas, tuple) or len(self.betas) != 2
-                or not all(_num(b) and 0 <= b < 1 for b in self.betas)):
+        if (
+            not isinstance(self.betas, tuple)
+            or len(self.betas) != 2
+            or not all(_num(b) and 0 <= b < 1 for b in self.betas)
+        ):
             raise ConfigError(f"optim.betas={self.betas!r} must be two numbers in [0, 1)")
         if not _num(self.final_lr) or self.final_lr <= 0:
             raise ConfigError(f"optim.final_lr={self.final_lr!r} must be a number > 0")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule={self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
-        if (not isinstance(self.step_epochs, tuple)
-                or not all(_num(f) and 0 < f <= 1 for f in self.step_epochs)
-                or list(self.step_epochs) != sorted(self.step_epochs)):
+        if (
+            not isinstance(self.step_epochs, tuple)
+            or not all(_num(f) and 0 < f <= 1 for f in self.step_epochs)
+            or list(self.step_epochs) != sorted(self.step_epochs)
+        ):
             raise ConfigError(f"optim.step_epochs={self.step_epochs!r} must be ascending fractions in (0, 1]")
         if not _num(self.gamma) or not 0 < self.gamma <= 1:
             raise ConfigError(f"optim.gamma={self.gamma!r} must be in (0, 1] (lr multiplier per step)")
@@ -159,7 +182,8 @@ class TrainConfig:
             if not _int(v) or v < 1:
                 raise ConfigError(f"train.{name}={v!r} must be an integer >= 1")
         if not isinstance(self.device, str) or not (
-                self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
+        ):
             raise ConfigError(f"train.device={self.device!r} is unknown; allowed: auto, cpu, cuda, cuda:N, mps")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
@@ -266,13 +290,15 @@ def build_optimizer(params: Iterable[torch.Tensor] | Iterable[dict], cfg: OptimC
         # adabound 0.0.5 uses add_(Number, Tensor) overloads that PyTorch deprecates; the maths is unaffected
         warnings.filterwarnings("ignore", message=r".*overload of add", module="adabound")
         warnings.filterwarnings("ignore", message=r".*overload of addcmul", module="adabound")
-        return adabound.AdaBound(params, lr=lr, betas=cfg.betas, final_lr=cfg.final_lr, gamma=ADABOUND_GAMMA,
-                                 weight_decay=wd)
+        return adabound.AdaBound(
+            params, lr=lr, betas=cfg.betas, final_lr=cfg.final_lr, gamma=ADABOUND_GAMMA, weight_decay=wd
+        )
     raise ConfigError(f"optim.name={name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """The lr schedule; call .step() once per epoch, or once per batch when cfg.schedule is in
     PER_ITERATION_SCHEDULES ("onecycle"). "step" decays by cfg.gamma after round(f * epochs) epochs for each
     f in cfg.step_epochs (defaults: at 50 % and 75 % of training)."""
@@ -286,8 +312,13 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int,
         return s.CosineAnnealingLR(opt, T_max=epochs)
     if cfg.schedule == "onecycle":
         cycle = "betas" in opt.defaults or opt.defaults.get("momentum", 0) > 0
-        return s.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], epochs=epochs,
-                            steps_per_epoch=steps_per_epoch, cycle_momentum=cycle)
+        return s.OneCycleLR(
+            opt,
+            max_lr=[g["lr"] for g in opt.param_groups],
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            cycle_momentum=cycle,
+        )
     if cfg.schedule == "none":
         return s.LambdaLR(opt, lambda _: 1.0)
     raise ConfigError(f"optim.schedule={cfg.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
@@ -306,29 +337,32 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and primitives "
-                              f"(weights_only=True): {str(e).splitlines()[0]}") from e
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors and primitives "
+            f"(weights_only=True): {str(e).splitlines()[0]}"
+        ) from e
     except Exception as e:  # truncated zip (RuntimeError), random bytes (UnpicklingError/EOFError), ...
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or garbage?): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or garbage?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a dse checkpoint (expected a dict with format={CHECKPOINT_FORMAT!r})")
     missing = [k for k in ("kind", "state_dict", "spec", "epoch") if k not in ck]
     if missing or not isinstance(ck["state_dict"], dict) or not isinstance(ck["spec"], dict):
         raise CheckpointError(f"{path} has the wrong structure: missing or malformed {missing or ['state_dict/spec']}")
     if ck.get("version", 0) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {ck['version']}; this dse reads up to "
-                              f"{CHECKPOINT_VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint version {ck['version']}; this dse reads up to {CHECKPOINT_VERSION}"
+        )
     return ck
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
     """(model in eval mode on the CPU, its ModelSpec) from a best.pt or last.pt.
 
     Raises CheckpointError when the file is unreadable or its state_dict does not match its spec.
     """
-    from dse.models import ModelSpec, build_model
-
     ck = load_checkpoint(path)
     try:
         spec = ModelSpec.from_dict(ck["spec"])
@@ -340,8 +374,9 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
         model.load_state_dict(ck["state_dict"], strict=True)
     except (RuntimeError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()
-        raise CheckpointError(f"{path}: state_dict does not match {spec.name}: "
-                              f"{' '.join(line.strip() for line in first[:3])}") from e
+        raise CheckpointError(
+            f"{path}: state_dict does not match {spec.name}: {' '.join(line.strip() for line in first[:3])}"
+        ) from e
     return model.eval(), spec
 
 
@@ -351,8 +386,9 @@ def _state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _rng_state() -> dict[str, Any]:
-    cuda = [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() and torch.cuda.is_initialized() \
-        else []
+    cuda = (
+        [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    )
     return {"torch": torch.get_rng_state(), "cuda": cuda}
 
 
@@ -365,7 +401,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------------------------------------- fit
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda if available, else cpu; anything else as given (ConfigError if unavailable)."""
+    """ "auto" -> cuda if available, else cpu; anything else as given (ConfigError if unavailable)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -417,10 +453,17 @@ class _Progress:
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode, self.epochs, self.bar = mode, epochs, None
         if mode == "bar":
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
-            self.bar = tqdm(total=epochs * steps, initial=(start_epoch - 1) * steps, desc=name, unit="batch",
-                            dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+            self.bar = tqdm(
+                total=epochs * steps,
+                initial=(start_epoch - 1) * steps,
+                desc=name,
+                unit="batch",
+                dynamic_ncols=True,
+                mininterval=0.5,
+                file=sys.stderr,
+            )
 
     def step(self) -> None:
         if self.bar is not None:
@@ -428,12 +471,28 @@ class _Progress:
 
     def epoch(self, m: EpochMetrics) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(epoch=m.epoch, loss=f"{m.train_loss:.3f}", val=f"{m.val_acc:.2f}",
-                                 test=f"{m.test_acc:.2f}", refresh=False)
+            self.bar.set_postfix(
+                epoch=m.epoch,
+                loss=f"{m.train_loss:.3f}",
+                val=f"{m.val_acc:.2f}",
+                test=f"{m.test_acc:.2f}",
+                refresh=False,
+            )
         elif self.mode == "log":
-            log.info("epoch %d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  test acc %.2f%%  "
-                     "lr %.3g  %.1f s train + %.1f s eval", m.epoch, self.epochs, m.train_loss, m.train_acc,
-                     m.val_loss, m.val_acc, m.test_acc, m.lr, m.train_seconds, m.eval_seconds)
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  test acc %.2f%%  "
+                "lr %.3g  %.1f s train + %.1f s eval",
+                m.epoch,
+                self.epochs,
+                m.train_loss,
+                m.train_acc,
+                m.val_loss,
+                m.val_acc,
+                m.test_acc,
+                m.lr,
+                m.train_seconds,
+                m.eval_seconds,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -454,8 +513,14 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int, precision: str = "fp32",
-             memory_format: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    data: DataBundle,
+    split: str,
+    batch_size: int,
+    precision: str = "fp32",
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[float, float]:
     """(mean cross-entropy, accuracy in percent) of `model` on a split, in eval mode; (nan, nan) if it is empty."""
     x, _ = data.split(split)
     if len(x) == 0:
@@ -485,8 +550,13 @@ def _all_finite(model: nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack([p.float().sum() for p in params])).all())
 
 
-def fit(spec: Any, data: DataBundle, optim: OptimConfig, train: TrainConfig,
-        on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrialResult:
+def fit(
+    spec: ModelSpec,
+    data: DataBundle,
+    optim: OptimConfig,
+    train: TrainConfig,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> TrialResult:
     """Train `spec` on `data` and return its TrialResult (paper section 3's recipe by default).
 
     Each epoch: one training pass (random order and crop/flip seeded from (train.seed, epoch)), then evaluation on
@@ -499,20 +569,24 @@ def fit(spec: Any, data: DataBundle, optim: OptimConfig, train: TrainConfig,
     loss becomes NaN/inf (checked every DIVERGENCE_CHECK_EVERY batches and at epoch end; no checkpoint is written
     for that epoch), CheckpointError never for a damaged last.pt (it is ignored with a warning: training restarts).
     """
-    from dse.models import build_model, model_facts
-
+    if not isinstance(spec, ModelSpec):
+        raise ConfigError(f"fit needs a ModelSpec (e.g. dse.models.spec_from_name(name)), got {spec!r}")
     if not isinstance(optim, OptimConfig) or not isinstance(train, TrainConfig):
-        raise ConfigError(f"fit needs an OptimConfig and a TrainConfig, got {type(optim).__name__} and "
-                          f"{type(train).__name__}")
+        raise ConfigError(
+            f"fit needs an OptimConfig and a TrainConfig, got {type(optim).__name__} and {type(train).__name__}"
+        )
     device = resolve_device(train.device)
     if train.precision == "amp" and device.type != "cuda":
         raise ConfigError(f"train.precision='amp' needs CUDA (device is {device}); use bf16 or fp32")
     if train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"train.precision='bf16' is not supported by {torch.cuda.get_device_name(device)}; "
-                          "use amp or fp32")
+        raise ConfigError(
+            f"train.precision='bf16' is not supported by {torch.cuda.get_device_name(device)}; use amp or fp32"
+        )
     if getattr(spec, "num_classes", None) != data.num_classes:
-        raise ConfigError(f"model {getattr(spec, 'name', spec)} has num_classes={getattr(spec, 'num_classes', None)} "
-                          f"but the data ({data.source}) has {data.num_classes} classes")
+        raise ConfigError(
+            f"model {getattr(spec, 'name', spec)} has num_classes={getattr(spec, 'num_classes', None)} "
+            f"but the data ({data.source}) has {data.num_classes} classes"
+        )
     n_train = len(data.train_y)
     if n_train < 2:
         raise ConfigError(f"the training split has {n_train} images; at least 2 are needed")
@@ -530,8 +604,14 @@ def fit(spec: Any, data: DataBundle, optim: OptimConfig, train: TrainConfig,
         per_iteration = optim.schedule in PER_ITERATION_SCHEDULES
         scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "amp")
         criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
-        config = _plain({"spec": spec.to_dict(), "optim": optim.to_dict(), "train": train.semantic_dict(),
-                         "data": {"fingerprint": data.fingerprint, "source": data.source, "sizes": data.sizes()}})
+        config = _plain(
+            {
+                "spec": spec.to_dict(),
+                "optim": optim.to_dict(),
+                "train": train.semantic_dict(),
+                "data": {"fingerprint": data.fingerprint, "source": data.source, "sizes": data.sizes()},
+            }
+        )
 
         ckpt_dir = Path(train.checkpoint_dir) if train.checkpoint_dir else None
         last_path = ckpt_dir / "last.pt" if ckpt_dir else None
@@ -563,8 +643,9 @@ def fit(spec: Any, data: DataBundle, optim: OptimConfig, train: TrainConfig,
                 loss_sum = torch.zeros((), device=device, dtype=torch.float32)  # sum over images (nats)
                 correct = torch.zeros((), device=device, dtype=torch.int64)
                 seen = 0
-                for i, (xb, yb) in enumerate(batches(data, "train", train.batch_size, train=True, generator=gen,
-                                                     memory_format=memory_format)):
+                for i, (xb, yb) in enumerate(
+                    batches(data, "train", train.batch_size, train=True, generator=gen, memory_format=memory_format)
+                ):
                     with _autocast(device, train.precision):
                         out = step_model(xb)
                         loss = criterion(out, yb)
@@ -597,31 +678,59 @@ def fit(spec: Any, data: DataBundle, optim: OptimConfig, train: TrainConfig,
                     sched.step()
 
                 t1 = time.perf_counter()
-                val_loss, val_acc = evaluate(step_model, data, "val", train.eval_batch_size, train.precision,
-                                             memory_format)
-                _, test_acc = evaluate(step_model, data, "test", train.eval_batch_size, train.precision,
-                                       memory_format)
+                val_loss, val_acc = evaluate(
+                    step_model, data, "val", train.eval_batch_size, train.precision, memory_format
+                )
+                if len(data.val_y) and not math.isfinite(val_loss):
+                    # weights can stay finite while BatchNorm's running statistics overflow
+                    raise DivergedError(epoch, val_loss, "validation loss")
+                _, test_acc = evaluate(step_model, data, "test", train.eval_batch_size, train.precision, memory_format)
                 eval_seconds = time.perf_counter() - t1
-                m = EpochMetrics(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
-                                 val_acc=val_acc, test_acc=test_acc, lr=lr, train_seconds=train_seconds,
-                                 eval_seconds=eval_seconds)
+                m = EpochMetrics(
+                    epoch=epoch,
+                    train_loss=train_loss,
+                    train_acc=train_acc,
+                    val_loss=val_loss,
+                    val_acc=val_acc,
+                    test_acc=test_acc,
+                    lr=lr,
+                    train_seconds=train_seconds,
+                    eval_seconds=eval_seconds,
+                )
                 history.append(m)
                 improved = best is None or math.isnan(m.val_acc) or m.val_acc > best.val_acc
                 if improved:
                     best = m
                 if ckpt_dir is not None:
-                    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "spec": spec.to_dict(),
-                            "config": config, "torch_version": str(torch.__version__), "device": str(device),
-                            "precision": train.precision}
+                    meta = {
+                        "format": CHECKPOINT_FORMAT,
+                        "version": CHECKPOINT_VERSION,
+                        "spec": spec.to_dict(),
+                        "config": config,
+                        "torch_version": str(torch.__version__),
+                        "device": str(device),
+                        "precision": train.precision,
+                    }
                     sd = _state_dict_cpu(model)
                     if improved:  # best first: a kill between the two writes re-runs this epoch on resume
-                        atomic_torch_save({**meta, "kind": "best", "epoch": epoch, "state_dict": sd,
-                                           "metrics": m.to_dict()}, best_path)
-                    atomic_torch_save({**meta, "kind": "last", "epoch": epoch, "state_dict": sd,
-                                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                       "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                                       "rng": _rng_state(), "history": [h.to_dict() for h in history]},
-                                      last_path)
+                        atomic_torch_save(
+                            {**meta, "kind": "best", "epoch": epoch, "state_dict": sd, "metrics": m.to_dict()},
+                            best_path,
+                        )
+                    atomic_torch_save(
+                        {
+                            **meta,
+                            "kind": "last",
+                            "epoch": epoch,
+                            "state_dict": sd,
+                            "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(),
+                            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                            "rng": _rng_state(),
+                            "history": [h.to_dict() for h in history],
+                        },
+                        last_path,
+                    )
                 progress.epoch(m)
                 if on_epoch is not None:
                     on_epoch(m)
@@ -631,10 +740,19 @@ def fit(spec: Any, data: DataBundle, optim: OptimConfig, train: TrainConfig,
     assert best is not None  # epochs >= 1 and either trained or resumed with history
     last = history[-1]
     return TrialResult(
-        best_val_acc=best.val_acc, best_epoch=best.epoch, final_val_acc=last.val_acc, test_acc=best.test_acc,
-        final_test_acc=last.test_acc, sec_per_epoch=float(np.mean([h.train_seconds for h in history])),
-        params=facts.params, macs=facts.macs, checkpoint_bytes=facts.checkpoint_bytes, device=str(device),
-        precision=train.precision, torch_version=str(torch.__version__), epochs=history,
+        best_val_acc=best.val_acc,
+        best_epoch=best.epoch,
+        final_val_acc=last.val_acc,
+        test_acc=best.test_acc,
+        final_test_acc=last.test_acc,
+        sec_per_epoch=float(np.mean([h.train_seconds for h in history])),
+        params=facts.params,
+        macs=facts.macs,
+        checkpoint_bytes=facts.checkpoint_bytes,
+        device=str(device),
+        precision=train.precision,
+        torch_version=str(torch.__version__),
+        epochs=history,
         best_checkpoint=str(best_path) if best_path is not None and best_path.exists() else None,
         resumed_from_epoch=resumed_from,
     )
@@ -668,7 +786,20 @@ def _try_load_last(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 __all__ = [
-    "DEFAULT_LR", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "EpochMetrics", "OptimConfig", "TrainConfig",
-    "TrialResult", "build_optimizer", "build_scheduler", "evaluate", "fit", "load_checkpoint", "load_model",
-    "resolve_device", "steps_per_epoch",
+    "DEFAULT_LR",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "SCHEDULES",
+    "EpochMetrics",
+    "OptimConfig",
+    "TrainConfig",
+    "TrialResult",
+    "build_optimizer",
+    "build_scheduler",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "load_model",
+    "resolve_device",
+    "steps_per_epoch",
 ]

@@ -26,6 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: end-to-end tests on real data (../shared/data/cifar10-jpg); slower")
+    # torchvision 0.29 deprecates its decoders (dse.data uses them, with a PIL fallback); not the tests' concern
+    config.addinivalue_line(
+        "filterwarnings", "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +45,7 @@ def class_images(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     base = np.zeros((n, 3, 32, 32), np.float32)
     base[np.arange(n), labels % 3] = 60 + 18 * (labels % 10)[:, None, None]
     stripes = (np.arange(32) // 4 % 2 * 90).astype(np.float32)
-    base += np.where((labels % 2 == 0)[:, None, None, None], stripes[None, None, :, None],
-                     stripes[None, None, None, :])
+    base += np.where((labels % 2 == 0)[:, None, None, None], stripes[None, None, :, None], stripes[None, None, None, :])
     return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
 
 
@@ -58,8 +61,15 @@ def write_cifar10(root: Path, per_batch: int = 20, test: int = 20, seed: int = 0
         labels = np.arange(n) % 10
         x = class_images(labels, seed + k)
         with open(d / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels.tolist(),
-                         b"data": x.reshape(n, -1), b"filenames": [b"x.png"] * n}, f)
+            pickle.dump(
+                {
+                    b"batch_label": name.encode(),
+                    b"labels": labels.tolist(),
+                    b"data": x.reshape(n, -1),
+                    b"filenames": [b"x.png"] * n,
+                },
+                f,
+            )
     return root
 
 
@@ -68,18 +78,31 @@ def write_cifar100(root: Path, train: int = 200, test: int = 100) -> Path:
     d = root / "cifar-100-python"
     d.mkdir(parents=True, exist_ok=True)
     with open(d / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [f"fine_{i}".encode() for i in range(100)],
-                     b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)]}, f)
+        pickle.dump(
+            {
+                b"fine_label_names": [f"fine_{i}".encode() for i in range(100)],
+                b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)],
+            },
+            f,
+        )
     for k, (name, n) in enumerate((("train", train), ("test", test))):
         fine = np.arange(n) % 100
         with open(d / name, "wb") as f:
-            pickle.dump({b"filenames": [b"x.png"] * n, b"fine_labels": fine.tolist(),
-                         b"coarse_labels": (fine // 5).tolist(), b"data": class_images(fine, k).reshape(n, -1)}, f)
+            pickle.dump(
+                {
+                    b"filenames": [b"x.png"] * n,
+                    b"fine_labels": fine.tolist(),
+                    b"coarse_labels": (fine // 5).tolist(),
+                    b"data": class_images(fine, k).reshape(n, -1),
+                },
+                f,
+            )
     return root
 
 
-def write_jpeg_tree(root: Path, classes: tuple[str, ...] = ("cat", "dog", "frog"), train: int = 4,
-                    test: int = 2) -> Path:
+def write_jpeg_tree(
+    root: Path, classes: tuple[str, ...] = ("cat", "dog", "frog"), train: int = 4, test: int = 2
+) -> Path:
     """root/{train,test}/<class>/NNNN.jpg: flat colour per class (JPEG keeps flat colours almost exactly)."""
     from PIL import Image
 
@@ -118,8 +141,18 @@ def tiny_bundle():
         return torch.from_numpy(class_images(y, seed)), torch.from_numpy(y.astype(np.int64))
 
     (tx, ty), (vx, vy), (sx, sy) = split(160, 1), split(40, 2), split(40, 3)
-    return DataBundle(train_x=tx, train_y=ty, val_x=vx, val_y=vy, test_x=sx, test_y=sy, num_classes=10,
-                      classes=[f"class_{i}" for i in range(10)], source="synthetic:tiny", fingerprint="tiny0001")
+    return DataBundle(
+        train_x=tx,
+        train_y=ty,
+        val_x=vx,
+        val_y=vy,
+        test_x=sx,
+        test_y=sy,
+        num_classes=10,
+        classes=[f"class_{i}" for i in range(10)],
+        source="synthetic:tiny",
+        fingerprint="tiny0001",
+    )
 
 
 def real_cifar10_dir() -> Path | None:

@@ -246,14 +246,17 @@ def test_split_errors(cifar10_root: Path) -> None:
         load_data(cfg(cifar10_root, val_size=10, subset_size=95))
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"dataset": "svhn"}, "svhn.*cifar10, cifar100, imagefolder"),
-    ({"val_size": -1}, "val_size=-1"),
-    ({"subset": 1.5}, r"subset=1.5.*\(0, 1\]"),
-    ({"subset": 0}, "subset=0"),
-    ({"subset": 0.5, "subset_size": 10}, "at most one"),
-    ({"subset_size": 0}, "subset_size=0"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"dataset": "svhn"}, "svhn.*cifar10, cifar100, imagefolder"),
+        ({"val_size": -1}, "val_size=-1"),
+        ({"subset": 1.5}, r"subset=1.5.*\(0, 1\]"),
+        ({"subset": 0}, "subset=0"),
+        ({"subset": 0.5, "subset_size": 10}, "at most one"),
+        ({"subset_size": 0}, "subset_size=0"),
+    ],
+)
 def test_data_config_validation(kw: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         DataConfig(**kw)
@@ -280,7 +283,7 @@ def test_crop_flip_matches_a_per_image_reference() -> None:
     flip = (torch.rand(16, 1, 1, generator=g) < 0.5).flatten()
     padded = F.pad(x, (4, 4, 4, 4))
     for i in range(16):
-        ref = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        ref = padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32]
         if flip[i]:
             ref = ref.flip(-1)
         assert torch.equal(out[i], ref)
@@ -299,7 +302,7 @@ def test_augmentation_is_deterministic_per_generator() -> None:
 def test_normalize() -> None:
     x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
     y = normalize(x)
-    want = [(1 - m) / s for m, s in zip(CIFAR_MEAN, CIFAR_STD)]
+    want = [(1 - m) / s for m, s in zip(CIFAR_MEAN, CIFAR_STD, strict=True)]
     assert torch.allclose(y[0, :, 0, 0], torch.tensor(want), atol=1e-5) and y.dtype == torch.float32
     assert normalize(x, torch.bfloat16).dtype == torch.bfloat16
 
@@ -311,7 +314,7 @@ def test_batches(tiny_bundle) -> None:
     assert all(x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) for x, _ in out)
     assert sorted(torch.cat([y for _, y in out]).tolist()) == sorted(tiny_bundle.train_y.tolist())
     again = list(batches(tiny_bundle, "train", 64, train=True, generator=gen()))
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(out, again))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(out, again, strict=True))
     # a final batch of one image is dropped (BatchNorm cannot train on it)
     assert [len(y) for _, y in batches(tiny_bundle, "train", 53, train=True, generator=gen())] == [53, 53, 53]
     ev = list(batches(tiny_bundle, "test", 32))

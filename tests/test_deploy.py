@@ -407,6 +407,10 @@ def test_cli_budget_nothing_meets(tmp_path, capsys):
     assert code == 2 and "no trial has a checkpoint of at most 1000 bytes (the smallest is 90000 bytes" in err
     code, err = _cli(["--db", db, "--study", "t", "--max-size", "lots"], capsys)
     assert code == 2 and "size budget 'lots' is not a size" in err
+    code, err = _cli(["--db", db, "--trial", "1", "--pareto"], capsys)
+    assert code == 2 and "--trial deploys the trials named; it does not combine with --pareto" in err
+    code, err = _cli(["--model", TINY, "--checkpoint", "x.pt", "--study", "t", "--no-record"], capsys)
+    assert code == 2 and "do not combine with --study" in err
     code, err = _cli(["--db", db, "--study", "nope"], capsys)
     assert code == 2 and "no complete trial with a checkpoint in study 'nope'" in err and "studies: t" in err
 

@@ -47,13 +47,12 @@ def test_deploy_real_cifar10_component_matches_pytorch(tmp_path, monkeypatch, ca
     if root is None:
         pytest.skip("real CIFAR-10 (ImageFolder with train/ and test/) not found: set DSE_DATA_DIR or "
                     "provide ../shared/data/cifar10-jpg")
-    from dse.train import OptimConfig, TrainConfig, fit, load_model
-
     from dse.data import DataConfig, load_data
     from dse.deploy import export
     from dse.deploy.__main__ import main, pick_test_images
     from dse.models import spec_from_name
     from dse.store import Store
+    from dse.train import OptimConfig, TrainConfig, fit, load_model
 
     data = load_data(DataConfig(root=str(root), subset_size=TRAIN_IMAGES, download=False))
     fit(spec_from_name(MODEL), data, OptimConfig(),

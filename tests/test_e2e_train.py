@@ -21,8 +21,11 @@ from dse.train import OptimConfig, TrainConfig, evaluate, fit, load_model
 pytestmark = pytest.mark.e2e
 
 DATA = real_cifar10_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="real CIFAR-10 not found: set DSE_DATA_DIR or provide "
-                                                     "../shared/data/cifar10-jpg (ImageFolder train/ and test/)")
+needs_data = pytest.mark.skipif(
+    DATA is None,
+    reason="real CIFAR-10 not found: set DSE_DATA_DIR or provide "
+    "../shared/data/cifar10-jpg (ImageFolder train/ and test/)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +34,15 @@ def run(tmp_path_factory):
     bundle = load_data(DataConfig(root=str(DATA), val_size=2000, subset_size=10_000))
     ckpt = tmp_path_factory.mktemp("e2e-ckpt")
     spec = spec_from_name("shallow_sqnxt_06_0_4x")
-    train = TrainConfig(epochs=3, precision="bf16", channels_last=True, threads=1, checkpoint_dir=str(ckpt),
-                        progress="log")
+    train = TrainConfig(
+        epochs=3, precision="bf16", channels_last=True, threads=1, checkpoint_dir=str(ckpt), progress="log"
+    )
     result = fit(spec, bundle, OptimConfig(lr=0.05, schedule="none"), train)
     for m in result.epochs:
-        print(f"epoch {m.epoch}: train loss {m.train_loss:.3f} acc {m.train_acc:.2f}%  val {m.val_acc:.2f}%  "
-              f"test {m.test_acc:.2f}%  ({m.train_seconds:.1f} s train, {m.eval_seconds:.1f} s eval)")
+        print(
+            f"epoch {m.epoch}: train loss {m.train_loss:.3f} acc {m.train_acc:.2f}%  val {m.val_acc:.2f}%  "
+            f"test {m.test_acc:.2f}%  ({m.train_seconds:.1f} s train, {m.eval_seconds:.1f} s eval)"
+        )
     return bundle, result
 
 

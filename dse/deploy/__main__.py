@@ -336,6 +336,13 @@ def _latency_probe(cand: Candidate, fmt: str, stat: str, opts: Options, store, b
 def select(args, store, opts: Options, bundle_for) -> list[Candidate]:
     from dse.deploy import select as sel
 
+    choosers = [flag for flag, on in (("--pareto", args.pareto), ("--max-size", args.max_size is not None),
+                                      ("--max-latency-ms", args.max_latency_ms is not None)) if on]
+    if (args.model or args.checkpoint) and (choosers or args.study or args.trial):
+        raise DeployError("--model/--checkpoint deploy one file; they do not combine with "
+                          f"{', '.join(choosers + ['--study'] * bool(args.study) + ['--trial'] * bool(args.trial))}")
+    if args.trial and choosers:
+        raise DeployError(f"--trial deploys the trials named; it does not combine with {', '.join(choosers)}")
     if args.model or args.checkpoint:
         if not (args.model and args.checkpoint):
             raise DeployError("--model and --checkpoint go together (a registry name and its best.pt)")
@@ -382,7 +389,9 @@ def store_url_hint(store) -> str:
 
 # ---------------------------------------------------------------------------------------- CLI
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dse.deploy", description=__doc__.split("\n\n")[0],
+    head, examples, commands = __doc__.split("\n\n")[:3]
+    p = argparse.ArgumentParser(prog="python -m dse.deploy", description=head.split(": ", 1)[1],
+                                epilog=examples.replace("::", ":") + "\n" + commands,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("which models")
     g.add_argument("--study", help="study name in the store (default: every study)")
@@ -395,7 +404,8 @@ def parser() -> argparse.ArgumentParser:
                         "KB/MB = 1000/1000^2 bytes, KiB/MiB = 1024/1024^2")
     g.add_argument("--max-latency-ms", type=float, metavar="MS",
                    help="best trial whose latency (batch 1, 1 thread, the component's format) is at most MS; "
-                        "candidates are measured in order of accuracy until one passes")
+                        "candidates are tried in order of accuracy until one passes, each measured now unless "
+                        "the store holds a measurement from this host")
     g.add_argument("--latency-stat", choices=("p50", "p99"), default="p99",
                    help="which latency --max-latency-ms bounds (default p99: a real-time budget)")
     g.add_argument("--trial", type=int, nargs="+", metavar="ID", help="these trial ids")
