@@ -142,6 +142,7 @@ class DataBundle:
     source: str
     fingerprint: str
     config: DataConfig | None = field(default=None, compare=False)
+    train_pool: int = 0  # training images available after the validation split, before any subset
 
     @property
     def device(self) -> torch.device:
@@ -637,6 +638,7 @@ def _split(d: _Decoded, cfg: DataConfig) -> DataBundle:
         source=d.source,
         fingerprint=h.hexdigest()[:16],
         config=cfg,
+        train_pool=len(d.train_y) - len(val_idx),
     )
 
 

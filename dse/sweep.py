@@ -447,7 +447,9 @@ class Worker:
         try:
             train_cfg = tcfg.train_config(str(ckpt_dir))
             data = load_data(tcfg.data_config(), device=_device_of(train_cfg))
-            self.store.update_trial(row.id, data_source=data.source, train_images=int(data.train_x.shape[0]),
+            n_train = int(data.train_x.shape[0])
+            self.store.update_trial(row.id, data_source=data.source, train_images=n_train,
+                                    data_fraction=n_train / data.train_pool if data.train_pool else 1.0,
                                     test_images=int(data.test_x.shape[0]))
             result = fit(tcfg.model, data, tcfg.optim_config(), train_cfg, on_epoch=on_epoch)
         except optuna.TrialPruned as e:

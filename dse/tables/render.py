@@ -69,6 +69,9 @@ def budget_text(r) -> str:
     if frac is not None:
         parts.append(f"({frac * 100:g} % data)")
     s = " ".join(parts)
+    test = _num(getattr(r, "test_images", None))
+    if test is not None:
+        s += f", test {test:,.0f} img"
     if r.data_sources:
         s += f", {short_source(r.data_sources)}"
     return s
@@ -222,6 +225,7 @@ def to_csv_frame(t: TableResult) -> pd.DataFrame:
         "int8_mb": r["int8_bytes"] / MB, "paper_sec": r["sec_per_epoch"], "ours_sec_per_epoch": r["sec_mean"],
         "devices": r["devices"], "precisions": r["precisions"], "epochs": r["epochs"],
         "data_fraction": r["data_fraction"], "train_images": r["train_images"],
+        "test_images": r["test_images"],
         "data_sources": r["data_sources"], "n_budgets": r["n_budgets"], "n_configs": r["n_configs"],
         "config": r["config"], "status": r["status"],
         "status_text": r["status_text"], "run_command": [t.command if s != "ok" else "" for s in r["status"]],
