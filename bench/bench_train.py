@@ -69,8 +69,17 @@ def cpu_peak() -> dict:
 
 
 # ---------------------------------------------------------------------------------------- reference pipeline
-def reference_run(spec, data_dir: Path, train_idx: list[int], epochs: int, evaluate: bool) -> dict:
+def reference_run(spec, data_dir: Path, train_idx: list[int], epochs: int, evaluate: bool, threads: int) -> dict:
     """Train like the authors' public CIFAR code: PIL transforms in DataLoader workers, float32, .item() per step."""
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _reference_run(spec, data_dir, train_idx, epochs, evaluate)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _reference_run(spec, data_dir: Path, train_idx: list[int], epochs: int, evaluate: bool) -> dict:
     import torchvision
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, Subset
@@ -205,7 +214,9 @@ def main() -> None:
     )
     ap.add_argument("--epochs", type=int, default=2, help="epochs of each timed run (accuracy runs included)")
     ap.add_argument("--models", default="shallow_sqnxt_06_0_4x,sqnxt_23_1x")
-    ap.add_argument("--quick", action="store_true", help="--images 2048 --large-images 256 --epochs 1")
+    ap.add_argument(
+        "--quick", action="store_true", help="--images 2048 --large-images 256 --epochs 1 --calib-batches 4"
+    )
     ap.add_argument("--calib-batches", type=int, default=8, help="batches per option in the calibration")
     ap.add_argument("--threads", default="1,2", help="thread counts the calibration tries")
     ap.add_argument("--data", default=os.environ.get("DSE_DATA_DIR") or str(REPO.parent / "shared/data/cifar10-jpg"))
@@ -256,19 +267,29 @@ def main() -> None:
             f"  best: {best['precision']}, {'channels_last' if best['channels_last'] else 'nchw'}, "
             f"threads={best['threads']}"
         )
-        print("  ours, best options:")
+        print(f"  ours, best options, load {os.getloadavg()[0]:.1f}:")
         ours_best = ours_run(spec, bundle, epochs, best["precision"], best["channels_last"], best["threads"], accuracy)
-        print(f"  ours, fp32 nchw, threads={default_threads} (the reference's precision and threads):")
-        ours_fp32 = ours_run(spec, bundle, 1 if not accuracy else min(epochs, 2), "fp32", False, default_threads, False)
-        print(f"  reference (ImageFolder + PIL + DataLoader(num_workers=2), fp32, threads={default_threads}):")
-        ref = reference_run(spec, data_dir, train_idx, epochs, accuracy)
-
-        flop_per_image = 3 * facts.macs * 2
+        print(
+            f"  ours, fp32 nchw, threads={default_threads} (the reference's precision and threads), "
+            f"load {os.getloadavg()[0]:.1f}:"
+        )
+        ours_fp32 = ours_run(spec, bundle, 1, "fp32", False, default_threads, False)
+        print(
+            f"  reference (ImageFolder + PIL + DataLoader(num_workers=2), fp32, threads={default_threads}), "
+            f"load {os.getloadavg()[0]:.1f}:"
+        )
+        ref = reference_run(spec, data_dir, train_idx, epochs, accuracy, default_threads)
         rows = [
             ("reference", ref, "fp32"),
             ("ours fp32", ours_fp32, "fp32"),
             ("ours best", ours_best, best["precision"]),
         ]
+        if best["threads"] != default_threads:  # the reference again at our thread count: like for like
+            print(f"  reference again with threads={best['threads']} (as ours best), load {os.getloadavg()[0]:.1f}:")
+            ref_t = reference_run(spec, data_dir, train_idx, 1, False, best["threads"])
+            rows.insert(1, (f"ref thr={best['threads']}", ref_t, "fp32"))
+
+        flop_per_image = 3 * facts.macs * 2
         print(
             f"  {'pipeline':10s} {'images/s':>9s} {'s/epoch':>8s} {'s/50k-epoch':>11s} {'GFLOP/s':>8s} "
             f"{'% fp32 peak':>11s} {'% bf16 peak':>11s} {'x ref':>6s}"
@@ -300,6 +321,10 @@ def main() -> None:
             f"(goal >= 3x for Shallow SqueezeNext-06-0.4x); ours fp32 / reference: "
             f"{res['ours fp32']['speedup']:.2f}x"
         )
+        for label in res:
+            if label.startswith("ref thr="):
+                same = res["ours best"]["images_per_s"] / res[label]["images_per_s"]
+                print(f"  speed ratio ours best / reference at the same threads ({label}): {same:.2f}x")
         if accuracy:
             print(
                 f"  test accuracy after {epochs} epoch(s) on the same {n} images, constant lr 0.01: "

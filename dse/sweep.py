@@ -439,7 +439,8 @@ class Worker:
                 "eval_seconds")})
             if prune:
                 trial.report(float(md["val_acc"]), int(md["epoch"]))
-                if trial.should_prune():
+                # the last epoch is never pruned: the trial is complete by then, whatever its curve
+                if int(md["epoch"]) < int(tcfg.trainer["epochs"]) and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {md['epoch']} (val acc {md['val_acc']:.2f} %)")
             if self.stop_requested:
                 raise KeyboardInterrupt

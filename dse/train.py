@@ -157,7 +157,9 @@ class TrainConfig:
 
     device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N". precision: "fp32", "bf16" (autocast to
     bfloat16; fast on CPUs with AMX/AVX512-BF16 and on Ampere+ GPUs) or "amp" (CUDA float16 autocast + GradScaler).
-    threads: CPU threads for this fit (None: PyTorch's default, one per core). checkpoint_dir: where last.pt and
+    threads: CPU threads for this fit (None: env DSE_THREADS, else PyTorch's default, one per core). With several
+    workers or other load on the machine use cores // workers: an OpenMP thread that loses its core makes every
+    op wait (measured 10-30x slower with 2 threads on 2 shared cores). checkpoint_dir: where last.pt and
     best.pt go (None: no checkpoints). resume: continue from a matching last.pt. progress: "auto" (a bar when stderr
     is a terminal, else one log line per epoch), "bar", "log", "none".
     """
@@ -243,6 +245,7 @@ class TrialResult:
     epochs: list[EpochMetrics] = field(default_factory=list)
     best_checkpoint: str | None = None
     resumed_from_epoch: int = 0
+    threads: int = 0  # CPU threads used by the training ops (timings compare like for like only at equal threads)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -422,6 +425,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def _env_threads() -> int:
+    raw = os.environ.get("DSE_THREADS", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"DSE_THREADS={raw!r} must be an integer >= 1 (CPU threads per fit)")
+    return int(raw)
+
+
 @contextlib.contextmanager
 def _runtime(train: TrainConfig, device: torch.device) -> Iterator[None]:
     """Threads, determinism and cuDNN autotuning for the duration of one fit; restored afterwards."""
@@ -429,7 +441,7 @@ def _runtime(train: TrainConfig, device: torch.device) -> Iterator[None]:
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_bench, prev_cudnn_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
-        threads = train.threads or int(os.environ.get("DSE_THREADS", "0") or 0)
+        threads = train.threads or _env_threads()
         if threads:
             torch.set_num_threads(threads)
         if train.deterministic:
@@ -594,6 +606,7 @@ def fit(
     facts = model_facts(spec)  # before seeding: it builds a model and would consume the seeded RNG
 
     with _runtime(train, device):
+        used_threads = torch.get_num_threads()
         data = data.to(device)
         memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         torch.manual_seed(train.seed)  # weight init and dropout (CPU and all CUDA devices)
@@ -755,6 +768,7 @@ def fit(
         epochs=history,
         best_checkpoint=str(best_path) if best_path is not None and best_path.exists() else None,
         resumed_from_epoch=resumed_from,
+        threads=used_threads,
     )
 
 

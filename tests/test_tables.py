@@ -82,6 +82,14 @@ def test_mean_std_n_and_difference_over_three_seeds(store, paper):
     assert row(t, 1, 1)["status"] == "not run"
 
 
+def test_trials_with_the_default_lr_and_no_subset_match(store, paper):
+    """lr=None (the optimizer's default) and train_images=None are normal sweep rows: still matched."""
+    for seed, acc in enumerate((70.0, 72.0)):
+        add_trial(store, "sqnxt_23_1x", test_acc=acc, seed=seed, lr=None, train_images=None)
+    r = row(tables_of(store, paper), 1, 2)  # SqueezeNext-23-1x
+    assert r["status"] == "ok" and r["n"] == 2 and r["acc_mean"] == pytest.approx(71.0)
+
+
 def test_largest_budget_wins_and_is_named(store, paper):
     add_trial(store, "sqnxt_23_1x", test_acc=50.0, epochs=10)
     add_trial(store, "sqnxt_23_1x", test_acc=52.0, epochs=10, seed=1)

@@ -41,7 +41,9 @@ RESULT_COLUMNS = (
 
 def _key(frame: pd.DataFrame, cols) -> pd.Series:
     """One string per row from ``cols`` (NaN-safe), used as a groupby key."""
-    parts = [frame[c].astype("object").where(frame[c].notna(), None).astype(str) for c in cols]
+    # explicit "None" for missing values: pandas 3's string dtype keeps None missing, and groupby drops missing keys
+    parts = [frame[c].astype("object").map(lambda v: "None" if v is None or (isinstance(v, float) and np.isnan(v))
+                                           else str(v)) for c in cols]
     out = parts[0]
     for p in parts[1:]:
         out = out + "|" + p

@@ -67,7 +67,7 @@ def budget_text(r) -> str:
     if imgs is not None:
         parts.append(f"x {imgs:,.0f} img")
     if frac is not None:
-        parts.append(f"({frac * 100:g} % data)")
+        parts.append(f"({frac * 100:.3g} % data)")
     s = " ".join(parts)
     test = _num(getattr(r, "test_images", None))
     if test is not None:
