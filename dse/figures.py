@@ -86,10 +86,15 @@ def figure9(trials: pd.DataFrame, load_epochs: Callable[[list[int]], pd.DataFram
             ax.set_ylim(0, 100)
             continue
         curve = ep[ep["trial_id"] == int(pick["id"])].sort_values("epoch")
-        ax.plot(curve["epoch"], curve["train_acc"], label="train", color="#1f77b4", lw=1.6)
-        ax.plot(curve["epoch"], curve["val_acc"], label="validation", color="#d62728", lw=1.6)
-        ax.set_title(f"{title}\n{pick['model_name']} (trial {int(pick['id'])}, {pick['study']}, "
-                     f"{int(pick['epochs'])} ep, {float(pick['data_fraction']) * 100:g} % data): "
+        # markers: a short study has one or two epochs, which a line alone would not show
+        ax.plot(curve["epoch"], curve["train_acc"], label="train", color="#1f77b4", lw=1.6, marker="o", ms=4)
+        ax.plot(curve["epoch"], curve["val_acc"], label="validation", color="#d62728", lw=1.6, marker="s", ms=4)
+        last = int(curve["epoch"].max()) if len(curve) else 1
+        ax.set_xlim(0.5, max(last, 2) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{title}\n{pick['model_name']}, trial {int(pick['id'])} ({pick['study']})\n"
+                     f"{int(pick['epochs'])} ep, {float(pick['data_fraction']) * 100:.3g} % data: "
                      f"val {pick['best_val_acc']:.1f} %, test {pick['test_acc']:.1f} %", fontsize=9)
         ax.legend(loc="lower right", fontsize=9)
     axes[0].set_ylabel("accuracy (%)")
