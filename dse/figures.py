@@ -91,7 +91,7 @@ def figure9(trials: pd.DataFrame, load_epochs: Callable[[list[int]], pd.DataFram
         ax.plot(curve["epoch"], curve["val_acc"], label="validation", color="#d62728", lw=1.6, marker="s", ms=4)
         last = int(curve["epoch"].max()) if len(curve) else 1
         ax.set_xlim(0.5, max(last, 2) + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylim(0, 100)
         ax.set_title(f"{title}\n{pick['model_name']}, trial {int(pick['id'])} ({pick['study']})\n"
                      f"{int(pick['epochs'])} ep, {float(pick['data_fraction']) * 100:.3g} % data: "
