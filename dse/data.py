@@ -221,8 +221,16 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     device = torch.device(device)
     kind, path = _locate(cfg)
     fingerprint = _fingerprint(kind, path, cfg.dataset)
-    bundle_key = (fingerprint, cfg.val_size, cfg.val_seed, cfg.subset, cfg.subset_size, cfg.subset_seed, cfg.test_size,
-                  str(device))
+    bundle_key = (
+        fingerprint,
+        cfg.val_size,
+        cfg.val_seed,
+        cfg.subset,
+        cfg.subset_size,
+        cfg.subset_seed,
+        cfg.test_size,
+        str(device),
+    )
     with _MEMO_LOCK:
         if bundle_key in _BUNDLE_MEMO:
             _BUNDLE_MEMO.move_to_end(bundle_key)
