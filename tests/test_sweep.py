@@ -218,16 +218,17 @@ def test_newer_schema_is_refused(tmp_path):
 
 @pytest.mark.e2e
 def test_real_smoke_study_on_cifar10_jpg(tmp_path, real_cifar10):
-    """Table 3 widths, smoke budget, on a subset of the real CIFAR-10 copy: minutes on 2 cores."""
+    """Table 3 widths on a subset of the real CIFAR-10 copy (2 epochs of 5,000 images): a minute on 2 cores."""
     db, ckpt = tmp_path / "t3.db", tmp_path / "ckpt"
     cmd = [sys.executable, "-m", "dse.sweep", "experiment=table3", "budget=smoke", f"storage.url=sqlite:///{db}",
-           f"study.checkpoint_dir={ckpt}", f"data.root={real_cifar10}", "trainer.progress=log",
-           "data.subset_size=500", "data.val_size=500", "search.blocks.table3.points=[{model.name: "
-           "shallow_sqnxt_06_0_125x}, {model.name: shallow_sqnxt_06_0_4x}, {model.name: shallow_sqnxt_06_0_8x}]"]
+           f"study.checkpoint_dir={ckpt}", f"data.root={real_cifar10}", "trainer=cpu_fast", "trainer.epochs=2",
+           "trainer.progress=log", "data.subset_size=5000", "data.val_size=500", "optimizer.lr=0.05",
+           "search.blocks.table3.points=[{model.name: shallow_sqnxt_06_0_125x}, {model.name: shallow_sqnxt_06_0_4x}]"]
     r = run(cmd, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = store_rows(db)
-    assert len(rows) == 3 and all(s == "complete" for _, s, _, _ in rows)
+    assert len(rows) == 2 and all(s == "complete" and e == 2 for _, s, e, _ in rows)
     df = Store(f"sqlite:///{db}").trials()
     assert (df.data_source.str.contains("cifar10-jpg")).all()
-    assert (df.best_val_acc > 10).any()  # above chance on 10 classes after one short epoch
+    assert (df.test_images == 2000).all() and (df.train_images == 5000).all()
+    assert (df.best_val_acc > 20).all(), df.best_val_acc.tolist()  # clearly above chance (10 %) in 2 epochs
