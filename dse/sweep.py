@@ -556,8 +556,6 @@ class Worker:
         print(f"\nstudy {self.name}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
               f"; trained by this worker: {self.trained}")
         if len(done):
-            from dse.models import ModelSpec  # noqa: F401  (display names come from the registry)
-
             best = done.loc[done["best_val_acc"].idxmax()]
             print(f"best so far: {best['model_name']} seed {best['seed']}: val {best['best_val_acc']:.2f} %, "
                   f"test {best['test_acc']:.2f} %, {best['checkpoint_bytes'] / 1e6:.3f} MB")
