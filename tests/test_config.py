@@ -138,3 +138,20 @@ def test_experiment_files_are_where_the_design_says():
     assert EXPERIMENTS_DIR.name == "experiments" and (EXPERIMENTS_DIR / "paper_tables").is_dir()
     assert {f"table{i}" for i in range(1, 8)} <= set(experiment_names())
     assert Path(CONF_DIR / "config.yaml").is_file()
+
+
+def test_malformed_yaml_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import dse.config as config
+    from dse.sweep import main
+
+    exp = tmp_path / "experiments"
+    shutil.copytree(EXPERIMENTS_DIR, exp)
+    (exp / "broken.yaml").write_text("search:\n  blocks: {a: [1, 2\n  mode: grid\n")
+    monkeypatch.setattr(config, "EXPERIMENTS_DIR", exp)
+    with pytest.raises(ConfigError, match="malformed YAML in .*broken.yaml"):
+        config.load_experiment("broken")
+    assert main(["experiment=table4", "dry_run=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "broken.yaml" in err
