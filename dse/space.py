@@ -336,15 +336,17 @@ def validate_param_spec(key: str, spec: Any) -> None:
 
 
 def validate_sample_space(cfg: DictConfig) -> None:
-    search = base_tree(cfg)["search"]
+    tree = base_tree(cfg)
+    search = tree["search"]
     params, cond = search.get("params") or {}, search.get("conditional") or {}
     if not params:
         raise ConfigError("empty search space: search.mode=sample needs search.params")
     if not search.get("n_trials") or search["n_trials"] < 1:
         raise ConfigError(f"search.n_trials must be >= 1 in sample mode, got {search.get('n_trials')!r}")
+    scratch = copy.deepcopy({g: tree[g] for g in SEARCHABLE_GROUPS})  # only checks that each key exists
     for key, spec in params.items():
         if key != SEED:
-            _set_dotted(copy.deepcopy({g: base_tree(cfg)[g] for g in SEARCHABLE_GROUPS}), key, None)
+            _set_dotted(scratch, key, None)
         validate_param_spec(key, spec)
     for key, c in cond.items():
         if not isinstance(c, dict) or "parent" not in c or "cases" not in c:
