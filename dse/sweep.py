@@ -60,6 +60,11 @@ OBJECTIVES = {  # name -> (direction, how to read it from a finished trial row)
 }
 
 
+# seconds a store row may stay queued without an Optuna queue entry before reconcile re-queues it: a worker writes
+# the two within milliseconds, so only an enqueue cut short by an outage leaves a row this way for long
+QUEUE_WINDOW = 15.0
+
+
 class SweepError(DSEError):
     """The sweep cannot start (bad space, study mismatch, ...)."""
 
@@ -309,8 +314,9 @@ class Worker:
         p = self.by_identity.get(identity)
         if p is None:  # not part of this plan (sample-mode rows are never re-queued)
             return False
+        # the claim records the Optuna trial that runs it; until then a queued row belongs to no Optuna trial
         if not self.store.transition(self.name, identity, st.QUEUED, only_from=from_, queued_at=st._now(),
-                                     **where):
+                                     optuna_trial_number=None, **where):
             return False
         self.study.enqueue_trial(p.params, user_attrs={"identity": identity})
         return True
@@ -319,8 +325,16 @@ class Worker:
         """Heartbeat-stale trial (worker killed, machine lost): put it back in the queue, same parameters."""
         identity = frozen.user_attrs.get("identity")
         log.warning("trial %d (%s) lost its worker; re-queueing it", frozen.number, identity and identity[:12])
-        if identity:
-            self._queue(identity, (st.RUNNING, st.QUEUED, st.INTERRUPTED), optuna_number=frozen.number)
+        if not identity:
+            return
+        if self._queue(identity, (st.RUNNING, st.INTERRUPTED), optuna_number=frozen.number):
+            return
+        # lost before its claim (an outage between Optuna's ask and our claim): the row is still queued for
+        # this trial, unless another queue entry already carries it
+        live = {t.user_attrs.get("identity") for t in study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING))}
+        if identity not in live:
+            self._queue(identity, (st.QUEUED,), optuna_number=None)
 
     def reconcile(self) -> int:
         """Repair what a crash, an outage or Ctrl-C left behind: re-queue interrupted trials, running trials
@@ -342,8 +356,10 @@ class Worker:
                 n += self._queue(row.identity, (row.status,))
             elif row.status == st.RUNNING:
                 n += self._queue(row.identity, (st.RUNNING,), optuna_number=row.optuna_trial_number)
-            elif row.status == st.QUEUED and row.queued_at is not None and \
-                    (st._now() - row.queued_at).total_seconds() > 60:
+            elif row.status == st.QUEUED and (row.queued_at is None or (st._now() - row.queued_at).total_seconds()
+                                               > QUEUE_WINDOW):
+                # queued in the store but in no Optuna queue: the enqueue (or the trial that popped it) died
+                # with the database; past the window another worker cannot be between its two writes
                 n += self._queue(row.identity, (st.QUEUED,), optuna_number=row.optuna_trial_number)
             elif row.status == st.COMPLETE and row.identity not in told and row.identity in self.by_identity:
                 self._tell_stored(row)
@@ -404,11 +420,18 @@ class Worker:
 
         row = self.store.get(self.name, identity)
         if row is not None and row.status == st.COMPLETE:  # never train a completed config twice
+            if self.mode == "grid":  # a second queue entry (outage repair); Optuna already has (or gets) the result
+                trial.set_user_attr("dse_skip", "already complete")
+                raise _Skip("already complete")
             trial.set_user_attr("reused_from_store", True)
             return self._values(row)
         if row is not None and row.status in (st.FAILED, st.PRUNED, st.REJECTED):
             trial.set_user_attr("fail_reason", row.fail_reason)
             raise _Skip(f"already {row.status}: {row.fail_reason}")
+        if row is not None and row.status == st.RUNNING and row.optuna_trial_number is not None and any(
+                t.number == row.optuna_trial_number for t in self.study.get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))):
+            raise _Skip("another worker is running this configuration")  # only a dead worker's trial is taken
         claimed = self.store.transition(
             self.name, identity, st.RUNNING, only_from=(st.PLANNED, st.QUEUED, st.INTERRUPTED, st.RUNNING),
             optuna_trial_number=trial.number, host=self.host, worker=f"{self.host}:{os.getpid()}",
@@ -534,7 +557,12 @@ class Worker:
         if self.mode == "grid":
             if waiting == 0:
                 if running == 0 or not self.cfg.study.wait_for_running:
-                    return self.reconcile() > 0
+                    if self.reconcile() > 0:
+                        return True
+                    if not self.cfg.study.wait_for_running or not self._unfinished():
+                        return False
+                    # planned trials neither finished nor in Optuna's queue (an outage cut an enqueue short):
+                    # wait for the queue window to pass, then reconcile re-queues them
                 time.sleep(float(self.cfg.study.poll_seconds))
                 self.reconcile()
                 return True
@@ -548,6 +576,11 @@ class Worker:
                 return True
         self.study.optimize(self.objective, n_trials=1, catch=(Exception,))
         return True
+
+    def _unfinished(self) -> int:
+        """Rows of this plan that are not finished (terminal), whatever Optuna says."""
+        return sum(1 for r in self.store.rows(self.name)
+                   if r.status not in st.TERMINAL and r.identity in self.by_identity)
 
     def summary(self) -> None:
         df = self.store.trials(self.name)

@@ -133,7 +133,7 @@ def test_database_restart_mid_sweep(tmp_path, tiny_imagefolder):
     assert p.returncode == 0, err[-3000:]
     # every trial completed exactly once, possibly after a retry; no half-written rows
     rs = rows(study)
-    assert len(rs) == 12 and all(r[1] == "complete" for r in rs), rs
+    assert len(rs) == 12 and all(r[1] == "complete" for r in rs), ([r[1:] for r in rs], err[-6000:])
     eng = create_engine(PG_URL)
     with eng.connect() as conn:
         orphans = conn.execute(text("select count(*) from dse_epochs e left join dse_trials t on t.id=e.trial_id "

@@ -232,3 +232,40 @@ def test_real_smoke_study_on_cifar10_jpg(tmp_path, real_cifar10):
     assert (df.data_source.str.contains("cifar10-jpg")).all()
     assert (df.test_images == 2000).all() and (df.train_images == 5000).all()
     assert (df.best_val_acc > 20).all(), df.best_val_acc.tolist()  # clearly above chance (10 %) in 2 epochs
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_queue_entries_lost_to_an_outage_are_repaired_before_the_worker_stops(tmp_path, tiny_imagefolder,
+                                                                              monkeypatch):
+    """An outage between Optuna's ask and our claim leaves a store row queued with no Optuna queue entry: one
+    popped trial failed by Optuna, one left running with a dead heartbeat. The worker must not stop while such
+    rows remain; it re-queues both and every configuration completes exactly once in both books."""
+    from dse import sweep
+    from dse.config import compose
+
+    monkeypatch.setattr(sweep, "QUEUE_WINDOW", 4.0)
+    db = tmp_path / "o.db"
+    cfg = compose(["experiment=custom", "budget=smoke", f"storage.url=sqlite:///{db}",
+                   f"study.checkpoint_dir={tmp_path / 'ckpt'}", "data.dataset=imagefolder",
+                   f"data.root={tiny_imagefolder}", "data.val_size=50", "data.subset_size=null",
+                   "trainer.eval_batch_size=200", "+search.blocks.single.grid={model.dropout: [0.1, 0.2, 0.3]}",
+                   "storage.heartbeat_interval=1", "storage.grace_period=1", "study.poll_seconds=0.2",
+                   "pruner=none", "trainer.progress=log", "trainer.threads=1"])
+    w = sweep.Worker(cfg)
+    w.open()
+    assert w.enqueue_plan() == 3
+    # trial A: popped, then the worker died before the claim and Optuna recorded it failed
+    a = w.study.ask()
+    w.study.tell(a, state=optuna.trial.TrialState.FAIL)
+    # trial B: popped, heartbeat written, then the worker vanished (its heartbeat goes stale)
+    b = w.study.ask()
+    w.storage.record_heartbeat(b._trial_id)
+    lost = {a.user_attrs["identity"], b.user_attrs["identity"]}
+    assert {r.status for r in w.store.rows(w.name) if r.identity in lost} == {"queued"}
+    time.sleep(1.5)
+    w.run()
+    rows = w.store.rows(w.name)
+    assert [r.status for r in rows] == ["complete"] * 3, [(r.identity[:8], r.status) for r in rows]
+    complete = [t.user_attrs["identity"] for t in w.study.get_trials()
+                if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(complete) == sorted(r.identity for r in rows)
