@@ -44,6 +44,7 @@ tables: $(STAMP)  ## regenerate the paper's tables and figures from the store in
 
 bench: $(STAMP)  ## benchmarks: training core vs reference pipeline, tables on a 10,000-trial store, scheduling overhead
 	$(BIN)/python bench/bench_train.py $(ARGS)
+	$(BIN)/python bench/bench_step.py
 	$(BIN)/python bench/bench_tables.py
 	$(BIN)/python bench/bench_sched.py
 
