@@ -331,9 +331,7 @@ class Worker:
             return
         # lost before its claim (an outage between Optuna's ask and our claim): the row is still queued for
         # this trial, unless another queue entry already carries it
-        live = {t.user_attrs.get("identity") for t in study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING))}
-        if identity not in live:
+        if identity not in _live_identities(study.get_trials(deepcopy=False)):
             self._queue(identity, (st.QUEUED,), optuna_number=None)
 
     def reconcile(self) -> int:
@@ -345,8 +343,7 @@ class Worker:
             return 0
         optuna.storages.fail_stale_trials(self.study)
         trials = self.study.get_trials(deepcopy=False)
-        live = {t.user_attrs.get("identity") for t in trials
-                if t.state in (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)}
+        live = _live_identities(trials)
         told = {t.user_attrs.get("identity") for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
         n = 0
         for row in self.store.rows(self.name):
@@ -356,8 +353,8 @@ class Worker:
                 n += self._queue(row.identity, (row.status,))
             elif row.status == st.RUNNING:
                 n += self._queue(row.identity, (st.RUNNING,), optuna_number=row.optuna_trial_number)
-            elif row.status == st.QUEUED and (row.queued_at is None or (st._now() - row.queued_at).total_seconds()
-                                               > QUEUE_WINDOW):
+            elif row.status == st.QUEUED and (row.queued_at is None or
+                                               (st._now() - row.queued_at).total_seconds() > QUEUE_WINDOW):
                 # queued in the store but in no Optuna queue: the enqueue (or the trial that popped it) died
                 # with the database; past the window another worker cannot be between its two writes
                 n += self._queue(row.identity, (st.QUEUED,), optuna_number=row.optuna_trial_number)
@@ -556,15 +553,13 @@ class Worker:
         waiting, running = self._waiting_running()
         if self.mode == "grid":
             if waiting == 0:
-                if running == 0 or not self.cfg.study.wait_for_running:
-                    if self.reconcile() > 0:
-                        return True
-                    if not self.cfg.study.wait_for_running or not self._unfinished():
-                        return False
-                    # planned trials neither finished nor in Optuna's queue (an outage cut an enqueue short):
-                    # wait for the queue window to pass, then reconcile re-queues them
+                if self.reconcile() > 0:
+                    return True
+                if not self.cfg.study.wait_for_running or (running == 0 and not self._unfinished()):
+                    return False
+                # others' trials are running (their worker may die), or rows of the plan are in no Optuna queue
+                # yet (an outage cut an enqueue short): reconcile again after a poll
                 time.sleep(float(self.cfg.study.poll_seconds))
-                self.reconcile()
                 return True
         else:
             done = self.store.count(self.name, done_states)
@@ -577,10 +572,9 @@ class Worker:
         self.study.optimize(self.objective, n_trials=1, catch=(Exception,))
         return True
 
-    def _unfinished(self) -> int:
-        """Rows of this plan that are not finished (terminal), whatever Optuna says."""
-        return sum(1 for r in self.store.rows(self.name)
-                   if r.status not in st.TERMINAL and r.identity in self.by_identity)
+    def _unfinished(self) -> bool:
+        """Whether rows of this plan are not finished (terminal), whatever Optuna says."""
+        return any(r.status not in st.TERMINAL and r.identity in self.by_identity for r in self.store.rows(self.name))
 
     def summary(self) -> None:
         df = self.store.trials(self.name)
@@ -596,6 +590,12 @@ class Worker:
             print(f"Pareto front (val acc up, checkpoint size down): {len(front)} trials")
         print(f"store: {st.redact(self.url)}  (tables: make tables; dashboard: optuna-dashboard "
               f"{st.redact(self.url)})")
+
+
+def _live_identities(trials: list[optuna.trial.FrozenTrial]) -> set[str | None]:
+    """Identities that an Optuna trial still carries: waiting in the queue or running."""
+    return {t.user_attrs.get("identity") for t in trials
+            if t.state in (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)}
 
 
 def pareto_front(acc: list[float], size: list[float]) -> list[int]:
