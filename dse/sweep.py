@@ -14,6 +14,7 @@ heartbeat and re-queued; the retry resumes from that trial's last epoch checkpoi
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import os
@@ -24,13 +25,14 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from dse import store as st
 from dse.config import REPO, compose, study_name
@@ -102,6 +104,32 @@ def storage_url(cfg: DictConfig) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+class _RDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage with one more kind of stale trial.
+
+    Optuna only fails running trials whose heartbeat went stale. But a worker can lose the database after
+    ``ask`` committed the trial and before its heartbeat thread wrote the first heartbeat. That trial has no
+    heartbeat row and Optuna never fails it, so every worker would wait for it forever. Here a running trial
+    with no heartbeat counts as stale once it started more than the grace period ago. A live worker writes
+    its first heartbeat at once.
+    """
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+        from sqlalchemy import exists, select
+
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 0)
+        # Optuna's tables store datetime_start as naive UTC
+        cutoff = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=grace)
+        trials, beats = models.TrialModel.__table__.c, models.TrialHeartbeatModel.__table__.c
+        query = select(trials.trial_id).where(
+            trials.study_id == study_id, trials.state == optuna.trial.TrialState.RUNNING.name,
+            trials.datetime_start < cutoff, ~exists().where(beats.trial_id == trials.trial_id))
+        with self.engine.connect() as conn:
+            return stale + [i for (i,) in conn.execute(query) if i not in stale]
+
+
 def optuna_storage(url: str, cfg: DictConfig, on_stale: Any) -> optuna.storages.RDBStorage:
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -110,24 +138,45 @@ def optuna_storage(url: str, cfg: DictConfig, on_stale: Any) -> optuna.storages.
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
 
     def make() -> optuna.storages.RDBStorage:
-        return optuna.storages.RDBStorage(
+        return _RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=int(cfg.storage.heartbeat_interval),
             grace_period=int(cfg.storage.grace_period), heartbeat_stale_trial_callback=on_stale)
 
-    from sqlalchemy.exc import OperationalError
+    return retry_optuna(make, "opening the Optuna storage", cfg, url)
 
-    def go() -> optuna.storages.RDBStorage:
+
+T = TypeVar("T")
+
+
+def db_outage(e: BaseException) -> OperationalError | None:
+    """The database outage behind ``e``, if any: Optuna re-raises SQLAlchemy's errors as its own, sometimes
+    after a rollback that fails in turn, so the OperationalError can be a few links down the chain."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OperationalError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def retry_optuna(fn: Callable[[], T], what: str, cfg: DictConfig, url: str) -> T:
+    """``st.with_retries`` for calls into Optuna, which wraps some connection errors in its own exceptions."""
+
+    def go() -> T:
         try:
-            return make()
+            return fn()
         except OperationalError:
             raise
-        except Exception as e:  # optuna wraps some connection errors
-            if isinstance(e.__cause__, OperationalError):
-                raise e.__cause__ from None
+        except Exception as e:
+            outage = db_outage(e)
+            if outage is not None:
+                raise outage from None
             raise
 
-    return st.with_retries(go, what="opening the Optuna storage", retries=int(cfg.storage.retries),
-                           backoff=float(cfg.storage.backoff), url=url)
+    return st.with_retries(go, what=what, retries=int(cfg.storage.retries), backoff=float(cfg.storage.backoff),
+                           url=url)
 
 
 def make_sampler(cfg: DictConfig, multi: bool) -> optuna.samplers.BaseSampler:
@@ -251,11 +300,17 @@ class Worker:
 
         st.with_retries(create, what="opening the results store", retries=int(s.retries),
                         backoff=float(s.backoff), url=self.url)
+        # an outage while the study is opened is retried like one while the store is (every step is idempotent)
+        retry_optuna(self._open_study, "opening the study", self.cfg, self.url)
+
+    def _open_study(self) -> None:
         directions = [OBJECTIVES[o][0] for o in self.objectives]
         multi = len(directions) > 1
         try:
             summaries = {x.study_name: x for x in optuna.get_all_study_summaries(self.storage)}
         except Exception as e:  # noqa: BLE001
+            if db_outage(e) is not None:
+                raise
             raise st.StoreError(f"cannot read studies from {st.redact(self.url)}: {e}") from e
         existing = summaries.get(self.name)
         if existing is not None:
@@ -272,15 +327,15 @@ class Worker:
             study_name=self.name, storage=self.storage, load_if_exists=True,
             sampler=make_sampler(self.cfg, multi), pruner=make_pruner(self.cfg),
             **({"directions": directions} if multi else {"direction": directions[0]}))
-        if existing is None:
+        if existing is None or FINGERPRINT_ATTR not in existing.user_attrs:  # new, or its creation was cut short
             # what optuna-dashboard shows on its axes instead of "Objective 0, 1"
             self.study.set_metric_names([
                 {"val_acc": "val accuracy %", "checkpoint_bytes": "checkpoint bytes", "sec_per_epoch":
                  "seconds per epoch", "macs": "MACs per image", "params": "parameters"}[o] for o in self.objectives])
-            self.study.set_user_attr(FINGERPRINT_ATTR, self.fingerprint)
             self.study.set_user_attr("experiment", self.cfg.study.experiment)
             self.study.set_user_attr("objectives", self.objectives)
             self.study.set_user_attr("budget", self.cfg.budget)
+            self.study.set_user_attr(FINGERPRINT_ATTR, self.fingerprint)  # last: it marks the study complete
 
     def _row_fields(self, t: TrialConfig, facts: Any) -> dict[str, Any]:
         d = t.data

@@ -238,8 +238,9 @@ def test_real_smoke_study_on_cifar10_jpg(tmp_path, real_cifar10):
 def test_queue_entries_lost_to_an_outage_are_repaired_before_the_worker_stops(tmp_path, tiny_imagefolder,
                                                                               monkeypatch):
     """An outage between Optuna's ask and our claim leaves a store row queued with no Optuna queue entry: one
-    popped trial failed by Optuna, one left running with a dead heartbeat. The worker must not stop while such
-    rows remain; it re-queues both and every configuration completes exactly once in both books."""
+    popped trial failed by Optuna, one left running with a dead heartbeat, one left running with no heartbeat at
+    all. The worker must not stop or hang while such rows remain; it re-queues all three and every configuration
+    completes exactly once in both books."""
     from dse import sweep
     from dse.config import compose
 
@@ -260,7 +261,9 @@ def test_queue_entries_lost_to_an_outage_are_repaired_before_the_worker_stops(tm
     # trial B: popped, heartbeat written, then the worker vanished (its heartbeat goes stale)
     b = w.study.ask()
     w.storage.record_heartbeat(b._trial_id)
-    lost = {a.user_attrs["identity"], b.user_attrs["identity"]}
+    # trial C: popped, then the database went away before its first heartbeat (Optuna alone never fails it)
+    c = w.study.ask()
+    lost = {a.user_attrs["identity"], b.user_attrs["identity"], c.user_attrs["identity"]}
     assert {r.status for r in w.store.rows(w.name) if r.identity in lost} == {"queued"}
     time.sleep(1.5)
     w.run()
