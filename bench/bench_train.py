@@ -126,23 +126,16 @@ def _reference_run(spec, data_dir: Path, train_idx: list[int], epochs: int, eval
 
 
 # --------------------------------------------------------------------------------------------------- ours
+def fit_cpu(spec, data, epochs: int, precision: str, channels_last: bool, threads: int):
+    """The training core on the CPU at batch BATCH, constant lr, seed 0, quiet."""
+    cfg = TrainConfig(epochs=epochs, batch_size=BATCH, device="cpu", precision=precision,
+                      channels_last=channels_last, threads=threads, progress="none", seed=0)
+    return fit(spec, data, OptimConfig(schedule="none"), cfg)
+
+
 def ours_run(spec, bundle, epochs: int, precision: str, channels_last: bool, threads: int, evaluate: bool) -> dict:
     data = bundle if evaluate else dataclasses.replace(bundle, test_x=bundle.test_x[:0], test_y=bundle.test_y[:0])
-    r = fit(
-        spec,
-        data,
-        OptimConfig(schedule="none"),
-        TrainConfig(
-            epochs=epochs,
-            batch_size=BATCH,
-            device="cpu",
-            precision=precision,
-            channels_last=channels_last,
-            threads=threads,
-            progress="none",
-            seed=0,
-        ),
-    )
+    r = fit_cpu(spec, data, epochs, precision, channels_last, threads)
     for m in r.epochs:
         print(f"    ours epoch: {m.train_seconds:.1f} s, train acc {m.train_acc:.2f} %", flush=True)
     return {
@@ -166,20 +159,7 @@ def calibrate(spec, bundle, batches: int, thread_options: list[int]) -> list[dic
     for threads in thread_options:
         for precision in ("fp32", "bf16"):
             for cl in (False, True):
-                r = fit(
-                    spec,
-                    small,
-                    OptimConfig(schedule="none"),
-                    TrainConfig(
-                        epochs=2,
-                        batch_size=BATCH,
-                        device="cpu",
-                        precision=precision,
-                        channels_last=cl,
-                        threads=threads,
-                        progress="none",
-                    ),
-                )
+                r = fit_cpu(spec, small, 2, precision, cl, threads)
                 sec = min(m.train_seconds for m in r.epochs)  # epoch 1 includes one-time warm-up
                 rows.append({"precision": precision, "channels_last": cl, "threads": threads, "images_per_s": n / sec})
                 print(
