@@ -1,0 +1,82 @@
+"""The few helpers every part of dse shares: the repository root, atomic file writing, the Pareto front.
+
+One definition each, so that the sweep summary, the tables, the figures and ``dse.deploy --pareto`` agree on
+which trials are on the front, and every generated file is written the same way (temp file + fsync + rename,
+mode 0644 under the usual umask: readable by the rest of a team sharing a results folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside ``path``; renamed onto ``path`` when the block succeeds, removed otherwise.
+
+    Readers never see half a file. mkstemp creates files 0600; the result gets 0666 & ~umask (0644 usually).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:  # the bytes reach the disk before the rename makes them visible
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically (checkpoints, data caches)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def pareto_front(acc: Sequence[float | None], size: Sequence[float | None]) -> list[int]:
+    """Indices of the trials on the accuracy/size Pareto front, smallest first.
+
+    The one definition used everywhere: validation accuracy up, checkpoint size down. A trial is on the front
+    when no other trial is at least as accurate and at most as large, better in one of the two. Of exact ties
+    (same accuracy, same size) the first is kept. A missing size counts as the largest, a missing accuracy as
+    the lowest.
+    """
+    def a(i: int) -> float:
+        return -math.inf if acc[i] is None or math.isnan(acc[i]) else float(acc[i])
+
+    def s(i: int) -> float:
+        return math.inf if size[i] is None or math.isnan(size[i]) else float(size[i])
+
+    order = sorted(range(len(acc)), key=lambda i: (s(i), -a(i), i))
+    front: list[int] = []
+    best = -math.inf
+    for i in order:
+        if a(i) > best:
+            front.append(i)
+            best = a(i)
+    return front
