@@ -1,6 +1,7 @@
 """The data path: CIFAR-10/100 (official pickles) or any ImageFolder tree, decoded once into uint8 tensors.
 
-Design (DESIGN.md decision 8, after KellerJordan/cifar10-airbench): the whole dataset sits on the training device
+Design (after KellerJordan/cifar10-airbench): per-image PIL work and DataLoader worker processes cost more than
+the small models' training steps, so the whole dataset sits on the training device
 as one uint8 tensor (N, 3, 32, 32); augmentation is batched tensor ops on that device; there is no per-image PIL
 work per epoch and no DataLoader worker process in the hot loop. Decoding happens once and is cached on disk as a
 .pt of uint8 tensors keyed by a fingerprint of the source, and once per process in an in-memory memo, so a sweep
@@ -10,8 +11,8 @@ Augmentation is the recipe of the paper's public baseline code (paper README, "T
 with 4-pixel zero padding chosen per image, horizontal flip with probability 0.5 per image, normalize with
 mean (0.4914, 0.4822, 0.4465) and std (0.2023, 0.1994, 0.2010).
 
-Splits (DESIGN.md decision 7): `val_size` images are held out from the official training set, class-balanced and
-seeded, for the search; the official test set is only reported.
+Splits: so that the search never selects on the test set, `val_size` images are held out from the official
+training set, class-balanced and seeded, for the search; the official test set is only reported.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import io
 import logging
 import os
 import pickle
-import tempfile
 import threading
 import time
 import warnings
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dse.common import REPO, atomic_torch_save
 from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ IMAGE_SIZE = 32  # pixels (height = width); every source is decoded to this size
 CROP_PADDING = 4  # pixels of zero padding for the random crop
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 CACHE_FORMAT = 1  # bump when the cached .pt layout changes, so old caches are not reused
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 _CIFAR_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -110,7 +110,7 @@ class DataConfig:
 
     def resolved_root(self) -> Path:
         """The data folder: `root`, else env DSE_DATA_DIR, else <repo>/data."""
-        return Path(self.root or os.environ.get("DSE_DATA_DIR") or REPO_ROOT / "data").expanduser()
+        return Path(self.root or os.environ.get("DSE_DATA_DIR") or REPO / "data").expanduser()
 
     def resolved_cache_dir(self) -> Path:
         """The cache folder: `cache_dir`, else env DSE_CACHE_DIR, else ~/.cache/dse."""
@@ -397,25 +397,6 @@ def _write_cache(cache: Path, d: _Decoded) -> None:
         log.warning("could not write data cache %s: %s", cache, e)
 
 
-def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 # ----------------------------------------------------------------------------------------------- official pickles
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles the official CIFAR batches (dicts of bytes, lists and numpy arrays) and nothing that runs code."""
@@ -673,22 +654,35 @@ def random_crop_flip(
     """Per-image random crop (zero padding `padding` pixels) and horizontal flip (p = 0.5) of a uint8 batch.
 
     One gather on the device: the padded batch is flattened to (B, C, Hp*Wp) and each output pixel reads from
-    (row offset + i, col offset + j), with the column index mirrored for flipped images. The random draws use
-    `generator` on the CPU (then move to x's device), so the result is the same on every device.
+    (row offset + i, col offset + j), with the column index mirrored for flipped images. The 3 x B random draws
+    are made on the generator's device (None: the global CPU RNG) and moved to x's device when that differs; with
+    a generator on x's device (`device_generator`) nothing crosses between host and device and nothing waits.
     """
     b, c, h, w = x.shape
     hp, wp = h + 2 * padding, w + 2 * padding
-    dy = torch.randint(0, 2 * padding + 1, (b, 1, 1), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (b, 1, 1), generator=generator)
-    flip = torch.rand(b, 1, 1, generator=generator) < 0.5
-    # only the 3 x B draws cross to the device; the (B, H*W) index is built there
-    dy, dx, flip = (t.to(x.device, non_blocking=True) for t in (dy, dx, flip))
+    rng_device = generator.device if generator is not None else torch.device("cpu")
+    dy = torch.randint(0, 2 * padding + 1, (b, 1, 1), generator=generator, device=rng_device)
+    dx = torch.randint(0, 2 * padding + 1, (b, 1, 1), generator=generator, device=rng_device)
+    flip = torch.rand(b, 1, 1, generator=generator, device=rng_device) < 0.5
+    dy, dx, flip = (t.to(x.device, non_blocking=True) for t in (dy, dx, flip))  # no-ops on the same device
     i = torch.arange(h, device=x.device).view(1, h, 1)
     j = torch.arange(w, device=x.device).view(1, 1, w)
     cols = dx + torch.where(flip, w - 1 - j, j)
     index = ((dy + i) * wp + cols).view(b, 1, h * w)
     xp = F.pad(x, (padding, padding, padding, padding)).view(b, c, hp * wp)
     return torch.gather(xp, 2, index.expand(b, c, h * w)).view(b, c, h, w)
+
+
+def device_generator(seed: int, device: str | torch.device) -> torch.Generator:
+    """A torch.Generator on `device` seeded with `seed`: `batches` then draws order, crops and flips there.
+
+    On the CPU it is the generator `batches` always used (same draws as before); on CUDA the draws come from the
+    device's Philox stream, reproducible for a seed on that device but different from the CPU's.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 def batches(
@@ -702,8 +696,9 @@ def batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (normalized images `dtype` (B, 3, 32, 32), int64 labels) of `split` on the bundle's device.
 
-    train=True: a random order and per-image crop + flip, all drawn from `generator` (a CPU torch.Generator; None
-    uses the global RNG), so seeding it per epoch makes the epoch reproducible. A final training batch of a
+    train=True: a random order and per-image crop + flip, all drawn from `generator` (None uses the global CPU RNG;
+    a generator on the bundle's device, see `device_generator`, keeps every draw there, so no batch waits on a
+    host-device copy), so seeding it per epoch makes the epoch reproducible. A final training batch of a
     single image is dropped (BatchNorm cannot train on one). train=False: the split in order, unaugmented.
     """
     if not _is_int(batch_size) or batch_size < 1:
@@ -711,7 +706,8 @@ def batches(
     x, y = bundle.split(split)
     n = len(y)
     if train:
-        order = torch.randperm(n, generator=generator).to(x.device, non_blocking=True)
+        rng_device = generator.device if generator is not None else torch.device("cpu")
+        order = torch.randperm(n, generator=generator, device=rng_device).to(x.device, non_blocking=True)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             if len(idx) < 2:

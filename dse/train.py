@@ -1,17 +1,18 @@
 """The training core: `fit(spec, data, optim, train) -> TrialResult`, a pure function of typed inputs.
 
-No Hydra, Optuna or SQL in here (DESIGN.md "The flow", STYLE.md point 3): the sweep adapts configs into the
-dataclasses below, and `on_epoch` is its hook for reporting and pruning. Every one of the ~600 trials of the
-design-space exploration runs through `fit`, so its speed is the sweep's speed: data sits on the device as uint8
-(dse.data), augmentation is batched, and the loop avoids per-step host syncs.
+No Hydra, Optuna or SQL in here, so the core can be called, tested and benchmarked on its own: the sweep
+adapts configs into the dataclasses below, and `on_epoch` is its hook for reporting and pruning. Every one of the
+~600 trials of the design-space exploration runs through `fit`, so its speed is the sweep's speed: data sits on
+the device as uint8 (dse.data), augmentation is batched and drawn on the device, the loop avoids per-step host
+syncs, and on CUDA the whole training step runs as one captured CUDA graph (dse.fastpath).
 
 Recipe (Duggal & El-Sharkawy 2020, section 3 and Table 1 footnote): SGD with momentum 0.9 and Nesterov, LR 0.01,
 step decay; AdaBound with lr 0.001, betas (0.9, 0.999) (section 2.4.1); the other optimizers of Table 6 with
 PyTorch's default learning rates. Batch 128, 200 epochs (the authors' public baseline code).
 
-Checkpoints (DESIGN.md decision 10): `last.pt` each epoch (everything needed to resume bit-exactly on the same
-device) and `best.pt` at the best validation epoch, written atomically, holding only tensors and primitives so
-they load with `torch.load(weights_only=True)`.
+Checkpoints (so that a killed worker loses at most one epoch): `last.pt` each epoch (everything needed to
+resume bit-exactly on the same device) and `best.pt` at the best validation epoch, written atomically, holding
+only tensors and primitives so they load with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dse.data import DataBundle, atomic_torch_save, batches
+from dse import fastpath
+from dse.common import atomic_torch_save
+from dse.data import DataBundle, batches, device_generator
 from dse.errors import CheckpointError, ConfigError, DivergedError
 from dse.models import ModelSpec, build_model, model_facts
 
@@ -162,6 +165,11 @@ class TrainConfig:
     op wait (measured 10-30x slower with 2 threads on 2 shared cores). checkpoint_dir: where last.pt and
     best.pt go (None: no checkpoints). resume: continue from a matching last.pt. progress: "auto" (a bar when stderr
     is a terminal, else one log line per epoch), "bar", "log", "none".
+    fast_path: "auto" (CUDA: the whole step in one CUDA graph when the optimizer allows it; else eager), "graph",
+    "compile" (torch.compile reduce-overhead), "eager"; see dse.fastpath. compile=True is the older spelling of
+    fast_path=compile (honoured when fast_path is "auto"). gpu_memory_fraction: cap on this process's share of the
+    CUDA device's memory, in (0, 1] (None: no cap), so several workers can share one GPU. tensorboard_dir: write
+    TensorBoard event files with per-epoch scalars there (None: off; needs the tensorboard package).
     """
 
     epochs: int = 200
@@ -177,8 +185,18 @@ class TrainConfig:
     resume: bool = True
     progress: str = "auto"
     threads: int | None = None
+    fast_path: str = "auto"
+    gpu_memory_fraction: float | None = None
+    tensorboard_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if self.fast_path not in fastpath.FAST_PATHS:
+            raise ConfigError(
+                f"train.fast_path={self.fast_path!r} is unknown; allowed: {', '.join(fastpath.FAST_PATHS)}"
+            )
+        f = self.gpu_memory_fraction
+        if f is not None and (not _num(f) or not 0 < f <= 1):
+            raise ConfigError(f"train.gpu_memory_fraction={f!r} must be a fraction in (0, 1] or null")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             v = getattr(self, name)
             if not _int(v) or v < 1:
@@ -208,7 +226,8 @@ class TrainConfig:
 class EpochMetrics:
     """One epoch's numbers. Accuracies in percent (0-100); losses are mean cross-entropy per image (nats);
     lr is the learning rate at the start of the epoch; seconds are wall-clock (train: the training pass incl.
-    augmentation; eval: the validation and test passes)."""
+    augmentation, without warm-up; eval: the validation and test passes; warmup: CUDA-graph capture or
+    compilation during this epoch, dse.fastpath)."""
 
     epoch: int
     train_loss: float
@@ -219,6 +238,7 @@ class EpochMetrics:
     lr: float
     train_seconds: float
     eval_seconds: float
+    warmup_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,6 +266,8 @@ class TrialResult:
     best_checkpoint: str | None = None
     resumed_from_epoch: int = 0
     threads: int = 0  # CPU threads used by the training ops (timings compare like for like only at equal threads)
+    fast_path: str = "eager"  # the mode that ran: graph, compile or eager (dse.fastpath)
+    warmup_seconds: float = 0.0  # capture / compilation seconds of this fit, not in sec_per_epoch
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -263,30 +285,39 @@ def _plain(obj: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ optimizers, schedules
-def build_optimizer(params: Iterable[torch.Tensor] | Iterable[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer `cfg.name` over `params` (paper Table 6's nine plus plain SGD)."""
+def build_optimizer(
+    params: Iterable[torch.Tensor] | Iterable[dict], cfg: OptimConfig, **flags: bool
+) -> torch.optim.Optimizer:
+    """The optimizer `cfg.name` over `params` (paper Table 6's nine plus plain SGD).
+
+    flags: extra constructor flags of PyTorch's optimizers (e.g. capturable=True, fused=True; dse.fastpath's
+    GRAPH_FLAGS); AdaBound takes none.
+    """
     lr, wd, name = cfg.resolved_lr, cfg.weight_decay, cfg.name
     o = torch.optim
+    if flags and name == "adabound":
+        raise ConfigError(f"optimizer adabound takes no extra flags, got {sorted(flags)}")
+    f = flags
     if name == "sgd_nesterov":
-        return o.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd)
+        return o.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd, **f)
     if name == "sgd":
-        return o.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+        return o.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd, **f)
     if name == "adam":
-        return o.Adam(params, lr=lr, betas=cfg.betas, weight_decay=wd)
+        return o.Adam(params, lr=lr, betas=cfg.betas, weight_decay=wd, **f)
     if name == "adamax":
-        return o.Adamax(params, lr=lr, betas=cfg.betas, weight_decay=wd)
+        return o.Adamax(params, lr=lr, betas=cfg.betas, weight_decay=wd, **f)
     if name == "adagrad":
-        return o.Adagrad(params, lr=lr, weight_decay=wd)
+        return o.Adagrad(params, lr=lr, weight_decay=wd, **f)
     if name == "adadelta":
-        return o.Adadelta(params, lr=lr, weight_decay=wd)
+        return o.Adadelta(params, lr=lr, weight_decay=wd, **f)
     if name == "asgd":
-        return o.ASGD(params, lr=lr, weight_decay=wd)
+        return o.ASGD(params, lr=lr, weight_decay=wd, **f)
     if name == "rmsprop":
-        return o.RMSprop(params, lr=lr, weight_decay=wd)
+        return o.RMSprop(params, lr=lr, weight_decay=wd, **f)
     if name == "rprop":
         if wd:
             log.info("rprop has no weight decay in PyTorch; optim.weight_decay=%g is ignored", wd)
-        return o.Rprop(params, lr=lr)
+        return o.Rprop(params, lr=lr, **f)
     if name == "adabound":
         import adabound
 
@@ -450,6 +481,9 @@ def _runtime(train: TrainConfig, device: torch.device) -> Iterator[None]:
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         elif device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuning pays off after one batch
+        if device.type == "cuda" and train.gpu_memory_fraction is not None:
+            # several workers per GPU: each allocates at most this share (an allocation beyond it is an OOM error)
+            torch.cuda.set_per_process_memory_fraction(train.gpu_memory_fraction, device)
         yield
     finally:
         torch.set_num_threads(prev_threads)
@@ -511,14 +545,6 @@ class _Progress:
             self.bar.close()
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "amp":
-        return torch.autocast(device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -544,7 +570,7 @@ def evaluate(
     correct = torch.zeros((), device=device, dtype=torch.int64)
     try:
         for xb, yb in batches(data, split, batch_size, train=False, memory_format=memory_format):
-            with _autocast(device, precision):
+            with fastpath.autocast(device, precision):
                 out = model(xb)
             loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
             correct += (out.argmax(1) == yb).sum()
@@ -562,25 +588,8 @@ def _all_finite(model: nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack([p.float().sum() for p in params])).all())
 
 
-def fit(
-    spec: ModelSpec,
-    data: DataBundle,
-    optim: OptimConfig,
-    train: TrainConfig,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
-) -> TrialResult:
-    """Train `spec` on `data` and return its TrialResult (paper section 3's recipe by default).
-
-    Each epoch: one training pass (random order and crop/flip seeded from (train.seed, epoch)), then evaluation on
-    validation and test in eval mode, then checkpoints (best.pt if validation accuracy improved, last.pt), then
-    `on_epoch(metrics)`. An exception from on_epoch (e.g. optuna.TrialPruned) propagates with the checkpoints
-    already consistent. With train.resume and a last.pt of the same spec, optimizer config, train semantics and
-    data, training continues after its epoch and reproduces an uninterrupted run's metrics (same device).
-
-    Raises ConfigError (before any training) for invalid or inconsistent inputs, DivergedError when the training
-    loss becomes NaN/inf (checked every DIVERGENCE_CHECK_EVERY batches and at epoch end; no checkpoint is written
-    for that epoch), CheckpointError never for a damaged last.pt (it is ignored with a warning: training restarts).
-    """
+def _check_inputs(spec: ModelSpec, data: DataBundle, optim: OptimConfig, train: TrainConfig) -> torch.device:
+    """The device of the fit; ConfigError for anything inconsistent (before any training)."""
     if not isinstance(spec, ModelSpec):
         raise ConfigError(f"fit needs a ModelSpec (e.g. dse.models.spec_from_name(name)), got {spec!r}")
     if not isinstance(optim, OptimConfig) or not isinstance(train, TrainConfig):
@@ -602,8 +611,213 @@ def fit(
     n_train = len(data.train_y)
     if n_train < 2:
         raise ConfigError(f"the training split has {n_train} images; at least 2 are needed")
-    steps = steps_per_epoch(n_train, train.batch_size)
+    return device
+
+
+def fast_path_mode(train: TrainConfig, optim: OptimConfig, device: torch.device) -> str:
+    """The step mode a fit with these configs runs on `device`: "graph", "compile" or "eager" (dse.fastpath)."""
+    requested = "compile" if train.compile and train.fast_path == "auto" else train.fast_path
+    return fastpath.choose(requested, device, optim.name, optim.schedule, optim.momentum, train.precision)
+
+
+@dataclass
+class _Trainer:
+    """What one fit trains with: the optimizer, the schedule (driven on `schedule_opt`: the optimizer itself, or in
+    graph mode its CPU shadow whose float lr is copied into the graph's lr tensor), the step and the scaler."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    schedule_opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    step: fastpath.TrainStep
+    scaler: torch.amp.GradScaler
+    mode: str
+    flags: dict[str, bool]
+
+    def lr(self) -> float:
+        return float(self.schedule_opt.param_groups[0]["lr"])
+
+    def schedule_step(self) -> None:
+        self.sched.step()
+        fastpath.copy_lr(self.opt, self.schedule_opt)
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Optimizer, schedule and scaler state from a last.pt (written by any mode)."""
+        self.opt.load_state_dict(state["optimizer"])
+        if self.mode == "graph":
+            for group, saved in zip(self.schedule_opt.param_groups, state["optimizer"]["param_groups"], strict=True):
+                group["lr"] = float(saved["lr"])
+            for group in self.opt.param_groups:
+                group.update(self.flags)
+            fastpath.install_lr_tensor(self.opt, next(self.model.parameters()).device)
+        self.sched.load_state_dict(state["scheduler"])
+        fastpath.copy_lr(self.opt, self.schedule_opt)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def _make_trainer(
+    spec: ModelSpec, model: nn.Module, optim: OptimConfig, train: TrainConfig, mode: str, device: torch.device,
+    steps: int, capture: bool | None = None,
+) -> _Trainer:
+    """Optimizer, schedule and step for `mode`; capture=False runs the graph mode's step uncaptured (tests)."""
+    flags = fastpath.graph_flags(optim.name, device) if mode == "graph" else {}
+    opt = build_optimizer(model.parameters(), optim, **flags)
+    schedule_opt = opt
+    if mode == "graph":
+        fastpath.install_lr_tensor(opt, device)
+        schedule_opt = build_optimizer([torch.zeros(1, requires_grad=True)], optim)  # never stepped
+    sched = build_scheduler(schedule_opt, optim, train.epochs, steps)
+    fastpath.copy_lr(opt, schedule_opt)
+    scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "amp")
+    step_model = None
+    if mode == "compile":
+        key = (spec.to_dict().__repr__(), train.batch_size, train.precision, train.channels_last, str(device))
+        step_model = fastpath.compile_model(model, key)
+    step = fastpath.TrainStep(
+        model,
+        nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing),
+        opt,
+        device=device,
+        precision=train.precision,
+        batch_size=train.batch_size,
+        mode=mode,
+        step_model=step_model,
+        scaler=scaler,
+        capture=capture,
+    )
+    return _Trainer(model, opt, schedule_opt, sched, step, scaler, mode, flags)
+
+
+def _train_epoch(
+    tr: _Trainer, data: DataBundle, train: TrainConfig, epoch: int, per_iteration: bool, progress: _Progress
+) -> tuple[float, float, float, float]:
+    """One training pass: (mean loss in nats, accuracy %, training seconds without warm-up, warm-up seconds)."""
+    device = data.device
+    memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+    gen = device_generator(_epoch_seed(train.seed, epoch), device)
+    tr.model.train()
+    tr.step.reset_epoch()
+    warm0 = tr.step.warmup_seconds
+    t0 = time.perf_counter()
+    seen = 0
+    for i, (xb, yb) in enumerate(
+        batches(data, "train", train.batch_size, train=True, generator=gen, memory_format=memory_format)
+    ):
+        tr.step(xb, yb)
+        if per_iteration:
+            tr.schedule_step()
+        seen += len(yb)
+        progress.step()
+        if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(tr.step.loss_sum).item():
+            raise DivergedError(epoch, tr.step.loss_sum.item() / seen)
+    train_loss = tr.step.loss_sum.item() / seen  # the epoch's one sync
+    train_acc = 100.0 * tr.step.correct.item() / seen
+    _sync(device)
+    warmup = tr.step.warmup_seconds - warm0
+    return train_loss, train_acc, time.perf_counter() - t0 - warmup, warmup
+
+
+def _write_checkpoints(
+    tr: _Trainer, meta: dict[str, Any], m: EpochMetrics, improved: bool, history: list[EpochMetrics],
+    best_path: Path, last_path: Path,
+) -> None:
+    sd = _state_dict_cpu(tr.model)
+    if improved:  # best first: a kill between the two writes re-runs this epoch on resume
+        atomic_torch_save(
+            {**meta, "kind": "best", "epoch": m.epoch, "state_dict": sd, "metrics": m.to_dict()}, best_path
+        )
+    atomic_torch_save(
+        {
+            **meta,
+            "kind": "last",
+            "epoch": m.epoch,
+            "state_dict": sd,
+            "optimizer": fastpath.portable_state_dict(tr.opt),
+            "scheduler": tr.sched.state_dict(),
+            "scaler": tr.scaler.state_dict() if tr.scaler.is_enabled() else {},
+            "rng": _rng_state(),
+            "history": [h.to_dict() for h in history],
+        },
+        last_path,
+    )
+
+
+class _TensorBoard:
+    """Per-epoch scalars as TensorBoard event files in `folder` (None: does nothing)."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.writer = None
+        if folder is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ConfigError(
+                f"train.tensorboard_dir={folder!r} needs the tensorboard package (pip install tensorboard): {e}"
+            ) from None
+        self.writer = SummaryWriter(log_dir=folder)
+
+    def epoch(self, m: EpochMetrics) -> None:
+        if self.writer is None:
+            return
+        for tag, value in (
+            ("loss/train", m.train_loss),
+            ("loss/val", m.val_loss),
+            ("accuracy/train", m.train_acc),
+            ("accuracy/val", m.val_acc),
+            ("accuracy/test", m.test_acc),
+            ("lr", m.lr),
+            ("seconds/train", m.train_seconds),
+            ("seconds/eval", m.eval_seconds),
+            ("seconds/warmup", m.warmup_seconds),
+        ):
+            self.writer.add_scalar(tag, value, m.epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _evaluate_epoch(
+    model: nn.Module, data: DataBundle, train: TrainConfig, epoch: int
+) -> tuple[float, float, float, float]:
+    """(val loss, val acc %, test acc %, seconds) in eval mode; DivergedError when the validation loss is not finite."""
+    memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+    t1 = time.perf_counter()
+    val_loss, val_acc = evaluate(model, data, "val", train.eval_batch_size, train.precision, memory_format)
+    if len(data.val_y) and not math.isfinite(val_loss):
+        # weights can stay finite while BatchNorm's running statistics overflow
+        raise DivergedError(epoch, val_loss, "validation loss")
+    _, test_acc = evaluate(model, data, "test", train.eval_batch_size, train.precision, memory_format)
+    return val_loss, val_acc, test_acc, time.perf_counter() - t1
+
+
+def fit(
+    spec: ModelSpec,
+    data: DataBundle,
+    optim: OptimConfig,
+    train: TrainConfig,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> TrialResult:
+    """Train `spec` on `data` and return its TrialResult (paper section 3's recipe by default).
+
+    Each epoch: one training pass (random order and crop/flip seeded from (train.seed, epoch), drawn on the
+    device), then evaluation on validation and test in eval mode, then checkpoints (best.pt if validation
+    accuracy improved, last.pt), then `on_epoch(metrics)`. An exception from on_epoch (e.g. optuna.TrialPruned)
+    propagates with the checkpoints already consistent. With train.resume and a last.pt of the same spec,
+    optimizer config, train semantics and data, training continues after its epoch and reproduces an
+    uninterrupted run's metrics (same device). The step runs as train.fast_path selects (dse.fastpath).
+
+    Raises ConfigError (before any training) for invalid or inconsistent inputs, DivergedError when the training
+    loss becomes NaN/inf (checked every DIVERGENCE_CHECK_EVERY batches and at epoch end; no checkpoint is written
+    for that epoch), CheckpointError never for a damaged last.pt (it is ignored with a warning: training restarts).
+    """
+    device = _check_inputs(spec, data, optim, train)
+    steps = steps_per_epoch(len(data.train_y), train.batch_size)
     facts = model_facts(spec)  # before seeding: it builds a model and would consume the seeded RNG
+    mode = fast_path_mode(train, optim, device)
 
     with _runtime(train, device):
         used_threads = torch.get_num_threads()
@@ -611,12 +825,8 @@ def fit(
         memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         torch.manual_seed(train.seed)  # weight init and dropout (CPU and all CUDA devices)
         model = build_model(spec).to(device, memory_format=memory_format)
-        step_model = torch.compile(model) if train.compile else model
-        opt = build_optimizer(model.parameters(), optim)
-        sched = build_scheduler(opt, optim, train.epochs, steps)
+        tr = _make_trainer(spec, model, optim, train, mode, device, steps)
         per_iteration = optim.schedule in PER_ITERATION_SCHEDULES
-        scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "amp")
-        criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
         config = _plain(
             {
                 "spec": spec.to_dict(),
@@ -625,7 +835,15 @@ def fit(
                 "data": {"fingerprint": data.fingerprint, "source": data.source, "sizes": data.sizes()},
             }
         )
-
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "spec": spec.to_dict(),
+            "config": config,
+            "torch_version": str(torch.__version__),
+            "device": str(device),
+            "precision": train.precision,
+        }
         ckpt_dir = Path(train.checkpoint_dir) if train.checkpoint_dir else None
         last_path = ckpt_dir / "last.pt" if ckpt_dir else None
         best_path = ckpt_dir / "best.pt" if ckpt_dir else None
@@ -635,10 +853,7 @@ def fit(
             state = _try_load_last(last_path, config)
             if state is not None:
                 model.load_state_dict(state["state_dict"])
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-                if state.get("scaler"):
-                    scaler.load_state_dict(state["scaler"])
+                tr.load(state)
                 _set_rng_state(state["rng"])
                 history = [EpochMetrics(**m) for m in state["history"]]
                 start_epoch = int(state["epoch"]) + 1
@@ -647,58 +862,20 @@ def fit(
         best = _best_of(history)
 
         progress = _Progress(train.progress, spec.name, train.epochs, steps, start_epoch)
+        board = _TensorBoard(train.tensorboard_dir)
         try:
             for epoch in range(start_epoch, train.epochs + 1):
-                lr = float(opt.param_groups[0]["lr"])
-                gen = torch.Generator().manual_seed(_epoch_seed(train.seed, epoch))
-                model.train()
-                t0 = time.perf_counter()
-                loss_sum = torch.zeros((), device=device, dtype=torch.float32)  # sum over images (nats)
-                correct = torch.zeros((), device=device, dtype=torch.int64)
-                seen = 0
-                for i, (xb, yb) in enumerate(
-                    batches(data, "train", train.batch_size, train=True, generator=gen, memory_format=memory_format)
-                ):
-                    with _autocast(device, train.precision):
-                        out = step_model(xb)
-                        loss = criterion(out, yb)
-                    opt.zero_grad(set_to_none=True)
-                    if scaler.is_enabled():
-                        scaler.scale(loss).backward()
-                        scaler.step(opt)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        opt.step()
-                    if per_iteration:
-                        sched.step()
-                    # accumulate on the device: no host sync per batch
-                    loss_sum += loss.detach().float() * len(yb)
-                    correct += (out.detach().argmax(1) == yb).sum()
-                    seen += len(yb)
-                    progress.step()
-                    if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum).item():
-                        raise DivergedError(epoch, loss_sum.item() / seen)
-                train_loss = loss_sum.item() / seen  # the epoch's one sync
-                train_acc = 100.0 * correct.item() / seen
-                _sync(device)
-                train_seconds = time.perf_counter() - t0
+                lr = tr.lr()
+                train_loss, train_acc, train_seconds, warmup = _train_epoch(
+                    tr, data, train, epoch, per_iteration, progress
+                )
                 if not math.isfinite(train_loss):
                     raise DivergedError(epoch, train_loss)
                 if not _all_finite(model):
                     raise DivergedError(epoch, float("nan"), "model weights")
                 if not per_iteration:
-                    sched.step()
-
-                t1 = time.perf_counter()
-                val_loss, val_acc = evaluate(
-                    step_model, data, "val", train.eval_batch_size, train.precision, memory_format
-                )
-                if len(data.val_y) and not math.isfinite(val_loss):
-                    # weights can stay finite while BatchNorm's running statistics overflow
-                    raise DivergedError(epoch, val_loss, "validation loss")
-                _, test_acc = evaluate(step_model, data, "test", train.eval_batch_size, train.precision, memory_format)
-                eval_seconds = time.perf_counter() - t1
+                    tr.schedule_step()
+                val_loss, val_acc, test_acc, eval_seconds = _evaluate_epoch(model, data, train, epoch)
                 m = EpochMetrics(
                     epoch=epoch,
                     train_loss=train_loss,
@@ -709,46 +886,21 @@ def fit(
                     lr=lr,
                     train_seconds=train_seconds,
                     eval_seconds=eval_seconds,
+                    warmup_seconds=warmup,
                 )
                 history.append(m)
                 improved = best is None or math.isnan(m.val_acc) or m.val_acc > best.val_acc
                 if improved:
                     best = m
                 if ckpt_dir is not None:
-                    meta = {
-                        "format": CHECKPOINT_FORMAT,
-                        "version": CHECKPOINT_VERSION,
-                        "spec": spec.to_dict(),
-                        "config": config,
-                        "torch_version": str(torch.__version__),
-                        "device": str(device),
-                        "precision": train.precision,
-                    }
-                    sd = _state_dict_cpu(model)
-                    if improved:  # best first: a kill between the two writes re-runs this epoch on resume
-                        atomic_torch_save(
-                            {**meta, "kind": "best", "epoch": epoch, "state_dict": sd, "metrics": m.to_dict()},
-                            best_path,
-                        )
-                    atomic_torch_save(
-                        {
-                            **meta,
-                            "kind": "last",
-                            "epoch": epoch,
-                            "state_dict": sd,
-                            "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(),
-                            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                            "rng": _rng_state(),
-                            "history": [h.to_dict() for h in history],
-                        },
-                        last_path,
-                    )
+                    _write_checkpoints(tr, meta, m, improved, history, best_path, last_path)
                 progress.epoch(m)
+                board.epoch(m)
                 if on_epoch is not None:
                     on_epoch(m)
         finally:
             progress.close()
+            board.close()
 
     assert best is not None  # epochs >= 1 and either trained or resumed with history
     last = history[-1]
@@ -769,6 +921,8 @@ def fit(
         best_checkpoint=str(best_path) if best_path is not None and best_path.exists() else None,
         resumed_from_epoch=resumed_from,
         threads=used_threads,
+        fast_path=mode,
+        warmup_seconds=float(sum(h.warmup_seconds for h in history)),
     )
 
 
@@ -811,6 +965,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "evaluate",
+    "fast_path_mode",
     "fit",
     "load_checkpoint",
     "load_model",

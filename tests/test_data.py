@@ -269,7 +269,7 @@ def test_root_and_cache_resolution(monkeypatch, tmp_path: Path) -> None:
     assert DataConfig().resolved_cache_dir() == tmp_path / "c"
     assert DataConfig(root="/x", cache_dir="/y").resolved_root() == Path("/x")
     monkeypatch.delenv("DSE_DATA_DIR")
-    assert DataConfig().resolved_root() == D.REPO_ROOT / "data"
+    assert DataConfig().resolved_root() == D.REPO / "data"
 
 
 # ------------------------------------------------------------------------------------------------ augmentation
