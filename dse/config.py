@@ -75,6 +75,9 @@ class TrainerConf:
     deterministic: bool = False
     progress: str = "auto"  # auto | bar | log | none
     threads: int | None = None
+    fast_path: str = "auto"  # auto | graph | compile | eager (dse.fastpath)
+    gpu_memory_fraction: float | None = None  # per-worker cap on the CUDA device's memory, in (0, 1]
+    tensorboard_dir: str | None = None  # TensorBoard event files, one subfolder per trial (None: off)
 
 
 @dataclass

@@ -28,7 +28,10 @@ SEED = "seed"
 # Keys a search may vary: "<group>.<field>" for these groups, or "seed".
 SEARCHABLE_GROUPS = ("model", "data", "optimizer", "trainer")
 # Trainer fields that do not change what is learned (not part of the identity).
-_NON_SEMANTIC_TRAINER = {"device", "progress", "threads", "compile", "channels_last", "eval_batch_size"}
+_NON_SEMANTIC_TRAINER = {
+    "device", "progress", "threads", "compile", "channels_last", "eval_batch_size",
+    "fast_path", "gpu_memory_fraction", "tensorboard_dir",
+}
 _NON_SEMANTIC_DATA = {"root", "download", "cache_dir"}
 
 
@@ -77,7 +80,10 @@ class TrialConfig:
     def train_config(self, checkpoint_dir: str | None) -> Any:
         from dse.train import TrainConfig
 
-        return TrainConfig(**self.trainer, seed=self.seed, checkpoint_dir=checkpoint_dir)
+        trainer = dict(self.trainer)
+        board = trainer.pop("tensorboard_dir", None)  # a root: each trial writes into <root>/<identity[:16]>
+        board = str(Path(board) / self.identity[:16]) if board else None
+        return TrainConfig(**trainer, seed=self.seed, checkpoint_dir=checkpoint_dir, tensorboard_dir=board)
 
 
 @dataclass(frozen=True)

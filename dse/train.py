@@ -638,7 +638,12 @@ class _Trainer:
         return float(self.schedule_opt.param_groups[0]["lr"])
 
     def schedule_step(self) -> None:
-        self.sched.step()
+        if self.schedule_opt is self.opt:
+            self.sched.step()
+            return
+        with warnings.catch_warnings():  # the shadow optimizer is never stepped; PyTorch warns about that order
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.sched.step()
         fastpath.copy_lr(self.opt, self.schedule_opt)
 
     def load(self, state: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ from dse.train import (
 )
 
 SPEC = spec_from_name("shallow_sqnxt_06_0_4x")
-TIMING = ("train_seconds", "eval_seconds")
+TIMING = ("train_seconds", "eval_seconds", "warmup_seconds")
 
 
 def quick(**kw) -> TrainConfig:
