@@ -1,0 +1,202 @@
+"""How long a study will take: a short timed run per architecture, cached on disk, and the study's estimate.
+
+`calibrate(spec, train)` times the trial's own training step (the same `fit`, trainer settings and fast path) on
+this device: epoch 1 holds the warm-up (cuDNN autotuning, graph capture or compilation), epoch 2 is timed as the
+steady state, on `steps` batches of images plus one evaluation batch. The pixels are uniform random uint8: the
+time of a step does not depend on their values, and the probe then needs no dataset. Results are cached as JSON
+(written atomically) keyed by everything that changes the speed: model spec, device name, precision, batch sizes,
+threads, memory format, fast-path mode and PyTorch version.
+
+`estimate_study(trial_configs, workers)`: per trial warm-up + epochs x (training images / training img/s +
+evaluation images / evaluation img/s), packed onto `workers` parallel workers longest-first (LPT: each trial goes
+to the worker that frees up first; within 4/3 of the best packing), in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dse.common import atomic_write
+from dse.data import DataBundle
+from dse.errors import ConfigError
+from dse.models import ModelSpec
+from dse.train import OptimConfig, TrainConfig, fast_path_mode, fit, resolve_device
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+CIFAR_TRAIN_IMAGES = 50_000  # the official CIFAR-10/100 training set
+CIFAR_TEST_IMAGES = 10_000
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured speeds of one (architecture, trainer settings, device): images per second of training (steady
+    state, augmentation included) and of evaluation, the warm-up seconds of one fit, and the cache key."""
+
+    train_img_per_s: float
+    eval_img_per_s: float
+    warmup_seconds: float
+    key: dict[str, Any]
+    cached: bool = False
+
+    def trial_seconds(self, epochs: int, train_images: int, eval_images: int) -> float:
+        return self.warmup_seconds + epochs * (train_images / self.train_img_per_s + eval_images / self.eval_img_per_s)
+
+
+def device_name(device: torch.device) -> str:
+    """What the speed depends on: the GPU's name, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu} x{os.cpu_count()}"
+
+
+def calibration_key(spec: ModelSpec, train: TrainConfig, optim: OptimConfig) -> dict[str, Any]:
+    device = resolve_device(train.device)
+    return {
+        "version": CACHE_VERSION,
+        "spec": spec.to_dict(),
+        "device": device_name(device),
+        "precision": train.precision,
+        "batch_size": train.batch_size,
+        "eval_batch_size": train.eval_batch_size,
+        "threads": train.threads or torch.get_num_threads(),
+        "channels_last": train.channels_last,
+        "fast_path": fast_path_mode(train, optim, device),
+        "optimizer": optim.name,
+        "torch": str(torch.__version__),
+    }
+
+
+def default_cache_dir() -> Path:
+    """<DSE_CACHE_DIR or ~/.cache/dse>/calibration."""
+    return Path(os.environ.get("DSE_CACHE_DIR") or Path.home() / ".cache" / "dse").expanduser() / "calibration"
+
+
+def calibrate(
+    spec: ModelSpec,
+    train: TrainConfig,
+    optim: OptimConfig | None = None,
+    *,
+    steps: int = 8,
+    cache_dir: str | os.PathLike | None = None,
+    refresh: bool = False,
+) -> Calibration:
+    """The speeds of `spec` trained with `train` (and `optim`: default the paper's SGD) on train.device; from the
+    cache when a measurement with the same key exists (unless `refresh`), else measured on `steps` batches and
+    cached. A damaged cache file is measured again."""
+    if not isinstance(steps, int) or steps < 2:
+        raise ConfigError(f"calibration steps={steps!r} must be an integer >= 2 (batches timed)")
+    optim = optim or OptimConfig()
+    key = calibration_key(spec, train, optim)
+    path = Path(cache_dir or default_cache_dir()) / f"{_digest(key)}.json"
+    if path.is_file() and not refresh:
+        try:
+            d = json.loads(path.read_text())
+            if d["key"] == key:
+                return Calibration(d["train_img_per_s"], d["eval_img_per_s"], d["warmup_seconds"], key, cached=True)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring unreadable calibration %s (%s); measuring again", path, e)
+    cal = _measure(spec, train, optim, steps, key)
+    atomic_write(path, json.dumps({**asdict(cal), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+    return cal
+
+
+def _measure(spec: ModelSpec, train: TrainConfig, optim: OptimConfig, steps: int, key: dict[str, Any]) -> Calibration:
+    n_train, n_eval = steps * train.batch_size, train.eval_batch_size
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n_train + n_eval, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(n_train + n_eval) % spec.num_classes
+    probe = DataBundle(
+        train_x=images[:n_train],
+        train_y=labels[:n_train],
+        val_x=images[n_train:],
+        val_y=labels[n_train:],
+        test_x=images[:0],
+        test_y=labels[:0],
+        num_classes=spec.num_classes,
+        classes=[str(i) for i in range(spec.num_classes)],
+        source="calibration:random-uint8",
+        fingerprint="calibration",
+    )
+    timed = replace(train, epochs=2, checkpoint_dir=None, tensorboard_dir=None, progress="none", resume=False)
+    r = fit(spec, probe, optim, timed)
+    steady = r.epochs[1]
+    warmup = r.epochs[0].train_seconds + r.warmup_seconds - steady.train_seconds  # epoch 1's extra time
+    return Calibration(
+        train_img_per_s=n_train / steady.train_seconds,
+        eval_img_per_s=n_eval / max(steady.eval_seconds, 1e-9),
+        warmup_seconds=max(warmup, 0.0),
+        key=key,
+    )
+
+
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def lpt_makespan(durations: Sequence[float], workers: int) -> float:
+    """Seconds until the last of `durations` finishes on `workers` parallel workers, longest first, each to the
+    worker that frees up first (what a shared queue of trials does when the longest are queued first)."""
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers={workers!r} must be an integer >= 1")
+    loads = [0.0] * workers
+    for d in sorted(durations, reverse=True):
+        heapq.heappush(loads, heapq.heappop(loads) + d)
+    return max(loads)
+
+
+def trial_images(data: dict[str, Any], train_pool: int = CIFAR_TRAIN_IMAGES) -> tuple[int, int]:
+    """(training images, evaluation images per epoch) a trial's data config selects, without loading the data.
+    train_pool: images of the official training set (CIFAR: 50,000)."""
+    rest = train_pool - int(data.get("val_size", 0))
+    if data.get("subset_size") is not None:
+        n_train = int(data["subset_size"])
+    elif data.get("subset") is not None:
+        n_train = max(1, round(float(data["subset"]) * rest))
+    else:
+        n_train = rest
+    n_test = data.get("test_size") or CIFAR_TEST_IMAGES
+    return n_train, int(data.get("val_size", 0)) + int(n_test)
+
+
+def estimate_study(
+    trial_configs: Iterable[Any],
+    workers: int,
+    *,
+    calibrate_fn: Callable[[ModelSpec, TrainConfig, OptimConfig], Calibration] = calibrate,
+    train_pool: int = CIFAR_TRAIN_IMAGES,
+) -> float:
+    """Seconds the trials (dse.space.TrialConfig) take on `workers` parallel workers of this machine.
+
+    Each architecture/trainer combination is calibrated once (cached on disk); a trial costs its warm-up plus
+    epochs x (training images / img/s + evaluation images / img/s); the trials are packed longest-first.
+    """
+    durations = []
+    for tc in trial_configs:
+        train, optim = tc.train_config(None), tc.optim_config()
+        cal = calibrate_fn(tc.model, train, optim)
+        n_train, n_eval = trial_images(tc.data, train_pool)
+        durations.append(cal.trial_seconds(train.epochs, n_train, n_eval))
+    return lpt_makespan(durations, workers) if durations else 0.0
+
+
+__all__ = ["Calibration", "calibrate", "calibration_key", "estimate_study", "lpt_makespan", "trial_images"]
