@@ -11,7 +11,7 @@ export DSE_DATA_DIR ?= $(SHARED_DATA)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-fast test-e2e sweep tables bench lint dashboard dry-run deploy clean
+.PHONY: help venv test test-fast test-e2e sweep tables bench bench-gpu bench-pack lint dashboard dry-run deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ bench: $(STAMP)  ## benchmarks: training core vs reference pipeline, tables on a
 	$(BIN)/python bench/bench_step.py
 	$(BIN)/python bench/bench_tables.py
 	$(BIN)/python bench/bench_sched.py
+
+bench-gpu: $(STAMP)  ## one CUDA GPU: authors' pipeline vs fit eager vs fit fast, 1-16 processes, paper-study hours
+	$(BIN)/python bench/bench_gpu.py $(ARGS)
+
+bench-pack: $(STAMP)  ## several sweep workers on this machine vs the reference pipeline, trials one by one (< 3 min)
+	$(BIN)/python bench/bench_pack.py $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check dse tests bench
