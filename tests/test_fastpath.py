@@ -237,3 +237,18 @@ def test_compiled_code_is_reused_for_the_same_architecture(tiny_bundle) -> None:
     assert first.fast_path == second.fast_path == "compile"
     assert math.isfinite(second.epochs[0].train_loss)
     assert second.warmup_seconds < first.warmup_seconds / 2  # no recompilation of the same architecture
+
+
+def test_trainer_keys_reach_fit_without_changing_trial_identity() -> None:
+    from dse.space import TrialConfig
+
+    def trial(**trainer) -> TrialConfig:
+        return TrialConfig(SPEC, {"val_size": 500}, OptimConfig().to_dict(), {"epochs": 1, **trainer}, seed=0)
+
+    plain = trial()
+    fast = trial(fast_path="graph", gpu_memory_fraction=0.25, tensorboard_dir="results/tb")
+    assert fast.identity == plain.identity  # speed and logging knobs: the same trial
+    train = fast.train_config("ckpt")
+    assert (train.fast_path, train.gpu_memory_fraction) == ("graph", 0.25)
+    assert train.tensorboard_dir == str(Path("results/tb") / fast.identity[:16])
+    assert plain.train_config(None).tensorboard_dir is None
