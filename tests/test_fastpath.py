@@ -252,3 +252,17 @@ def test_trainer_keys_reach_fit_without_changing_trial_identity() -> None:
     assert (train.fast_path, train.gpu_memory_fraction) == ("graph", 0.25)
     assert train.tensorboard_dir == str(Path("results/tb") / fast.identity[:16])
     assert plain.train_config(None).tensorboard_dir is None
+
+
+def test_compile_mode_plumbing(tiny_bundle, monkeypatch) -> None:
+    # torch.compile itself is exercised on CUDA (test_compiled_code_is_reused_...); here the step's compile branch
+    # with the model standing in for its compiled version: the first full step is timed as warm-up, the partial
+    # batch goes through the uncompiled model, the numbers are the eager ones
+    keys = []
+    monkeypatch.setattr(fastpath, "compile_model", lambda model, key: keys.append(key) or model)
+    eager = fit(SPEC, tiny_bundle, OptimConfig(), quick(fast_path="eager"))
+    compiled = fit(SPEC, tiny_bundle, OptimConfig(), quick(fast_path="compile"))
+    assert compiled.fast_path == "compile" and len(keys) == 1
+    assert compiled.epochs[0].warmup_seconds > 0 and compiled.epochs[1].warmup_seconds == 0
+    assert compiled.warmup_seconds == compiled.epochs[0].warmup_seconds
+    assert numbers(compiled) == numbers(eager)
