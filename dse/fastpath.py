@@ -21,6 +21,9 @@ Static shapes: a captured graph has one batch size. The final partial batch of a
 as an eager step on the same parameters, gradients and optimizer state (the optimizer's capturable variant also
 runs eagerly), so every image is trained on exactly as in the eager path, and no second graph is captured.
 
+Evaluation stays eager in eval mode at the static eval batch size (dse.train.evaluate): the loss and correct
+counts accumulate on the device and the host reads them once per split, so it never waits per batch.
+
 Warm-up (graph capture, compilation) is timed apart (`TrainStep.warmup_seconds`) and is not part of the seconds
 per epoch. Reuse across trials of one worker process: cuDNN's autotuning results are process-wide; compiled code
 is kept while consecutive trials share an architecture, batch and precision (`compile_model`) and is dropped with

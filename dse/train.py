@@ -799,6 +799,41 @@ def _evaluate_epoch(
     return val_loss, val_acc, test_acc, time.perf_counter() - t1
 
 
+def _checkpoint_meta(
+    spec: ModelSpec, optim: OptimConfig, train: TrainConfig, data: DataBundle, device: torch.device
+) -> dict[str, Any]:
+    """What every checkpoint carries; its "config" must match for a resume."""
+    config = _plain(
+        {
+            "spec": spec.to_dict(),
+            "optim": optim.to_dict(),
+            "train": train.semantic_dict(),
+            "data": {"fingerprint": data.fingerprint, "source": data.source, "sizes": data.sizes()},
+        }
+    )
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "spec": spec.to_dict(),
+        "config": config,
+        "torch_version": str(torch.__version__),
+        "device": str(device),
+        "precision": train.precision,
+    }
+
+
+def _resume(tr: _Trainer, last_path: Path, config: dict[str, Any], name: str) -> list[EpochMetrics]:
+    """Load a matching last.pt into the model, optimizer, schedule and RNG; its epoch history ([] if unusable)."""
+    state = _try_load_last(last_path, config)
+    if state is None:
+        return []
+    tr.model.load_state_dict(state["state_dict"])
+    tr.load(state)
+    _set_rng_state(state["rng"])
+    log.info("resuming %s from %s after epoch %d", name, last_path, int(state["epoch"]))
+    return [EpochMetrics(**m) for m in state["history"]]
+
+
 def fit(
     spec: ModelSpec,
     data: DataBundle,
@@ -832,37 +867,14 @@ def fit(
         model = build_model(spec).to(device, memory_format=memory_format)
         tr = _make_trainer(spec, model, optim, train, mode, device, steps)
         per_iteration = optim.schedule in PER_ITERATION_SCHEDULES
-        config = _plain(
-            {
-                "spec": spec.to_dict(),
-                "optim": optim.to_dict(),
-                "train": train.semantic_dict(),
-                "data": {"fingerprint": data.fingerprint, "source": data.source, "sizes": data.sizes()},
-            }
-        )
-        meta = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "spec": spec.to_dict(),
-            "config": config,
-            "torch_version": str(torch.__version__),
-            "device": str(device),
-            "precision": train.precision,
-        }
+        meta = _checkpoint_meta(spec, optim, train, data, device)
         ckpt_dir = Path(train.checkpoint_dir) if train.checkpoint_dir else None
         last_path = ckpt_dir / "last.pt" if ckpt_dir else None
         best_path = ckpt_dir / "best.pt" if ckpt_dir else None
         history: list[EpochMetrics] = []
-        start_epoch = 1
         if last_path is not None and train.resume and last_path.exists():
-            state = _try_load_last(last_path, config)
-            if state is not None:
-                model.load_state_dict(state["state_dict"])
-                tr.load(state)
-                _set_rng_state(state["rng"])
-                history = [EpochMetrics(**m) for m in state["history"]]
-                start_epoch = int(state["epoch"]) + 1
-                log.info("resuming %s from %s after epoch %d", spec.name, last_path, start_epoch - 1)
+            history = _resume(tr, last_path, meta["config"], spec.name)
+        start_epoch = history[-1].epoch + 1 if history else 1
         resumed_from = start_epoch - 1
         best = _best_of(history)
 
