@@ -220,6 +220,7 @@ def test_captured_graph_matches_uncaptured_step_on_cuda(tiny_bundle, monkeypatch
 def test_augmentation_makes_no_host_sync_on_cuda(tiny_bundle) -> None:
     data = tiny_bundle.to("cuda")
     gen = device_generator(0, "cuda")
+    next(batches(data, "train", 32, train=True, generator=gen))  # builds normalize's per-device constants once
     torch.cuda.set_sync_debug_mode("error")
     try:
         for xb, _ in batches(data, "train", 32, train=True, generator=gen):
