@@ -161,12 +161,15 @@ def paper_study_seconds(workers: int, slowdown: float) -> tuple[int, float]:
     """(trials, seconds) of experiment=paper budget=paper with trainer=gpu on `workers` concurrent processes:
     dse.calibrate's per-architecture speeds on this GPU (one process alone), trials packed longest-first, each
     process `slowdown` times slower than alone (measured: workers x one process's rate / the aggregate rate)."""
-    from dse.calibrate import estimate_study
+    from functools import partial
+
+    from dse.calibrate import calibrate, estimate_study
     from dse.config import compose
     from dse.space import plan_grid
 
     plan = [p for p in plan_grid(compose(["experiment=paper", "budget=paper", "trainer=gpu"])) if not p.rejected]
-    return len(plan), estimate_study([p.trial for p in plan], workers) * slowdown
+    cal = partial(calibrate, steps=4)  # ~200 distinct architecture x optimizer pairs: a few seconds each
+    return len(plan), estimate_study([p.trial for p in plan], workers, calibrate_fn=cal) * slowdown
 
 
 def main() -> None:
@@ -174,7 +177,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=EPOCH_IMAGES, help="training images per epoch")
     ap.add_argument("--epochs", type=int, default=2, help="epochs per run (the fastest one is reported)")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--no-study", action="store_true", help="skip the paper-study estimate (calibrates ~30 archs)")
+    ap.add_argument(
+        "--no-study",
+        action="store_true",
+        help="skip the paper-study estimate (it calibrates ~200 architecture x optimizer pairs: minutes; cached)",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-fraction", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
