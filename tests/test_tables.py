@@ -267,11 +267,92 @@ def test_figures_on_an_empty_store(tmp_path, store):
     assert "The store has no trials" in (out / "report.md").read_text()
 
 
-def test_pareto_front():
-    from dse.figures import pareto_front
-    x = np.array([1.0, 2.0, 2.0, 3.0, 0.5, 4.0])
-    y = np.array([80.0, 85.0, 70.0, 84.0, 60.0, 90.0])
-    assert pareto_front(x, y).tolist() == [4, 0, 1, 5]
+def test_one_pareto_front_on_validation_accuracy_in_figure_and_deploy():
+    """The figure rings the same trials ``dse.deploy --pareto`` deploys: validation accuracy up, size down, even
+    where the test accuracy (what the figure plots) would give another front."""
+    from dse.deploy import select as sel
+    from dse.figures import ours_points
+
+    rows = [  # id, val acc, test acc, bytes
+        (1, 80.0, 85.0, 100_000), (2, 85.0, 80.0, 200_000), (3, 70.0, 90.0, 150_000), (4, 90.0, 70.0, 900_000),
+        (5, 84.0, 99.0, 300_000)]  # 3 and 5 would be on a test-accuracy front; on validation they are dominated
+    trials = pd.DataFrame([dict(id=i, study="s", optuna_trial_number=i, status="complete", dataset="cifar10",
+                                model_name="shallow_sqnxt_06_0_4x", arch="shallow_sqnxt", best_val_acc=v, test_acc=t,
+                                checkpoint_bytes=b, macs=1e6, sec_per_epoch=1.0, train_images=1000, device="cpu",
+                                precision="fp32", checkpoint_path="x.pt", epochs=2, data_fraction=0.02,
+                                test_images=1000) for i, v, t, b in rows])
+    figure = sorted(int(i) for i in ours_points(trials).query("on_front")["id"])
+    deploy = sorted(c.trial_id for c in sel.pareto_front(sel.candidates(trials)))
+    assert figure == deploy == [1, 2, 4]
+
+
+def test_seconds_per_full_epoch_from_a_subset_with_device_and_precision(tmp_path, store, paper):
+    # 2.0 s for a 1,000-image epoch = 500 img/s -> 100 s for the paper's 50,000-image epoch
+    add_trial(store, "squeezenet_1_0", test_acc=60.0, sec_per_epoch=2.0, train_images=1000, data_fraction=0.02,
+              device="cpu", precision="bf16", optuna_trial_number=7)
+    t = tables_of(store, paper)
+    assert row(t, 1, 0)["sec_full_mean"] == pytest.approx(100.0)
+    from dse.tables.render import to_csv_frame, to_markdown
+    md = to_markdown(t[1])
+    assert "s/epoch (50k img) ours (device precision)" in md and "| 100.0 cpu bf16 |" in md
+    csv = to_csv_frame(t[1])
+    assert csv.loc[0, "ours_sec_per_50k_epoch"] == pytest.approx(100.0)
+    assert csv.loc[0, "ours_sec_per_trial_epoch"] == pytest.approx(2.0)
+    assert csv.loc[0, "trials"] == "tables-smoke #7"  # Optuna's number, as the dashboard shows it
+
+
+def test_near_chance_rows_marked_and_budget_atop_the_report(tmp_path, store, paper):
+    add_trial(store, "squeezenet_1_0", test_acc=14.9, epochs=2, train_images=1000, data_fraction=0.020202020202020204,
+              test_images=1000)  # CIFAR-10: 10 % chance + 5 points
+    add_trial(store, "squeezenet_1_1", test_acc=15.1, epochs=2, train_images=1000, data_fraction=0.020202020202020204,
+              test_images=1000)
+    add_trial(store, "shallow_sqnxt_09_0_5x", test_acc=5.5, optimizer="adam", dataset="cifar100", epochs=2,
+              train_images=1000, data_fraction=0.020202020202020204, test_images=1000)  # 1 % chance
+    out = tmp_path / "out"
+    res = generate(Options(db_url=store.url, out_dir=out, figures=False, formats=("md", "csv")))
+    md1, md6 = (out / "tables" / "table1.md").read_text(), (out / "tables" / "table6.md").read_text()
+    assert "| 14.90 (n=1) ≈ chance [" in md1 and "| 15.10 (n=1) |" in md1
+    assert "≈ chance [" in md6 and "**1 of 9 rows are ≈ chance**" in md1
+    assert pd.read_csv(out / "tables" / "table1.csv")["near_chance"].tolist()[:2] == [True, False]
+    report = (out / "report.md").read_text()
+    assert report.index("## Budget") < report.index("## Tables")
+    assert ("| tables-smoke | 3 | 2 | 1,000 (2.0 % of the training pool) | 1,000 | imagefolder:cifar10-jpg | "
+            "cpu fp32 |") in report
+    assert "**3 rows are ≈ chance**" in report and "0.0202020" not in report + md1
+    assert "2.0 % of the training pool" in md1
+    assert res.tables[1].rows["status"].tolist().count("ok") == 2
+
+
+def test_gpu_budget_rows_come_from_the_config(tmp_path, store, paper):
+    from dse.tables import gpu_only_models
+    from dse.tables.render import to_markdown
+
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "tables.yaml").write_text("study:\n  experiment: tables\n")
+    assert gpu_only_models(tmp_path) == frozenset()  # no key anywhere: nothing is GPU-only
+    (tmp_path / "conf" / "budget").mkdir(parents=True)
+    (tmp_path / "conf" / "budget" / "quick.yaml").write_text("search:\n  gpu_only_models: [sqnxt_23_2x]\n")
+    gpu = gpu_only_models(tmp_path)
+    assert gpu == {"sqnxt_23_2x"}
+    data = read_store(store.url)
+    t = build_tables(paper, data.trials, data.deployments, gpu)
+    assert row(t, 1, 3)["status"] == "gpu budget" and row(t, 1, 0)["status"] == "not run"
+    md = to_markdown(t[1])
+    assert "| GPU budget: `python -m dse.sweep experiment=table1 budget=paper trainer=gpu` |" in md
+    assert "| not run: `python -m dse.sweep experiment=table1` |" in md
+
+
+def test_epochs_csv_has_every_epoch_with_optuna_numbers(tmp_path, store, capsys):
+    _with_curves(store)
+    path = tmp_path / "epochs.csv"
+    assert main(["--db", store.url, "--out", str(tmp_path / "out"), "--no-figures", "--epochs-csv", str(path)]) == 0
+    assert "20 epoch rows" in capsys.readouterr().out
+    ep = pd.read_csv(path)
+    assert len(ep) == 20 and list(ep.columns[:6]) == ["study", "optuna_trial_number", "model_name", "dataset",
+                                                       "seed", "trial_id"]
+    assert {"epoch", "train_acc", "val_acc", "train_seconds"} <= set(ep.columns)
+    assert ep.groupby("model_name")["epoch"].apply(list).map(lambda e: e == [1, 2, 3, 4, 5]).all()
+    assert (path.stat().st_mode & 0o777) == 0o644
 
 
 def test_cli_missing_store_is_one_line(tmp_path, capsys):
