@@ -400,6 +400,7 @@ def _check_model_card(out: Path, trial: pd.Series, rep) -> None:
                 "data_copy", "checkpoint_bytes", "params", "macs", "opset", "latency", "latency_machine"):
         assert f"| {key} | {m[key]} |" in readme, key
     assert "RGB 32x32" in readme and "NCHW" in readme and "9. truck" in readme
+    assert "did not learn and was deployed with --force" in m["warning"] and "**Warning: test accuracy" in readme
     # the stamped files are the ones the report and the store describe
     assert rep.format("onnx").file_bytes == (out / "model.onnx").stat().st_size
 

@@ -209,10 +209,15 @@ class Steps:
                 self.bar.close()
 
 
+def near_chance(acc: float, num_classes: int) -> bool:
+    """True when ``acc`` (percent) is at most CHANCE_MARGIN_POINTS above guessing (100 / classes %)."""
+    return acc <= 100.0 / num_classes + CHANCE_MARGIN_POINTS
+
+
 def refuse_near_chance(label: str, acc: float, num_classes: int, force: bool) -> None:
     """DeployError when ``acc`` (percent) is within CHANCE_MARGIN_POINTS of guessing, unless ``force``."""
     chance = 100.0 / num_classes
-    if not force and acc <= chance + CHANCE_MARGIN_POINTS:
+    if not force and near_chance(acc, num_classes):
         raise DeployError(f"refusing to deploy {label}: test accuracy {acc:.1f} % is within "
                           f"{CHANCE_MARGIN_POINTS:g} points of chance ({chance:g} % for {num_classes} classes); "
                           "train it longer, or pass --force to deploy it anyway")
@@ -345,10 +350,14 @@ def package(report: DeployReport, spec, cand: Candidate, bundle, opts: Options) 
                     "test_acc": round(comp.test_acc, 2)})
     report.component, report.component_model = str(comp_path), comp_fmt
     mf = model_facts(spec)
+    acc, chance = report.format("torch").test_acc, 100.0 / spec.num_classes
+    warning = (f"test accuracy {acc:.1f} % is within {CHANCE_MARGIN_POINTS:g} points of chance ({chance:g} %): "
+               "this model did not learn and was deployed with --force" if near_chance(acc, spec.num_classes)
+               else "")
     f = card.facts(spec=spec, cand=cand, classes=bundle.classes, mean=CIFAR_MEAN, std=CIFAR_STD, opset=opts.opset,
                    test_acc=report.format("torch").test_acc, test_images=comp.test_images,
                    latency={r.format: r.latency for r in report.formats if r.latency}, machine=report.machine,
-                   params=cand.params or mf.params, macs=cand.macs or mf.macs)
+                   params=cand.params or mf.params, macs=cand.macs or mf.macs, warning=warning)
     for r in report.formats:
         if r.format in ("onnx", "onnx_int8"):
             r.file_bytes = card.stamp_onnx(r.path, f)  # metadata only: the graph and its outputs are unchanged

@@ -18,7 +18,7 @@ from typing import Any
 from dse.common import atomic_write
 
 #: Keys of the ONNX metadata and the README's facts table, in display order.
-KEYS = ("model", "registry_name", "study", "optuna_trial", "dataset", "val_acc_pct", "test_acc_pct",
+KEYS = ("model", "registry_name", "warning", "study", "optuna_trial", "dataset", "val_acc_pct", "test_acc_pct",
         "test_images_scored", "budget_epochs", "budget_train_images", "data_copy", "checkpoint_bytes", "params",
         "macs", "input", "output", "preprocessing", "mean", "std", "class_labels", "opset", "latency",
         "latency_machine")
@@ -37,18 +37,19 @@ def _int(v: Any) -> str:
 
 def facts(*, spec, cand, classes: Sequence[str], mean: Sequence[float], std: Sequence[float], opset: int,
           test_acc: float, test_images: int, latency: Mapping[str, Mapping[str, Any]], machine: str,
-          params: int, macs: int) -> dict[str, str]:
+          params: int, macs: int, warning: str = "") -> dict[str, str]:
     """The card's facts as strings (ONNX metadata values are strings). ``latency``: format -> LatencyResult dict.
 
     ``test_acc`` is the accuracy measured now on ``test_images`` test images; the validation accuracy and the
-    budget come from the store (``unknown`` for a checkpoint deployed without a trial).
+    budget come from the store (``unknown`` for a checkpoint deployed without a trial). ``warning``: e.g. that
+    the model is near chance and was deployed with --force ("none" when empty).
     """
     from dse.deploy.export import INPUT_NAME, OUTPUT_NAME
 
     lat = "; ".join(f"{fmt} p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms ({r['threads']} thread, batch 1)"
                     for fmt, r in latency.items() if r) or "not measured (--no-latency)"
     return {
-        "model": spec.display_name, "registry_name": spec.name,
+        "model": spec.display_name, "registry_name": spec.name, "warning": warning or "none",
         "study": cand.study or "none (checkpoint not in the store)",
         "optuna_trial": _int(cand.optuna_number),
         "dataset": cand.dataset, "val_acc_pct": _pct(cand.best_val_acc), "test_acc_pct": _pct(test_acc),
@@ -67,7 +68,10 @@ def facts(*, spec, cand, classes: Sequence[str], mean: Sequence[float], std: Seq
 def markdown(f: Mapping[str, str], files: Mapping[str, str]) -> str:
     """The README: a short description, the facts table, the files of the folder and how to run the model."""
     classes = json.loads(f["class_labels"])
-    lines = [f"# {f['model']} (`{f['registry_name']}`)", "",
+    lines = [f"# {f['model']} (`{f['registry_name']}`)", ""]
+    if f["warning"] != "none":
+        lines += [f"**Warning: {f['warning']}.**", ""]
+    lines += [
              f"Trained on {f['dataset']} in study `{f['study']}`, Optuna trial {f['optuna_trial']}: "
              f"validation accuracy {f['val_acc_pct']} %, test accuracy {f['test_acc_pct']} % on "
              f"{f['test_images_scored']} test images, at a budget of {f['budget_epochs']} epochs on "
