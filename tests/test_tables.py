@@ -228,9 +228,9 @@ def test_flags_follow_the_data_not_row_numbers(tmp_path, paper):
 
 
 def _with_curves(store: Store) -> None:
-    for model, acc in (("squeezenet_1_0", 79.0), ("sqnxt_23_1x", 87.0), ("shallow_sqnxt_14_1_5x", 91.0),
-                       ("shallow_sqnxt_06_0_4x", 82.0)):
-        tid = add_trial(store, model, test_acc=acc, epochs=5)
+    for number, (model, acc) in enumerate((("squeezenet_1_0", 79.0), ("sqnxt_23_1x", 87.0),
+                                           ("shallow_sqnxt_14_1_5x", 91.0), ("shallow_sqnxt_06_0_4x", 82.0))):
+        tid = add_trial(store, model, test_acc=acc, epochs=5, optuna_trial_number=number)
         with store.session() as s:
             for e in range(1, 6):
                 s.add(EpochRow(trial_id=tid, epoch=e, train_acc=acc * e / 5 + 5, val_acc=acc * e / 5))
@@ -353,6 +353,7 @@ def test_epochs_csv_has_every_epoch_with_optuna_numbers(tmp_path, store, capsys)
     assert {"epoch", "train_acc", "val_acc", "train_seconds"} <= set(ep.columns)
     assert ep.groupby("model_name")["epoch"].apply(list).map(lambda e: e == [1, 2, 3, 4, 5]).all()
     assert (path.stat().st_mode & 0o777) == 0o644
+    assert sorted(set(ep["optuna_trial_number"])) == [0, 1, 2, 3] and ",0.0," not in path.read_text()
 
 
 def test_cli_missing_store_is_one_line(tmp_path, capsys):

@@ -262,6 +262,7 @@ def epochs_frame(data: StoreData) -> pd.DataFrame:
     ids = [int(i) for i in data.trials["id"]] if len(data.trials) else []
     ep = data.epochs(ids)
     who = data.trials[["id", "optuna_trial_number", "dataset", "seed"]].rename(columns={"id": "trial_id"})
+    who["optuna_trial_number"] = who["optuna_trial_number"].astype("Int64")  # whole numbers, blank if unknown
     ep = ep.drop(columns=[c for c in ("id", "identity") if c in ep.columns]).merge(who, on="trial_id", how="left")
     metrics = [c for c in ep.columns if c not in EPOCH_ID_COLUMNS]
     return ep[[*EPOCH_ID_COLUMNS, *metrics]].sort_values(["study", "trial_id", "epoch"], ignore_index=True)
