@@ -26,8 +26,7 @@ TRAIN_IMAGES = 5000
 
 def _data_root() -> Path | None:
     for cand in (os.environ.get("DSE_DATA_DIR"),
-                 Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg",
-                 "/work/shared/data/cifar10-jpg"):
+                 Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg"):
         if cand and (Path(cand) / "train").is_dir() and (Path(cand) / "test").is_dir():
             return Path(cand)
     return None

@@ -151,7 +151,7 @@ def load_bundle(dataset: str, data_root: str | None, data_source: str | None = N
     from dse.data import DataConfig, load_data
 
     root = data_root
-    if root is None and data_source and ":" in data_source:  # "imagefolder:/work/shared/data/cifar10-jpg"
+    if root is None and data_source and ":" in data_source:  # e.g. "imagefolder:/data/cifar10-jpg"
         cand_root = data_source.split(":", 1)[1]
         if Path(cand_root).exists():
             root = cand_root

@@ -113,7 +113,7 @@ def budget_text(r) -> str:
 
 
 def short_source(src: str) -> str:
-    """'imagefolder:/work/shared/data/cifar10-jpg' -> 'imagefolder:cifar10-jpg' (each of a ', ' list)."""
+    """'imagefolder:/data/cifar10-jpg' -> 'imagefolder:cifar10-jpg' (each of a ', ' list)."""
     out = []
     for one in str(src).split(", "):
         kind, _, path = one.rpartition(":") if ":" in one and not one.startswith("/") else ("", "", one)
