@@ -324,22 +324,36 @@ def test_near_chance_rows_marked_and_budget_atop_the_report(tmp_path, store, pap
 
 
 def test_gpu_budget_rows_come_from_the_config(tmp_path, store, paper):
-    from dse.tables import gpu_only_models
+    from dse.tables import gpu_rows
     from dse.tables.render import to_markdown
 
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "tables.yaml").write_text("study:\n  experiment: tables\n")
-    assert gpu_only_models(tmp_path) == frozenset()  # no key anywhere: nothing is GPU-only
+    assert not gpu_rows(tmp_path).mask(paper).any()  # nothing declared: nothing is a GPU row
+    # a list of whole models, per table command
     (tmp_path / "conf" / "budget").mkdir(parents=True)
     (tmp_path / "conf" / "budget" / "quick.yaml").write_text("search:\n  gpu_only_models: [sqnxt_23_2x]\n")
-    gpu = gpu_only_models(tmp_path)
-    assert gpu == {"sqnxt_23_2x"}
     data = read_store(store.url)
-    t = build_tables(paper, data.trials, data.deployments, gpu)
+    t = build_tables(paper, data.trials, data.deployments, gpu_rows(tmp_path))
     assert row(t, 1, 3)["status"] == "gpu budget" and row(t, 1, 0)["status"] == "not run"
     md = to_markdown(t[1])
     assert "| GPU budget: `python -m dse.sweep experiment=table1 budget=paper trainer=gpu` |" in md
     assert "| not run: `python -m dse.sweep experiment=table1` |" in md
+    # the GPU experiment's points, row by row in any table: same model, dropout, optimizer and dataset
+    (tmp_path / "experiments" / "cpu_gpu.yaml").write_text(
+        "search:\n  blocks:\n    table4:\n      points:\n"
+        "        - {model.name: shallow_sqnxt_06_0_2x, model.dropout: 0.1}\n"
+        "    table6:\n      points:\n"
+        "        - {model.name: shallow_sqnxt_09_0_5x, optimizer.name: adam, data.dataset: cifar100}\n")
+    add_trial(store, "shallow_sqnxt_09_0_5x", test_acc=40.0, optimizer="rprop", dataset="cifar100")
+    data = read_store(store.url)
+    t = build_tables(paper, data.trials, data.deployments, gpu_rows(tmp_path))
+    st4 = dict(zip(t[4].rows["dropout"], t[4].rows["status"], strict=True))
+    assert st4[0.1] == "gpu budget" and st4[0.2] == "not run"
+    assert row(t, 1, 8)["model_name"] == "shallow_sqnxt_06_0_2x" and row(t, 1, 8)["status"] == "not run"  # dropout
+    st6 = dict(zip(t[6].rows["optimizer"], t[6].rows["status"], strict=True))
+    assert st6["adam"] == "gpu budget" and st6["rprop"] == "ok" and st6["adamax"] == "not run"
+    assert "GPU budget: `python -m dse.sweep experiment=cpu_gpu budget=paper trainer=gpu`" in to_markdown(t[6])
 
 
 def test_epochs_csv_has_every_epoch_with_optuna_numbers(tmp_path, store, capsys):

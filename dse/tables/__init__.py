@@ -22,9 +22,10 @@ import pandas as pd
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
-from dse.common import REPO, atomic_write
+from dse.common import atomic_write
 from dse.errors import ConfigError, DSEError
 from dse.store import EpochRow, Store, StoreError, TrialRow
+from dse.tables.gpu import GpuRows, gpu_rows
 from dse.tables.match import aggregate, deployments_by_row
 from dse.tables.paper import DEFAULT_PAPER_DIR, load_paper_tables, paper_flags
 from dse.tables.render import MB, TableResult, to_csv_frame, to_latex, to_markdown
@@ -45,39 +46,6 @@ def default_db_url() -> str:
 def run_command(table: int) -> str:
     """The exact command that runs a table's missing rows."""
     return f"python -m dse.sweep experiment=table{table}"
-
-
-def gpu_command(table: int) -> str:
-    """The exact command for a table's rows that the default CPU study leaves out on purpose."""
-    return f"python -m dse.sweep experiment=table{table} budget=paper trainer=gpu"
-
-
-#: The key under which an experiment or budget YAML lists models too heavy for the default CPU study.
-GPU_ONLY_KEY = "gpu_only_models"
-
-
-def _find_key(node, key: str) -> list[str]:
-    if isinstance(node, dict):
-        found = [str(m) for m in node.get(key) or []] if isinstance(node.get(key), list) else []
-        return found + [m for v in node.values() for m in _find_key(v, key)]
-    return []
-
-
-def gpu_only_models(root: Path = REPO) -> frozenset[str]:
-    """Registry names some config lists under ``gpu_only_models`` (experiments/*.yaml, conf/budget/*.yaml).
-
-    Read from the YAML files as data, at any depth, so the tables follow the config rather than a list of row
-    names here; no such key anywhere (or an unreadable file) means no model is marked GPU-only.
-    """
-    import yaml
-
-    names: set[str] = set()
-    for path in sorted([*root.glob("experiments/*.yaml"), *root.glob("conf/budget/*.yaml")]):
-        try:
-            names.update(_find_key(yaml.safe_load(path.read_text()), GPU_ONLY_KEY))
-        except (OSError, yaml.YAMLError):
-            continue
-    return frozenset(names)
 
 
 @dataclass(frozen=True)
@@ -200,14 +168,14 @@ def _notes(r) -> list[str]:
 
 
 def build_tables(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFrame | None = None,
-                 gpu_only: frozenset[str] = frozenset()) -> dict[int, TableResult]:
+                 gpu: GpuRows | None = None) -> dict[int, TableResult]:
     """Every paper table joined with our trials (pure: frames in, ``TableResult`` per table out).
 
-    A row nobody ran whose model is in ``gpu_only`` reads "GPU budget" with the command that runs it there.
+    A row nobody ran that ``gpu`` declares a GPU row reads "GPU budget" with the command that runs it there.
     """
+    gpu = gpu or GpuRows()
     res = aggregate(paper, trials, deployments)
-    gpu = (res["status"] == "not run").to_numpy() & paper["model_name"].isin(gpu_only).to_numpy()
-    res.loc[gpu, "status"] = "gpu budget"
+    res.loc[(res["status"] == "not run").to_numpy() & gpu.mask(paper), "status"] = "gpu budget"
     res = _our_sizes(paper, res)
     rows = paper.drop(columns=["spec"]).merge(res, on=["table", "row"], how="left", validate="1:1")
     for fmt in ("onnx", "onnx_int8"):
@@ -231,7 +199,7 @@ def build_tables(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.Data
             number=int(n), rows=part,
             flags=[flags[(int(n), int(r))] for r in part["row"]],
             notes=[_notes(r) for r in part.itertuples(index=False)],
-            command=run_command(int(n)), gpu_command=gpu_command(int(n)), studies=studies)
+            command=run_command(int(n)), gpu_command=gpu.command(int(n)), studies=studies)
     return tables
 
 
@@ -293,7 +261,7 @@ def generate(opts: Options, data: StoreData | None = None) -> Generated:
     if data is None:
         data = read_store(opts.db_url, opts.studies)  # first: a missing store fails before torch is imported
     paper = load_paper_tables(opts.paper_dir or DEFAULT_PAPER_DIR)
-    tables = build_tables(paper, data.trials, data.deployments, gpu_only_models())
+    tables = build_tables(paper, data.trials, data.deployments, gpu_rows())
     out = Path(opts.out_dir)
     files = write_tables(tables, out, opts.formats)
     figs: list[Path] = []
@@ -312,6 +280,6 @@ __all__ = [
     "ConfigError", "DEFAULT_DB_URL", "FORMATS", "Generated", "Options", "StoreData", "StoreError",
     "TableResult",
     "TablesError", "build_tables", "default_db_url", "generate", "load_paper_tables", "open_store",
-    "parse_formats", "read_store", "gpu_command", "gpu_only_models", "run_command", "write_epochs_csv",
+    "parse_formats", "read_store", "GpuRows", "gpu_rows", "run_command", "write_epochs_csv",
     "write_tables",
 ]
