@@ -104,9 +104,11 @@ def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, 
                      f"{int((st == 'not run').sum())} / {int((st == 'gpu budget').sum())} / "
                      f"{int((st == 'failed').sum())} / "
                      f"{int((st == 'pending').sum())} | {flagged} | {' '.join(files)} |")
+    gpu = sorted({tab.gpu_command for tab in tables.values() if (tab.rows["status"] == "gpu budget").any()})
     lines += ["", "Rows not run: `python -m dse.sweep experiment=tableN` runs table N "
-              "(`experiment=tables` runs all seven). Rows marked GPU budget are left out of the default CPU study "
-              "on purpose: `python -m dse.sweep experiment=tableN budget=paper trainer=gpu` runs them.", ""]
+              "(`experiment=tables` runs all seven)." + (
+                  " Rows marked GPU budget are left out of the default CPU study on purpose (too heavy for its CPU "
+                  "budget): " + ", ".join(f"`{c}`" for c in gpu) + " runs them." if gpu else ""), ""]
     if figures:
         lines += ["## Figures", ""]
         for f in figures:
