@@ -54,7 +54,7 @@ lint: $(STAMP)  ## ruff
 dashboard: $(STAMP)  ## open the study in optuna-dashboard (STORAGE=sqlite:///results/dse.db)
 	$(BIN)/optuna-dashboard $${STORAGE:-sqlite:///results/dse.db}
 
-deploy: $(STAMP)  ## export/quantize/measure the best trials (ARGS="--study tables-quick --pareto")
+deploy: $(STAMP)  ## export/quantize/measure the best trials (ARGS="--study cpu-quick --pareto")
 	$(BIN)/python -m dse.deploy $(ARGS)
 
 clean:  ## remove the environment and generated results (keeps nothing from results/)

@@ -7,7 +7,7 @@ curve). Look at the PNGs; a script cannot judge a page. Needs the ``chromium`` b
 chromium``) and the dashboard from this project's environment.
 
     python bench/dashboard_screenshot.py --storage sqlite:///results/dse.db
-    python bench/dashboard_screenshot.py --storage sqlite:///results/dse.db --study tables-quick --trial 3
+    python bench/dashboard_screenshot.py --storage sqlite:///results/dse.db --study cpu-quick --trial 3
 
 Exit status 1 with one line when the storage, the study, Chromium or the dashboard is missing.
 """

@@ -35,5 +35,5 @@ def test_every_help_example_parses():
     assert len(examples) >= 5
     for argv in examples:
         deploy.parser().parse_args(argv)  # argparse exits (SystemExit) on an example that does not parse
-    assert all("quick" not in a or a == "tables-quick" for argv in examples for a in argv)
+    assert all("quick" not in a or a == "cpu-quick" for argv in examples for a in argv)  # the default study
     assert len(_examples(tables.__doc__, "dse.tables")) >= 2

@@ -2,11 +2,11 @@
 
 Examples::
 
-    python -m dse.deploy --study tables-quick --best
-    python -m dse.deploy --study tables-quick --pareto
-    python -m dse.deploy --study tables-quick --max-size 272KB          # KB = 1000 bytes; KiB = 1024
-    python -m dse.deploy --study tables-quick --max-latency-ms 1.5      # p99, batch 1, 1 thread
-    python -m dse.deploy --study tables-quick --trial 12               # Optuna's trial number
+    python -m dse.deploy --study cpu-quick --best
+    python -m dse.deploy --study cpu-quick --pareto
+    python -m dse.deploy --study cpu-quick --max-size 272KB          # KB = 1000 bytes; KiB = 1024
+    python -m dse.deploy --study cpu-quick --max-latency-ms 1.5      # p99, batch 1, 1 thread
+    python -m dse.deploy --study cpu-quick --trial 12               # Optuna's trial number
     python -m dse.deploy --model shallow_sqnxt_06_0_4x --checkpoint path/to/best.pt --data-root DIR
 
 For each model, into ``--out`` (default ``results/deploy/<model>-t<Optuna trial number>/``; with several

@@ -3,8 +3,8 @@
 Examples::
 
     python -m dse.tables                                  # every study in results/dse.db -> results/
-    python -m dse.tables --study tables-quick --format md,csv,tex
-    python -m dse.tables --study tables-quick --epochs-csv results/epochs.csv
+    python -m dse.tables --study cpu-quick --format md,csv,tex
+    python -m dse.tables --study cpu-quick --epochs-csv results/epochs.csv
 
 Errors (no store, unknown study or format, unreachable database) print one line to stderr and exit 1.
 """

@@ -64,7 +64,7 @@ def _joined(values) -> str:
 
 
 def trial_ref(study: str, number) -> str:
-    """'tables-quick #12': the study and Optuna's trial number, as optuna-dashboard shows the trial (the store's
+    """'cpu-quick #12': the study and Optuna's trial number, as optuna-dashboard shows the trial (the store's
     row id means nothing there); '#?' when the trial never reached Optuna."""
     return f"{study} #{'?' if number is None or pd.isna(number) else int(number)}"
 
