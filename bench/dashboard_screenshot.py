@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--study", help="study name (default: the first in the storage)")
     ap.add_argument("--trial", type=int, metavar="N", help="Optuna trial number (default: the first complete)")
     ap.add_argument("--out", type=Path, default=Path("results") / "dashboard", help="PNG folder")
-    ap.add_argument("--size", default="1400,1000", help="window size WIDTH,HEIGHT in pixels")
+    ap.add_argument("--width", type=int, default=1400, help="window width in pixels (heights: per page)")
     args = ap.parse_args(argv)
     browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
     if browser is None:
@@ -107,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         sid = study["study_id"]
         number = first_complete(base, sid) if args.trial is None else args.trial
         args.out.mkdir(parents=True, exist_ok=True)
-        pages = [("studies", f"{base}/dashboard"), ("study", f"{base}/dashboard/studies/{sid}")]
+        # heights in pixels: the study page stacks history, Pareto front, importances and timeline
+        pages = [("studies", f"{base}/dashboard", 1000), ("study", f"{base}/dashboard/studies/{sid}", 2600)]
         if number is not None:
-            pages.append((f"trial-{number}", f"{base}/dashboard/studies/{sid}/trials?numbers={number}"))
+            pages.append((f"trial-{number}", f"{base}/dashboard/studies/{sid}/trials?numbers={number}", 1300))
         else:
             print(f"note: study {study['study_name']} has no complete trial: no trial page")
-        for name, url in pages:
-            screenshot(browser, url, args.out / f"{name}.png", args.size)
+        for name, url, height in pages:
+            screenshot(browser, url, args.out / f"{name}.png", f"{args.width},{height}")
     finally:
         proc.terminate()
         try:
