@@ -391,3 +391,14 @@ def test_cli_on_an_empty_store_explains(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "the store has no trials" in out and "Table 6: 0/10 rows" in out
     assert (tmp_path / "out" / "tables" / "table6.md").exists()
+
+
+def test_figure_titles_carry_the_budget():
+    from dse.figures import budget_title
+
+    one = pd.DataFrame([dict(epochs=2, train_images=15_000, data_fraction=0.3030303, test_images=2000)] * 3)
+    assert budget_title(one) == "budget: 2 ep x 15,000 train img (30.3 % of the pool), 2,000 test img"
+    two = pd.concat([one, one.assign(epochs=200, train_images=45_000, data_fraction=1.0, test_images=10_000)])
+    assert budget_title(two).startswith("budgets: 2 ep x 15,000") and "; 200 ep x 45,000 train img (100.0 %" in \
+        budget_title(two)
+    assert budget_title(one.iloc[:0]) == "budget: no complete trial"
