@@ -14,7 +14,7 @@ endif
 .PHONY: help venv test test-fast test-e2e sweep tables bench bench-gpu bench-pack lint dashboard dry-run deploy clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,7 +39,7 @@ sweep: $(STAMP)  ## the main job: the default (quick) study into results/dse.db;
 dry-run: $(STAMP)  ## list the planned trials of a study without training (ARGS="experiment=table3")
 	$(BIN)/python -m dse.sweep dry_run=true $(ARGS)
 
-tables: $(STAMP)  ## regenerate the paper's tables and figures from the store into results/
+tables: $(STAMP)  ## regenerate the paper's tables and figures from the store into results/ (ARGS="--epochs-csv results/epochs.csv")
 	$(BIN)/python -m dse.tables $(ARGS)
 
 bench: $(STAMP)  ## benchmarks: training core vs reference pipeline, tables on a 10,000-trial store, scheduling overhead
@@ -60,7 +60,7 @@ lint: $(STAMP)  ## ruff
 dashboard: $(STAMP)  ## open the study in optuna-dashboard (STORAGE=sqlite:///results/dse.db)
 	$(BIN)/optuna-dashboard $${STORAGE:-sqlite:///results/dse.db}
 
-deploy: $(STAMP)  ## export/quantize/measure the best trials (ARGS="--study quick --pareto")
+deploy: $(STAMP)  ## export/quantize/measure the best trials (ARGS="--study cpu-quick --pareto")
 	$(BIN)/python -m dse.deploy $(ARGS)
 
 clean:  ## remove the environment and generated results (keeps nothing from results/)

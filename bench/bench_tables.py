@@ -75,7 +75,7 @@ def build_store(url: str, n_trials: int, n_epochs: int, seed: int = 0) -> None:
             width=spec.width,
             dropout=dropout, activation=spec.activation, num_classes=spec.num_classes, optimizer=opt,
             lr=0.01 if opt == "sgd_nesterov" else 0.001, schedule="step", dataset=ds,
-            data_source=f"imagefolder:/work/shared/data/{ds}-jpg", data_fraction=frac,
+            data_source=f"imagefolder:/data/{ds}-jpg", data_fraction=frac,
             train_images=int(45_000 * frac), epochs=n_epochs, batch_size=128, seed=int(rng.integers(5)),
             status="complete", epochs_done=n_epochs, best_epoch=int(n_epochs * 0.9), best_val_acc=acc + 0.3,
             final_val_acc=acc, test_acc=acc, final_test_acc=acc - 0.1, params=f.params, macs=f.macs,
@@ -168,6 +168,12 @@ def main() -> int:
     tables = build_tables(paper, data.trials, data.deployments)
     t2 = time.perf_counter()
     print(f"phases: read store {t1 - t0:.2f} s ({len(data.trials):,} trials), build tables {t2 - t1:.2f} s")
+    from dse.tables import write_epochs_csv
+
+    t0 = time.perf_counter()
+    n_epochs = write_epochs_csv(data, out / "epochs.csv")
+    print(f"epochs CSV (--epochs-csv): {n_epochs:,} epoch rows in {time.perf_counter() - t0:.2f} s "
+          f"({(out / 'epochs.csv').stat().st_size / 1e6:.0f} MB)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
     cli = subprocess.run([sys.executable, "-m", "dse.tables", "--db", url, "--out", str(out / "cli"),

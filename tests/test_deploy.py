@@ -172,7 +172,7 @@ def known_trials() -> pd.DataFrame:
         (6, "shallow_sqnxt_10_1x", 88.0, 2_000_000, "complete", "e.pt"),  # dominated by 3
         (7, "shallow_sqnxt_06_0_4x", 85.0, 400_000, "complete", "f.pt"),  # ties 2: the older (2) stays
     ]
-    return pd.DataFrame([dict(id=i, study="s", model_name=m, best_val_acc=a, test_acc=a - 1,
+    return pd.DataFrame([dict(id=i, optuna_trial_number=i - 1, study="s", model_name=m, best_val_acc=a, test_acc=a - 1,
                               checkpoint_bytes=b, status=st, checkpoint_path=p, macs=1000, dataset="cifar10",
                               num_classes=10, activation="elu", dropout=0.3, config_json="{}")
                          for i, m, a, b, st, p in rows])
@@ -197,11 +197,16 @@ def test_selection_logic():
     assert winner.trial_id == 2 and measured == [3, 6, 2]  # stops at the first that passes
     with pytest.raises(DeployError, match="latency budget of 0.1 ms"):
         sel.first_under_latency(cands, 0.1, lat)
-    assert [c.trial_id for c in sel.trials_by_id(known_trials(), [4, 1])] == [4, 1]
+    assert [c.trial_id for c in sel.trials_by_number(known_trials(), [3, 0])] == [4, 1]  # Optuna's numbers
     with pytest.raises(DeployError, match="trial 99 does not exist"):
-        sel.trials_by_id(known_trials(), [99])
-    with pytest.raises(DeployError, match="trial 5 .* failed"):
-        sel.trials_by_id(known_trials(), [5])
+        sel.trials_by_number(known_trials(), [99])
+    with pytest.raises(DeployError, match="trial 4 .* failed"):
+        sel.trials_by_number(known_trials(), [4])
+    two = pd.concat([known_trials(), known_trials().assign(id=lambda d: d["id"] + 10, study="other")])
+    with pytest.raises(DeployError, match="trial 3 is in several studies \\(other, s\\); name one with --study"):
+        sel.trials_by_number(two, [3])
+    assert [c.label for c in cands[:2]] == ["shallow_sqnxt_14_1x-t2", "shallow_sqnxt_10_1x-t5"]
+    assert sel.Candidate("m", "x.pt", trial_id=7).label == "m-id7"  # never reached Optuna: the store id
     expected = sel.candidates(known_trials())[0].expected
     assert expected == {"activation": "elu", "num_classes": 10, "dropout": 0.3}
 
@@ -340,8 +345,9 @@ def test_deploy_model_records_every_format(tmp_path):
     ckpt = tmp_path / "best.pt"
     torch.save(model.state_dict(), ckpt)
     trial_id = _add_trial(store, spec.name, ckpt)
-    cand = sel.trials_by_id(store.trials(), [trial_id])[0]
-    opts = Options(out=tmp_path / "out", test_images=30, calib_images=48, warmup=2, runs=10)
+    cand = sel.candidates(store.trials())[0]
+    opts = Options(out=tmp_path / "out", test_images=30, calib_images=48, warmup=2, runs=10,
+                   force=True)  # random weights: near chance
     rep = deploy_model(model, spec, cand, bundle(), opts, store=store)
     assert [f.format for f in rep.formats] == ["torch", "onnx", "torchscript", "onnx_int8"]
     assert all(f.test_images == 30 for f in rep.formats)
@@ -356,26 +362,72 @@ def test_deploy_model_records_every_format(tmp_path):
     trial = store.trials().set_index("id").loc[trial_id]
     assert trial["int8_bytes"] == rep.format("onnx_int8").file_bytes
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["component"].endswith(f"rtmaps_{spec.name}.py")
+    assert report["component"] == f"rtmaps_{spec.name}.py" and report["out"] == "."  # relative to the folder
+    assert {f["format"]: f["path"] for f in report["formats"] if f["format"] != "torch"} == {
+        "onnx": "model.onnx", "torchscript": "model.torchscript.pt", "onnx_int8": "model.int8.onnx"}
+    assert report["optuna_trial_number"] == 3 and not Path(report["checkpoint"]).is_absolute()
     assert report["int8_per_channel"] in (True, False)
     table = summary([rep])
     assert "onnx_int8" in table and "p99 ms" in table
+    _check_model_card(tmp_path / "out", store.trials().set_index("id").loc[trial_id], rep)
     # deploying again replaces the rows instead of adding new ones; without latency, the stored one stays
-    deploy_model(model, spec, cand, bundle(), Options(out=tmp_path / "out", test_images=20, latency=False),
-                  store=store)
+    deploy_model(model, spec, cand, bundle(), Options(out=tmp_path / "out", test_images=20, latency=False,
+                                                      force=True), store=store)
     again = store.deployments([trial_id])
     assert len(again) == 4 and (again["test_images"] == 20).all() and again["p50_ms"].notna().all()
 
 
+def _check_model_card(out: Path, trial: pd.Series, rep) -> None:
+    """README.md and both ONNX models' metadata_props carry the same facts, and they agree with the store."""
+    from dse.data import CIFAR_MEAN
+
+    readme = (out / "README.md").read_text()
+    metas = [{p.key: p.value for p in onnx.load(str(out / name)).metadata_props}
+             for name in ("model.onnx", "model.int8.onnx")]
+    assert metas[0] == metas[1]
+    m = metas[0]
+    assert m["registry_name"] == trial["model_name"] and m["study"] == trial["study"]
+    assert m["optuna_trial"] == str(trial["optuna_trial_number"])
+    assert float(m["val_acc_pct"]) == pytest.approx(trial["best_val_acc"])
+    assert float(m["test_acc_pct"]) == pytest.approx(rep.format("torch").test_acc, abs=0.005)
+    assert m["budget_epochs"] == str(trial["epochs"]) and m["budget_train_images"] == str(trial["train_images"])
+    assert m["data_copy"] == trial["data_source"] and m["checkpoint_bytes"] == str(trial["checkpoint_bytes"])
+    assert m["params"] == str(trial["params"]) and m["macs"] == str(trial["macs"])
+    assert json.loads(m["class_labels"]) == CLASSES and json.loads(m["mean"]) == pytest.approx(CIFAR_MEAN)
+    assert m["input"].startswith("input: float32 [batch, 3, 32, 32]") and "[batch, 10]" in m["output"]
+    assert m["opset"] == "17" and "p50" in m["latency"] and m["latency_machine"] == rep.machine
+    for key in ("registry_name", "val_acc_pct", "test_acc_pct", "budget_epochs", "budget_train_images",
+                "data_copy", "checkpoint_bytes", "params", "macs", "opset", "latency", "latency_machine"):
+        assert f"| {key} | {m[key]} |" in readme, key
+    assert "RGB 32x32" in readme and "NCHW" in readme and "9. truck" in readme
+    assert "did not learn and was deployed with --force" in m["warning"] and "**Warning: test accuracy" in readme
+    # the stamped files are the ones the report and the store describe
+    assert rep.format("onnx").file_bytes == (out / "model.onnx").stat().st_size
+
+
+def test_near_chance_is_refused_without_force(tmp_path):
+    model, spec = tiny_model()
+    ckpt = tmp_path / "best.pt"
+    torch.save(model.state_dict(), ckpt)
+    cand = sel.Candidate(spec.name, str(ckpt), trial_id=1, optuna_number=4)
+    with pytest.raises(DeployError) as e:
+        deploy_model(model, spec, cand, bundle(), Options(out=tmp_path / "out", test_images=30, latency=False))
+    msg = str(e.value)
+    assert msg.startswith(f"refusing to deploy {spec.name}-t4: test accuracy ") and "\n" not in msg
+    assert "within 10 points of chance (10 % for 10 classes)" in msg and "--force" in msg
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
 def _add_trial(store, model_name: str, ckpt: Path, status: str = "complete", val_acc: float = 50.0,
-               size: int = 300_000, study: str = "t") -> int:
+               size: int = 300_000, study: str = "t", number: int = 3) -> int:
     spec = spec_from_name(model_name)
     fields = dict(model_name=model_name, arch=spec.arch, width=spec.width, dropout=spec.dropout,
                   activation=spec.activation, num_classes=10, optimizer="sgd", schedule="step",
                   dataset="cifar10", data_fraction=1.0, epochs=1, batch_size=128, seed=0, params=1, macs=1,
                   checkpoint_bytes=size,
                   config_json=json.dumps({"model": spec.to_dict()}), checkpoint_path=str(ckpt),
-                  best_val_acc=val_acc, test_acc=val_acc)
+                  best_val_acc=val_acc, test_acc=val_acc, optuna_trial_number=number, train_images=640,
+                  data_source="synthetic")
     identity = f"{model_name}-{ckpt.name}-{val_acc}"
     store.plan(study, identity, fields)
     store.transition(study, identity, status, only_from=("planned",))
@@ -422,14 +474,14 @@ def test_cli_checkpoint_not_matching_config(tmp_path, capsys):
     ckpt = _trained_checkpoint(tmp_path, TINY)
     db = f"sqlite:///{tmp_path / 'dse.db'}"
     store = Store(db)
-    wrong = _add_trial(store, "shallow_sqnxt_06_0_4x", ckpt)  # the store says 0.4x, the file holds 0.25x
-    code, err = _cli(["--db", db, "--trial", str(wrong), "--no-latency"], capsys)
+    _add_trial(store, "shallow_sqnxt_06_0_4x", ckpt)  # the store says 0.4x, the file holds 0.25x
+    code, err = _cli(["--db", db, "--trial", "3", "--no-latency"], capsys)
     assert code == 2 and "holds shallow_sqnxt_06_0_25x, but the trial is shallow_sqnxt_06_0_4x" in err
     assert "Traceback" not in err
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
-    bad = _add_trial(store, TINY, garbage)
-    code, err = _cli(["--db", db, "--trial", str(bad), "--no-latency"], capsys)
+    _add_trial(store, TINY, garbage, number=4)
+    code, err = _cli(["--db", db, "--trial", "4", "--no-latency"], capsys)
     assert code == 2 and "is unusable" in err and "Traceback" not in err
     code, err = _cli(["--model", "no_such_model", "--checkpoint", str(ckpt), "--no-record"], capsys)
     assert code == 2 and "unknown model 'no_such_model'" in err

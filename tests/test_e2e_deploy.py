@@ -26,8 +26,7 @@ TRAIN_IMAGES = 5000
 
 def _data_root() -> Path | None:
     for cand in (os.environ.get("DSE_DATA_DIR"),
-                 Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg",
-                 "/work/shared/data/cifar10-jpg"):
+                 Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg"):
         if cand and (Path(cand) / "train").is_dir() and (Path(cand) / "test").is_dir():
             return Path(cand)
     return None
@@ -61,7 +60,7 @@ def test_deploy_real_cifar10_component_matches_pytorch(tmp_path, monkeypatch, ca
     out, db = tmp_path / "deploy", f"sqlite:///{tmp_path / 'dse.db'}"
     code = main(["--model", MODEL, "--checkpoint", str(ckpt), "--data-root", str(root), "--db", db,
                  "--out", str(out), "--test-images", str(FRAMES), "--per-channel", "on", "--warmup", "10",
-                 "--runs", "100"])
+                 "--runs", "100", "--force"])  # one epoch may be near chance: the component is what is tested
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "onnx_int8" in printed and "p99 ms" in printed
@@ -76,7 +75,7 @@ def test_deploy_real_cifar10_component_matches_pytorch(tmp_path, monkeypatch, ca
     model, _ = load_model(ckpt)
     want = export.logits_torch(model, x).argmax(1).tolist()
     helpers = _helpers()
-    module = helpers.load_component(Path(report["component"]), monkeypatch)
+    module = helpers.load_component(out / report["component"], monkeypatch)  # relative to the folder
     frames = [img.permute(1, 2, 0).numpy() for img in x]  # H x W x 3 uint8 RGB, as a camera would send
     labels, scores, _ = helpers.run_component(module, frames)
     assert len(labels) == FRAMES

@@ -101,7 +101,7 @@ def test_largest_budget_wins_and_is_named(store, paper):
     assert (r["acc_mean"], r["n"], r["epochs"], r["data_fraction"], r["n_budgets"]) == (89.0, 2, 200, 1.0, 3)
     assert any("largest of 3 budgets" in n for n in t[1].notes[2])
     from dse.tables.render import to_markdown
-    assert "200 ep x 45,000 img (100 % data), imagefolder:cifar10-jpg" in to_markdown(t[1])
+    assert "200 ep x 45,000 img (100.0 % of the training pool), imagefolder:cifar10-jpg" in to_markdown(t[1])
 
 
 def test_config_chosen_by_validation_not_test(store, paper):
@@ -131,7 +131,10 @@ def test_failed_and_pending_rows(store, paper):
               dataset="cifar100")
     add_trial(store, "shallow_sqnxt_09_0_5x", status="running", optimizer="rmsprop", dataset="cifar100")
     t = tables_of(store, paper)
-    assert row(t, 6, 8)["status_text"] == "failed: " + reason[:60]
+    assert row(t, 6, 8)["status_text"] == reason  # whole: the cell points to a footnote instead of cutting it
+    from dse.tables.render import to_markdown
+    md = to_markdown(t[6])
+    assert "| failed [" in md and f". ours: failed: {reason}\n" in md
     assert row(t, 6, 7)["status"] == "pending" and "running 1" in row(t, 6, 7)["status_text"]
 
 
@@ -225,9 +228,9 @@ def test_flags_follow_the_data_not_row_numbers(tmp_path, paper):
 
 
 def _with_curves(store: Store) -> None:
-    for model, acc in (("squeezenet_1_0", 79.0), ("sqnxt_23_1x", 87.0), ("shallow_sqnxt_14_1_5x", 91.0),
-                       ("shallow_sqnxt_06_0_4x", 82.0)):
-        tid = add_trial(store, model, test_acc=acc, epochs=5)
+    for number, (model, acc) in enumerate((("squeezenet_1_0", 79.0), ("sqnxt_23_1x", 87.0),
+                                           ("shallow_sqnxt_14_1_5x", 91.0), ("shallow_sqnxt_06_0_4x", 82.0))):
+        tid = add_trial(store, model, test_acc=acc, epochs=5, optuna_trial_number=number)
         with store.session() as s:
             for e in range(1, 6):
                 s.add(EpochRow(trial_id=tid, epoch=e, train_acc=acc * e / 5 + 5, val_acc=acc * e / 5))
@@ -264,11 +267,107 @@ def test_figures_on_an_empty_store(tmp_path, store):
     assert "The store has no trials" in (out / "report.md").read_text()
 
 
-def test_pareto_front():
-    from dse.figures import pareto_front
-    x = np.array([1.0, 2.0, 2.0, 3.0, 0.5, 4.0])
-    y = np.array([80.0, 85.0, 70.0, 84.0, 60.0, 90.0])
-    assert pareto_front(x, y).tolist() == [4, 0, 1, 5]
+def test_one_pareto_front_on_validation_accuracy_in_figure_and_deploy():
+    """The figure rings the same trials ``dse.deploy --pareto`` deploys: validation accuracy up, size down, even
+    where the test accuracy (what the figure plots) would give another front."""
+    from dse.deploy import select as sel
+    from dse.figures import ours_points
+
+    rows = [  # id, val acc, test acc, bytes
+        (1, 80.0, 85.0, 100_000), (2, 85.0, 80.0, 200_000), (3, 70.0, 90.0, 150_000), (4, 90.0, 70.0, 900_000),
+        (5, 84.0, 99.0, 300_000)]  # 3 and 5 would be on a test-accuracy front; on validation they are dominated
+    trials = pd.DataFrame([dict(id=i, study="s", optuna_trial_number=i, status="complete", dataset="cifar10",
+                                model_name="shallow_sqnxt_06_0_4x", arch="shallow_sqnxt", best_val_acc=v, test_acc=t,
+                                checkpoint_bytes=b, macs=1e6, sec_per_epoch=1.0, train_images=1000, device="cpu",
+                                precision="fp32", checkpoint_path="x.pt", epochs=2, data_fraction=0.02,
+                                test_images=1000) for i, v, t, b in rows])
+    figure = sorted(int(i) for i in ours_points(trials).query("on_front")["id"])
+    deploy = sorted(c.trial_id for c in sel.pareto_front(sel.candidates(trials)))
+    assert figure == deploy == [1, 2, 4]
+
+
+def test_seconds_per_full_epoch_from_a_subset_with_device_and_precision(tmp_path, store, paper):
+    # 2.0 s for a 1,000-image epoch = 500 img/s -> 100 s for the paper's 50,000-image epoch
+    add_trial(store, "squeezenet_1_0", test_acc=60.0, sec_per_epoch=2.0, train_images=1000, data_fraction=0.02,
+              device="cpu", precision="bf16", optuna_trial_number=7)
+    t = tables_of(store, paper)
+    assert row(t, 1, 0)["sec_full_mean"] == pytest.approx(100.0)
+    from dse.tables.render import to_csv_frame, to_markdown
+    md = to_markdown(t[1])
+    assert "s/epoch (50k img) ours (device precision)" in md and "| 100.0 cpu bf16 |" in md
+    csv = to_csv_frame(t[1])
+    assert csv.loc[0, "ours_sec_per_50k_epoch"] == pytest.approx(100.0)
+    assert csv.loc[0, "ours_sec_per_trial_epoch"] == pytest.approx(2.0)
+    assert csv.loc[0, "trials"] == "tables-smoke #7"  # Optuna's number, as the dashboard shows it
+
+
+def test_near_chance_rows_marked_and_budget_atop_the_report(tmp_path, store, paper):
+    add_trial(store, "squeezenet_1_0", test_acc=14.9, epochs=2, train_images=1000, data_fraction=0.020202020202020204,
+              test_images=1000)  # CIFAR-10: 10 % chance + 5 points
+    add_trial(store, "squeezenet_1_1", test_acc=15.1, epochs=2, train_images=1000, data_fraction=0.020202020202020204,
+              test_images=1000)
+    add_trial(store, "shallow_sqnxt_09_0_5x", test_acc=5.5, optimizer="adam", dataset="cifar100", epochs=2,
+              train_images=1000, data_fraction=0.020202020202020204, test_images=1000)  # 1 % chance
+    out = tmp_path / "out"
+    res = generate(Options(db_url=store.url, out_dir=out, figures=False, formats=("md", "csv")))
+    md1, md6 = (out / "tables" / "table1.md").read_text(), (out / "tables" / "table6.md").read_text()
+    assert "| 14.90 (n=1) ≈ chance [" in md1 and "| 15.10 (n=1) |" in md1
+    assert "≈ chance [" in md6 and "**1 of 9 rows are ≈ chance**" in md1
+    assert pd.read_csv(out / "tables" / "table1.csv")["near_chance"].tolist()[:2] == [True, False]
+    report = (out / "report.md").read_text()
+    assert report.index("## Budget") < report.index("## Tables")
+    assert ("| tables-smoke | 3 | 2 | 1,000 (2.0 % of the training pool) | 1,000 | imagefolder:cifar10-jpg | "
+            "cpu fp32 |") in report
+    assert "**3 rows are ≈ chance**" in report and "0.0202020" not in report + md1
+    assert "2.0 % of the training pool" in md1
+    assert res.tables[1].rows["status"].tolist().count("ok") == 2
+
+
+def test_gpu_budget_rows_come_from_the_config(tmp_path, store, paper):
+    from dse.tables import gpu_rows
+    from dse.tables.render import to_markdown
+
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "tables.yaml").write_text("study:\n  experiment: tables\n")
+    assert not gpu_rows(tmp_path).mask(paper).any()  # nothing declared: nothing is a GPU row
+    # a list of whole models, per table command
+    (tmp_path / "conf" / "budget").mkdir(parents=True)
+    (tmp_path / "conf" / "budget" / "quick.yaml").write_text("search:\n  gpu_only_models: [sqnxt_23_2x]\n")
+    data = read_store(store.url)
+    t = build_tables(paper, data.trials, data.deployments, gpu_rows(tmp_path))
+    assert row(t, 1, 3)["status"] == "gpu budget" and row(t, 1, 0)["status"] == "not run"
+    md = to_markdown(t[1])
+    assert "| GPU budget: `python -m dse.sweep experiment=table1 budget=paper trainer=gpu` |" in md
+    assert "| not run: `python -m dse.sweep experiment=table1` |" in md
+    # the GPU experiment's points, row by row in any table: same model, dropout, optimizer and dataset
+    (tmp_path / "experiments" / "cpu_gpu.yaml").write_text(
+        "search:\n  blocks:\n    table4:\n      points:\n"
+        "        - {model.name: shallow_sqnxt_06_0_2x, model.dropout: 0.1}\n"
+        "    table6:\n      points:\n"
+        "        - {model.name: shallow_sqnxt_09_0_5x, optimizer.name: adam, data.dataset: cifar100}\n")
+    add_trial(store, "shallow_sqnxt_09_0_5x", test_acc=40.0, optimizer="rprop", dataset="cifar100")
+    data = read_store(store.url)
+    t = build_tables(paper, data.trials, data.deployments, gpu_rows(tmp_path))
+    st4 = dict(zip(t[4].rows["dropout"], t[4].rows["status"], strict=True))
+    assert st4[0.1] == "gpu budget" and st4[0.2] == "not run"
+    assert row(t, 1, 8)["model_name"] == "shallow_sqnxt_06_0_2x" and row(t, 1, 8)["status"] == "not run"  # dropout
+    st6 = dict(zip(t[6].rows["optimizer"], t[6].rows["status"], strict=True))
+    assert st6["adam"] == "gpu budget" and st6["rprop"] == "ok" and st6["adamax"] == "not run"
+    assert "GPU budget: `python -m dse.sweep experiment=cpu_gpu budget=paper trainer=gpu`" in to_markdown(t[6])
+
+
+def test_epochs_csv_has_every_epoch_with_optuna_numbers(tmp_path, store, capsys):
+    _with_curves(store)
+    path = tmp_path / "epochs.csv"
+    assert main(["--db", store.url, "--out", str(tmp_path / "out"), "--no-figures", "--epochs-csv", str(path)]) == 0
+    assert "20 epoch rows" in capsys.readouterr().out
+    ep = pd.read_csv(path)
+    assert len(ep) == 20 and list(ep.columns[:6]) == ["study", "optuna_trial_number", "model_name", "dataset",
+                                                       "seed", "trial_id"]
+    assert {"epoch", "train_acc", "val_acc", "train_seconds"} <= set(ep.columns)
+    assert ep.groupby("model_name")["epoch"].apply(list).map(lambda e: e == [1, 2, 3, 4, 5]).all()
+    assert (path.stat().st_mode & 0o777) == 0o644
+    assert sorted(set(ep["optuna_trial_number"])) == [0, 1, 2, 3] and ",0.0," not in path.read_text()
 
 
 def test_cli_missing_store_is_one_line(tmp_path, capsys):
@@ -292,3 +391,14 @@ def test_cli_on_an_empty_store_explains(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "the store has no trials" in out and "Table 6: 0/10 rows" in out
     assert (tmp_path / "out" / "tables" / "table6.md").exists()
+
+
+def test_figure_titles_carry_the_budget():
+    from dse.figures import budget_title
+
+    one = pd.DataFrame([dict(epochs=2, train_images=15_000, data_fraction=0.3030303, test_images=2000)] * 3)
+    assert budget_title(one) == "budget: 2 ep x 15,000 train img (30.3 % of the pool), 2,000 test img"
+    two = pd.concat([one, one.assign(epochs=200, train_images=45_000, data_fraction=1.0, test_images=10_000)])
+    assert budget_title(two).startswith("budgets: 2 ep x 15,000") and "; 200 ep x 45,000 train img (100.0 %" in \
+        budget_title(two)
+    assert budget_title(one.iloc[:0]) == "budget: no complete trial"

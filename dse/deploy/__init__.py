@@ -9,6 +9,7 @@ Birth/Core/Death. We have no Bluebox, so this package gives everything up to the
 - ``quantize``: int8 post-training static quantization (onnxruntime, QDQ) calibrated on training images.
 - ``latency``: batch-1, one-thread latency (p50/p99) and peak memory, one fresh process per measurement.
 - ``rtmaps``: a generated, self-contained RTMaps Python component (``rtmaps_python``) that classifies frames.
+- ``card``: the model card of a deploy folder (README.md) and the same facts in the ONNX ``metadata_props``.
 
 ``python -m dse.deploy --help`` runs the whole chain and records every measurement in the results store
 (table ``dse_deployments``). This module stays light (no torch import): the latency child process of an

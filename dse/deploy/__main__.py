@@ -2,16 +2,18 @@
 
 Examples::
 
-    python -m dse.deploy --study quick --best
-    python -m dse.deploy --study quick --pareto
-    python -m dse.deploy --study quick --max-size 272KB          # KB = 1000 bytes; KiB = 1024
-    python -m dse.deploy --study quick --max-latency-ms 1.5      # p99, batch 1, 1 thread
-    python -m dse.deploy --trial 12
+    python -m dse.deploy --study cpu-quick --best
+    python -m dse.deploy --study cpu-quick --pareto
+    python -m dse.deploy --study cpu-quick --max-size 272KB          # KB = 1000 bytes; KiB = 1024
+    python -m dse.deploy --study cpu-quick --max-latency-ms 1.5      # p99, batch 1, 1 thread
+    python -m dse.deploy --study cpu-quick --trial 12               # Optuna's trial number
     python -m dse.deploy --model shallow_sqnxt_06_0_4x --checkpoint path/to/best.pt --data-root DIR
 
-For each model, into ``--out`` (default ``results/deploy/<model>-t<trial id>/``; with several models, one
-sub-folder each): ``model.onnx`` (float32, opset 17), ``model.torchscript.pt``, ``model.int8.onnx``,
-``rtmaps_<model>.py`` and ``report.json``. Every format is scored on the test images (default all 10,000) and
+For each model, into ``--out`` (default ``results/deploy/<model>-t<Optuna trial number>/``; with several
+models, one sub-folder each): ``model.onnx`` (float32, opset 17), ``model.torchscript.pt``, ``model.int8.onnx``,
+``rtmaps_<model>.py``, a model card ``README.md`` (its facts also in the ONNX files' ``metadata_props``) and
+``report.json`` (paths relative to the folder). A model within 10 points of chance is refused unless
+``--force``. Every format is scored on the test images (default all 10,000) and
 timed at batch 1 on one thread; the rows go to the store's ``dse_deployments`` table (one per format and host)
 and the trial's ``int8_bytes`` is set. Errors in the input (unknown trial, a checkpoint that does not match
 its config, a budget nothing meets) print one line and exit with status 2.
@@ -32,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dse.common import atomic_write
 from dse.deploy import DeployError
 from dse.deploy.select import Candidate
 from dse.errors import DSEError
@@ -58,6 +61,7 @@ class Options:
     latency: bool = True
     atol: float = 1e-4
     opset: int = 17
+    force: bool = False  # deploy a model within CHANCE_MARGIN_POINTS of chance
 
 
 @dataclass
@@ -76,7 +80,8 @@ class FormatResult:
 class DeployReport:
     model_name: str
     display_name: str
-    trial_id: int | None
+    trial_id: int | None  # the store's row id (dse_deployments.trial_id)
+    optuna_trial_number: int | None  # what optuna-dashboard and the tables show
     study: str | None
     checkpoint: str
     out: str
@@ -94,6 +99,19 @@ class DeployReport:
 
     def format(self, name: str) -> FormatResult:
         return next(f for f in self.formats if f.format == name)
+
+    def as_json(self) -> dict[str, Any]:
+        """The report with every path relative to the deploy folder (the folder can be moved or copied)."""
+        d = asdict(self)
+
+        def rel(p: str) -> str:
+            return Path(os.path.relpath(Path(p).resolve(), Path(self.out).resolve())).as_posix()
+
+        d["out"] = "."
+        d["checkpoint"], d["component"] = rel(self.checkpoint), rel(self.component)
+        for f in d["formats"]:
+            f["path"] = rel(f["path"])
+        return d
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -133,7 +151,7 @@ def load_bundle(dataset: str, data_root: str | None, data_source: str | None = N
     from dse.data import DataConfig, load_data
 
     root = data_root
-    if root is None and data_source and ":" in data_source:  # "imagefolder:/work/shared/data/cifar10-jpg"
+    if root is None and data_source and ":" in data_source:  # e.g. "imagefolder:/data/cifar10-jpg"
         cand_root = data_source.split(":", 1)[1]
         if Path(cand_root).exists():
             root = cand_root
@@ -157,30 +175,71 @@ def pick_test_images(bundle, n: int):
 
 
 # ---------------------------------------------------------------------------------------- the pipeline
-def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None) -> DeployReport:
-    """Export, verify, quantize, score, time and package one model; record it in ``store`` if given."""
+#: A model at most this many points above chance (100 / classes %) is refused unless --force: it did not learn,
+#: and a deployment of it would only look like a result.
+CHANCE_MARGIN_POINTS = 10.0
+
+
+class Steps:
+    """Progress through the deployment of one model: a tqdm bar on a terminal, plain log lines otherwise."""
+
+    NAMES = ("score PyTorch", "export + verify ONNX", "export + verify TorchScript", "quantize int8",
+             "score int8", "time torch", "time torchscript", "time onnx", "time onnx_int8", "package")
+
+    def __init__(self, label: str, latency: bool) -> None:
+        self.label, self.total = label, len(self.NAMES) - (0 if latency else 4)
+        self.done = 0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=label, unit="step", leave=True, dynamic_ncols=True)
+
+    def start(self, name: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(name)
+        else:
+            log.info("%s: step %d/%d: %s", self.label, self.done + 1, self.total, name)
+
+    def finish(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.done == self.total:
+                self.bar.close()
+
+
+def near_chance(acc: float, num_classes: int) -> bool:
+    """True when ``acc`` (percent) is at most CHANCE_MARGIN_POINTS above guessing (100 / classes %)."""
+    return acc <= 100.0 / num_classes + CHANCE_MARGIN_POINTS
+
+
+def refuse_near_chance(label: str, acc: float, num_classes: int, force: bool) -> None:
+    """DeployError when ``acc`` (percent) is within CHANCE_MARGIN_POINTS of guessing, unless ``force``."""
+    chance = 100.0 / num_classes
+    if not force and near_chance(acc, num_classes):
+        raise DeployError(f"refusing to deploy {label}: test accuracy {acc:.1f} % is within "
+                          f"{CHANCE_MARGIN_POINTS:g} points of chance ({chance:g} % for {num_classes} classes); "
+                          "train it longer, or pass --force to deploy it anyway")
+
+
+def _export_and_score(model, cand: Candidate, bundle, opts: Options, test_x, test_y, steps: Steps):
+    """Every format exported, verified against PyTorch and scored on the test images: (results, int8 result)."""
     import numpy as np
     import onnx
 
-    from dse.data import CIFAR_MEAN, CIFAR_STD
-    from dse.deploy import export, latency, quantize, rtmaps
+    from dse.deploy import export, quantize
 
-    if spec.num_classes != bundle.num_classes:
-        raise DeployError(f"{cand.label}: the model has {spec.num_classes} classes, the data "
-                          f"{bundle.num_classes}")
     out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    n = min(int(opts.test_images), len(bundle.test_y))
-    if n < 1:
-        raise DeployError(f"--test-images must be >= 1, got {opts.test_images}")
-    test_x, test_y = pick_test_images(bundle, n)
-    t0 = time.perf_counter()
-
+    steps.start("score PyTorch")
     ref = export.logits_torch(model, test_x)
-    ref_top = ref.argmax(1)
+    ref_top, n = ref.argmax(1), len(test_y)
     ckpt = resolve_checkpoint(cand)
     results = [FormatResult("torch", str(ckpt), ckpt.stat().st_size, export.accuracy(ref, test_y), n, 0.0,
                             100.0)]
+    refuse_near_chance(cand.label, results[0].test_acc, ref.shape[1], opts.force)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused model leaves no folder behind
+    steps.finish()
 
     def add(fmt: str, path: Path, logits, diff: float) -> None:
         same = float((logits.argmax(1) == ref_top).mean() * 100.0)
@@ -189,59 +248,124 @@ def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None
 
     with tempfile.TemporaryDirectory(prefix=".work-", dir=out) as work_dir:  # intermediate files
         work = Path(work_dir)
+        steps.start("export + verify ONNX")
         # the quantizer needs the export with PyTorch's tensor names (see quantize.quantize_int8)
         raw_onnx = export.export_onnx(model, work / "raw.onnx", opset=opts.opset, compact=False)
         onnx_path = export.save_onnx(export.compact_names(onnx.load(str(raw_onnx))), out / FORMAT_FILES["onnx"])
         lo = export.logits_onnx(onnx_path, test_x)
         add("onnx", onnx_path, lo, export.verify(ref, lo, what=f"ONNX export {onnx_path}", atol=opts.atol))
+        steps.finish()
+        steps.start("export + verify TorchScript")
         ts_path = export.export_torchscript(model, out / FORMAT_FILES["torchscript"])
         lt = export.logits_torchscript(ts_path, test_x)
         add("torchscript", ts_path, lt,
             export.verify(ref, lt, what=f"TorchScript export {ts_path}", atol=opts.atol))
-        log.info("%s: exported and verified on %d test images (%.1f s)", cand.label, n, time.perf_counter() - t0)
-
+        steps.finish()
+        steps.start("quantize int8")
         calib = quantize.calibration_images(bundle.train_x.cpu(), bundle.train_y.cpu(), opts.calib_images)
         check = bundle.val_x[:quantize.CHECK_IMAGES].cpu() if len(bundle.val_x) else None
         per_channel = opts.per_channel if check is not None or opts.per_channel != "auto" else True
         q = quantize.quantize_int8(raw_onnx, out / FORMAT_FILES["onnx_int8"], calib, per_channel=per_channel,
                                    check=check)
+        steps.finish()
+    steps.start("score int8")
     lq = export.logits_onnx(q.path, test_x)
     add("onnx_int8", q.path, lq, float(np.max(np.abs(lq.astype(np.float64) - ref))))
+    steps.finish()
     log.info("%s: int8 (%s) %d bytes, calibrated on %d training images", cand.label,
              "per-channel" if q.per_channel else "per-tensor", q.file_bytes, q.calibration_images)
+    return results, q
 
+
+def _time_formats(model, spec, cand: Candidate, results: list[FormatResult], test_x, opts: Options,
+                  steps: Steps) -> None:
+    """Batch-1, one-thread latency of every format (each in a fresh process), into ``results``."""
+    from dse.deploy import export, latency
+
+    feed = export.preprocess(test_x[:16]).numpy()
+    with tempfile.TemporaryDirectory() as d:
+        paths = {r.format: Path(r.path) for r in results}
+        paths["torch"] = latency.save_eager(model, spec, Path(d) / "eager.pt")
+        for r in results:
+            steps.start(f"time {r.format}")
+            res = latency.measure(r.format, paths[r.format], feed, warmup=opts.warmup, runs=opts.runs)
+            r.latency = res.to_dict()
+            steps.finish()
+            log.info("%s: %-11s p50 %.3f ms  p99 %.3f ms", cand.label, r.format, res.p50_ms, res.p99_ms)
+
+
+def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None) -> DeployReport:
+    """Export, verify, quantize, score, time and package one model; record it in ``store`` if given.
+
+    DeployError before anything is written to the store when the model is within CHANCE_MARGIN_POINTS of
+    chance on the test images (unless ``opts.force``).
+    """
+    from dse.deploy import latency
+
+    if spec.num_classes != bundle.num_classes:
+        raise DeployError(f"{cand.label}: the model has {spec.num_classes} classes, the data "
+                          f"{bundle.num_classes}")
+    n = min(int(opts.test_images), len(bundle.test_y))
+    if n < 1:
+        raise DeployError(f"--test-images must be >= 1, got {opts.test_images}")
+    test_x, test_y = pick_test_images(bundle, n)
+    t0 = time.perf_counter()
+    steps = Steps(cand.label, opts.latency)
+    results, q = _export_and_score(model, cand, bundle, opts, test_x, test_y, steps)
+    log.info("%s: exported, verified and scored on %d test images (%.1f s)", cand.label, n,
+             time.perf_counter() - t0)
     if opts.latency:
-        feed = export.preprocess(test_x[:16]).numpy()
-        with tempfile.TemporaryDirectory() as d:
-            eager = latency.save_eager(model, spec, Path(d) / "eager.pt")
-            paths = {"torch": eager, "torchscript": ts_path, "onnx": onnx_path, "onnx_int8": q.path}
-            for r in results:
-                res = latency.measure(r.format, paths[r.format], feed, warmup=opts.warmup, runs=opts.runs)
-                r.latency = res.to_dict()
-                log.info("%s: %-11s p50 %.3f ms  p99 %.3f ms", cand.label, r.format, res.p50_ms, res.p99_ms)
-
-    comp_fmt = "torchscript" if opts.runtime == "torchscript" else (
-        "onnx_int8" if opts.component_model == "int8" else "onnx")
-    comp_model = next(Path(r.path) for r in results if r.format == comp_fmt)
-    comp_path = out / f"rtmaps_{spec.name}.py"
-    rtmaps.generate_component(
-        comp_path, comp_model, model_name=spec.name, class_names=bundle.classes, mean=CIFAR_MEAN,
-        std=CIFAR_STD, runtime=opts.runtime,
-        provenance={"display_name": spec.display_name, "trial_id": cand.trial_id, "study": cand.study,
-                    "format": comp_fmt, "test_images": n,
-                    "test_acc": round(next(r.test_acc for r in results if r.format == comp_fmt), 2)})
-
+        _time_formats(model, spec, cand, results, test_x, opts, steps)
+    steps.start("package")
     report = DeployReport(
-        model_name=spec.name, display_name=spec.display_name, trial_id=cand.trial_id, study=cand.study,
-        checkpoint=str(ckpt), out=str(out), component=str(comp_path), component_model=comp_fmt,
-        runtime=opts.runtime, stored_test_acc=cand.test_acc, best_val_acc=cand.best_val_acc,
-        host=socket.gethostname(), machine=latency.machine(), int8_per_channel=q.per_channel,
-        int8_calibration_images=q.calibration_images, int8_choice=q.tried, formats=results)
-    with export.atomic_path(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(asdict(report), indent=2, default=str) + "\n")
+        model_name=spec.name, display_name=spec.display_name, trial_id=cand.trial_id,
+        optuna_trial_number=cand.optuna_number, study=cand.study, checkpoint=results[0].path, out=str(opts.out),
+        component="", component_model="", runtime=opts.runtime, stored_test_acc=cand.test_acc,
+        best_val_acc=cand.best_val_acc, host=socket.gethostname(), machine=latency.machine(),
+        int8_per_channel=q.per_channel, int8_calibration_images=q.calibration_images, int8_choice=q.tried,
+        formats=results)
+    package(report, spec, cand, bundle, opts)
+    steps.finish()
     if store is not None:
         record(store, report)
     return report
+
+
+def package(report: DeployReport, spec, cand: Candidate, bundle, opts: Options) -> None:
+    """The RTMaps component, the model card (README.md + ONNX metadata) and report.json of one folder."""
+    from dse.data import CIFAR_MEAN, CIFAR_STD
+    from dse.deploy import card, rtmaps
+    from dse.models import model_facts
+
+    out = Path(opts.out)
+    comp_fmt = "torchscript" if opts.runtime == "torchscript" else (
+        "onnx_int8" if opts.component_model == "int8" else "onnx")
+    comp = report.format(comp_fmt)
+    comp_path = out / f"rtmaps_{spec.name}.py"
+    rtmaps.generate_component(
+        comp_path, Path(comp.path), model_name=spec.name, class_names=bundle.classes, mean=CIFAR_MEAN,
+        std=CIFAR_STD, runtime=opts.runtime,
+        provenance={"display_name": spec.display_name, "optuna_trial_number": cand.optuna_number,
+                    "study": cand.study, "format": comp_fmt, "test_images": comp.test_images,
+                    "test_acc": round(comp.test_acc, 2)})
+    report.component, report.component_model = str(comp_path), comp_fmt
+    mf = model_facts(spec)
+    acc, chance = report.format("torch").test_acc, 100.0 / spec.num_classes
+    warning = (f"test accuracy {acc:.1f} % is within {CHANCE_MARGIN_POINTS:g} points of chance ({chance:g} %): "
+               "this model did not learn and was deployed with --force" if near_chance(acc, spec.num_classes)
+               else "")
+    f = card.facts(spec=spec, cand=cand, classes=bundle.classes, mean=CIFAR_MEAN, std=CIFAR_STD, opset=opts.opset,
+                   test_acc=report.format("torch").test_acc, test_images=comp.test_images,
+                   latency={r.format: r.latency for r in report.formats if r.latency}, machine=report.machine,
+                   params=cand.params or mf.params, macs=cand.macs or mf.macs, warning=warning)
+    for r in report.formats:
+        if r.format in ("onnx", "onnx_int8"):
+            r.file_bytes = card.stamp_onnx(r.path, f)  # metadata only: the graph and its outputs are unchanged
+    files = {FORMAT_FILES["onnx"]: "float32 ONNX", FORMAT_FILES["onnx_int8"]: "int8 ONNX (QDQ, static)",
+             FORMAT_FILES["torchscript"]: "TorchScript (traced)", comp_path.name: f"RTMaps component ({comp_fmt})",
+             "report.json": "every measurement of this folder (paths relative to it)"}
+    card.write_card(out, f, files)
+    atomic_write(out / "report.json", json.dumps(report.as_json(), indent=2, default=str) + "\n")
 
 
 def _runtime_of(fmt: str) -> str:
@@ -284,7 +408,8 @@ def summary(reports: list[DeployReport]) -> str:
             lat = r.latency or {}
             peak = lat.get("peak_mem_bytes")
             first = r.format == "torch"
-            rows.append([rep.model_name if first else "", rep.trial_id if first else "", r.format,
+            number = "" if rep.optuna_trial_number is None else rep.optuna_trial_number
+            rows.append([rep.model_name if first else "", number if first else "", r.format,
                          f"{r.file_bytes / 1000:.1f}", f"{r.test_acc:.2f}", f"{r.agreement:.2f}",
                          f"{r.max_abs_diff:.1e}",
                          f"{lat['p50_ms']:.3f}" if lat else "-", f"{lat['p99_ms']:.3f}" if lat else "-",
@@ -355,7 +480,7 @@ def select(args, store, opts: Options, bundle_for) -> list[Candidate]:
         return [Candidate(model_name=args.model, checkpoint_path=args.checkpoint)]
     trials = store.trials(study=args.study)
     if args.trial:
-        return sel.trials_by_id(trials, args.trial)
+        return sel.trials_by_number(trials, args.trial)
     cands = sel.candidates(trials[trials["status"] == "complete"] if len(trials) else trials)
     where = f"study {args.study!r}" if args.study else "the store"
     if not cands:
@@ -408,15 +533,17 @@ def parser() -> argparse.ArgumentParser:
                         "the store holds a measurement from this host")
     g.add_argument("--latency-stat", choices=("p50", "p99"), default="p99",
                    help="which latency --max-latency-ms bounds (default p99: a real-time budget)")
-    g.add_argument("--trial", type=int, nargs="+", metavar="ID", help="these trial ids")
+    g.add_argument("--trial", type=int, nargs="+", metavar="N",
+                   help="these Optuna trial numbers (as optuna-dashboard and the tables show them; with --study "
+                        "when several studies have the number)")
     g.add_argument("--model", help="a registry name, with --checkpoint: deploy a checkpoint not in the store")
     g.add_argument("--checkpoint", help="path of the model's best.pt (with --model)")
     o = p.add_argument_group("where")
     o.add_argument("--db", default=os.environ.get("DSE_STORAGE_URL", DEFAULT_DB),
                    help=f"results store URL (default: env DSE_STORAGE_URL or {DEFAULT_DB})")
     o.add_argument("--out", type=Path,
-                   help="output folder (default results/deploy/<model>-t<trial id>/; several models: "
-                        "<out>/<model>-t<trial id>/)")
+                   help="output folder (default results/deploy/<model>-t<Optuna trial number>/; several "
+                        "models: <out>/<model>-t<N>/)")
     o.add_argument("--data-root",
                    help="dataset folder (default: the trial's data source, else env DSE_DATA_DIR)")
     o.add_argument("--no-record", action="store_true", help="do not write the measurements to the store")
@@ -435,6 +562,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
     m.add_argument("--atol", type=float, default=1e-4, help="max |logit difference| exported vs PyTorch")
     m.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    m.add_argument("--force", action="store_true",
+                   help=f"deploy a model even when its test accuracy is within {CHANCE_MARGIN_POINTS:g} points of "
+                        "chance (refused otherwise: it did not learn)")
     return p
 
 
@@ -464,7 +594,7 @@ def run(args) -> int:
                    per_channel={"auto": "auto", "on": True, "off": False}[args.per_channel],
                    runtime=args.runtime,
                    component_model=args.component_model, warmup=args.warmup, runs=args.runs,
-                   latency=not args.no_latency, atol=args.atol, opset=args.opset)
+                   latency=not args.no_latency, atol=args.atol, opset=args.opset, force=args.force)
     adhoc = bool(args.model or args.checkpoint)
     store = None
     if not (adhoc and args.no_record):  # a bare checkpoint with --no-record needs no store at all

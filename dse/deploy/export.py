@@ -10,17 +10,16 @@
 - Verification: each exported model's float32 logits on real test images must match PyTorch's to ``atol``
   (default 1e-4, max absolute difference); otherwise DeployError.
 
-Every file is written atomically (temp file in the same folder, then rename; DESIGN.md decision 10).
+Every file is written atomically (``dse.common.atomic_path``: temp file in the same folder, then rename), so
+a reader never sees half a model.
 Preprocessing is ``dse.data.normalize`` (x / 255 - mean) / std, identical for every format.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import onnx
 import torch
 from torch import nn
 
+from dse.common import atomic_path
 from dse.data import normalize
 from dse.deploy import DeployError
 
@@ -35,24 +35,6 @@ ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DEFAULT_ATOL = 1e-4  # max |logit difference| allowed between PyTorch and an exported float32 model
 EVAL_BATCH = 500  # images per forward pass when scoring a test set (memory, not speed, decides)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temp path next to ``path``; renamed onto ``path`` if the block succeeds, removed otherwise."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a generated file gets the usual permissions
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def preprocess(x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -201,6 +183,6 @@ def verify(reference: np.ndarray, candidate: np.ndarray, *, what: str, atol: flo
     return diff
 
 
-__all__ = ["DEFAULT_ATOL", "INPUT_NAME", "ONNX_OPSET", "OUTPUT_NAME", "accuracy", "atomic_path",
+__all__ = ["DEFAULT_ATOL", "INPUT_NAME", "ONNX_OPSET", "OUTPUT_NAME", "accuracy",
            "compact_names", "export_onnx", "export_torchscript", "logits_onnx", "logits_torch",
            "logits_torchscript", "onnx_session", "preprocess", "save_onnx", "verify"]

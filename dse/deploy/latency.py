@@ -16,7 +16,7 @@ Each measurement runs in a fresh Python process (``python -m dse.deploy.latency`
 Timing: ``warmup`` untimed runs, then ``runs`` timed runs of the model call alone (input already normalised
 and in the runtime's format; preprocessing excluded), cycling through a few real test images; p50 / p99 in ms.
 The machine's 1-minute load average before and after is recorded: on a shared host, other processes inflate
-p99 - compare timings only like for like (DESIGN.md decision 9).
+p99 - compare timings only like for like (same host, same load).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
   onnxruntime's default; the x86 kernels with VNNI run it without the U8S8 saturation caveat).
 - Per-channel weight scales "where it helps": ``per_channel="auto"`` builds both variants and keeps the one
   whose top-1 predictions agree more often with the float32 model on held-out validation images (ties: the
-  smaller file). Validation, not test: choosing on the test set would leak (DESIGN.md decision 7).
+  smaller file). Validation, not test: choosing on the test set would leak it into the reported accuracy.
 - ``quant_pre_process`` (shape inference + graph optimisation) runs first, as onnxruntime recommends.
 - Input: an export that keeps PyTorch's tensor names (``export_onnx(..., compact=False)``). On graphs whose
   tensors were renamed t0, t1, ... (``compact_names``) onnxruntime 1.31's quantizer wired an activation to a

@@ -22,8 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from dse.common import atomic_path
 from dse.deploy import DeployError
-from dse.deploy.export import INPUT_NAME, OUTPUT_NAME, atomic_path
+from dse.deploy.export import INPUT_NAME, OUTPUT_NAME
 
 RUNTIMES = ("onnxruntime", "torchscript")
 TEMPLATE = "rtmaps_classifier.py"

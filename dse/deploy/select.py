@@ -1,8 +1,10 @@
 """Which trials to deploy: pure functions over the store's trials (no export, no measurement here).
 
-A trial qualifies when it is complete, has a validation accuracy and a checkpoint path. Ranking follows
-DESIGN.md decision 7 (search on validation, report on test): models are ranked by ``best_val_acc``; ties go to
-the smaller checkpoint, then to the older trial. The test accuracy is only reported.
+A trial qualifies when it is complete, has a validation accuracy and a checkpoint path. Models are ranked by
+``best_val_acc`` (search on validation, report on test: choosing on the test set would leak it into the
+reported number); ties go to the smaller checkpoint, then to the older trial. The test accuracy is only
+reported. The Pareto front is ``dse.common.pareto_front`` (validation accuracy up, checkpoint size down), the
+one definition the sweep summary and the tables' figure use too.
 
 Size budgets are parsed by ``parse_size`` with decimal units (KB = 1000 bytes, MB = 1000**2 bytes, as the
 paper's "272KB" and "0.272 MB" are the same number); binary units are spelled KiB / MiB.
@@ -19,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from dse.common import pareto_front as front_indices
 from dse.deploy import DeployError
 
 _UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
@@ -62,12 +65,19 @@ class Candidate:
     macs: int | None = None
     dataset: str = "cifar10"
     data_source: str | None = None  # where the trial's images came from, e.g. "imagefolder:/path"
+    optuna_number: int | None = None  # Optuna's trial number in its study: what optuna-dashboard shows
+    epochs: int | None = None  # the budget it was trained at
+    train_images: int | None = None
+    params: int | None = None
     expected: dict[str, Any] = field(default_factory=dict, compare=False)  # spec fields the store recorded
 
     @property
     def label(self) -> str:
-        """Folder-friendly name: ``<model>-t<trial id>`` (or ``<model>`` for a bare checkpoint)."""
-        return self.model_name if self.trial_id is None else f"{self.model_name}-t{self.trial_id}"
+        """Folder-friendly name: ``<model>-t<Optuna trial number>``, the number optuna-dashboard and the tables
+        show; ``<model>-id<store id>`` for a trial that never reached Optuna; ``<model>`` for a bare checkpoint."""
+        if self.optuna_number is not None:
+            return f"{self.model_name}-t{self.optuna_number}"
+        return self.model_name if self.trial_id is None else f"{self.model_name}-id{self.trial_id}"
 
 
 def _num(v: Any) -> float | None:
@@ -88,8 +98,10 @@ def _candidate(row: dict[str, Any]) -> Candidate:
                              if model_cfg.get(k) is not None})
     except (TypeError, ValueError):
         pass
-    bytes_ = _num(row.get("checkpoint_bytes"))
-    macs = _num(row.get("macs"))
+    def whole(key: str) -> int | None:
+        v = _num(row.get(key))
+        return None if v is None else int(v)
+
     return Candidate(
         model_name=str(row["model_name"]),
         checkpoint_path=str(row.get("checkpoint_path") or ""),
@@ -97,10 +109,14 @@ def _candidate(row: dict[str, Any]) -> Candidate:
         study=row.get("study"),
         best_val_acc=_num(row.get("best_val_acc")),
         test_acc=_num(row.get("test_acc")),
-        checkpoint_bytes=None if bytes_ is None else int(bytes_),
-        macs=None if macs is None else int(macs),
+        checkpoint_bytes=whole("checkpoint_bytes"),
+        macs=whole("macs"),
         dataset=str(row.get("dataset") or "cifar10"),
         data_source=row.get("data_source"),
+        optuna_number=whole("optuna_trial_number"),
+        epochs=whole("epochs"),
+        train_images=whole("train_images"),
+        params=whole("params"),
         expected=expected,
     )
 
@@ -132,32 +148,13 @@ def best(cands: list[Candidate]) -> Candidate:
 
 
 def pareto_front(cands: list[Candidate]) -> list[Candidate]:
-    """Trials no other trial beats on both objectives: max validation accuracy, min checkpoint bytes.
-
-    A trial is dropped when another has accuracy >= and size <= with at least one strict. Returned best first.
-    Trials without a recorded size are kept only if they are the most accurate (size unknown = worst size).
-    """
+    """Trials no other trial beats on both objectives (``dse.common.pareto_front``: max validation accuracy,
+    min checkpoint bytes; of exact ties the older trial), returned best first."""
     if not cands:
         raise DeployError("no complete trial with a validation accuracy and a checkpoint to choose from")
-
-    def size(c: Candidate) -> float:
-        return math.inf if c.checkpoint_bytes is None else c.checkpoint_bytes
-
-    front = []
-    for c in cands:
-        dominated = any((o.best_val_acc or -1) >= (c.best_val_acc or -1) and size(o) <= size(c)
-                        and ((o.best_val_acc or -1) > (c.best_val_acc or -1) or size(o) < size(c))
-                        for o in cands if o is not c)
-        if not dominated:
-            front.append(c)
-    # equal on both objectives: keep one (the older trial), the front is a set of trade-offs, not duplicates
-    seen, unique = set(), []
-    for c in rank(front):
-        key = (c.best_val_acc, c.checkpoint_bytes)
-        if key not in seen:
-            seen.add(key)
-            unique.append(c)
-    return unique
+    ordered = rank(cands)  # ties keep the first: rank puts the older trial first
+    keep = front_indices([c.best_val_acc for c in ordered], [c.checkpoint_bytes for c in ordered])
+    return rank(ordered[i] for i in keep)
 
 
 def under_size(cands: list[Candidate], max_bytes: int) -> list[Candidate]:
@@ -192,23 +189,28 @@ def first_under_latency(cands: list[Candidate], max_ms: float,
     raise DeployError(f"no trial meets the latency budget of {max_ms} ms ({shown})")
 
 
-def trials_by_id(trials: pd.DataFrame, ids: list[int]) -> list[Candidate]:
-    """The given trials (any study), in the order asked; DeployError names missing or unusable ids."""
-    by_id = {int(r["id"]): r for r in trials.to_dict("records")}
+def trials_by_number(trials: pd.DataFrame, numbers: list[int]) -> list[Candidate]:
+    """The trials with these Optuna trial numbers (what optuna-dashboard and the tables show), in the order
+    asked; DeployError names a number that is missing, ambiguous across studies (pass --study) or unusable."""
+    rows = trials.to_dict("records")
     out = []
-    for i in ids:
-        row = by_id.get(int(i))
-        if row is None:
-            known = sorted(by_id)
+    for n in numbers:
+        hits = [r for r in rows if _num(r.get("optuna_trial_number")) == int(n)]
+        if not hits:
+            known = sorted({int(v) for v in (_num(r.get("optuna_trial_number")) for r in rows) if v is not None})
             shown = (f"{known[0]}..{known[-1]}" if len(known) > 10 else ", ".join(map(str, known))) or "none"
-            raise DeployError(f"trial {i} does not exist in the store (trial ids: {shown})")
+            raise DeployError(f"trial {n} does not exist in the store (Optuna trial numbers: {shown})")
+        if len(hits) > 1:
+            studies = ", ".join(sorted({str(r["study"]) for r in hits}))
+            raise DeployError(f"trial {n} is in several studies ({studies}); name one with --study")
+        row = hits[0]
         if row.get("status") != "complete":
-            raise DeployError(f"trial {i} ({row['model_name']}) is {row.get('status')}, not complete")
+            raise DeployError(f"trial {n} ({row['model_name']}) is {row.get('status')}, not complete")
         if not row.get("checkpoint_path"):
-            raise DeployError(f"trial {i} ({row['model_name']}) has no checkpoint path")
+            raise DeployError(f"trial {n} ({row['model_name']}) has no checkpoint path")
         out.append(_candidate(row))
     return out
 
 
 __all__ = ["Candidate", "best", "candidates", "first_under_latency", "pareto_front", "parse_size", "rank",
-           "trials_by_id", "under_size"]
+           "trials_by_number", "under_size"]

@@ -14,7 +14,6 @@ Library use::
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +22,10 @@ import pandas as pd
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
+from dse.common import atomic_write
 from dse.errors import ConfigError, DSEError
-from dse.store import Store, StoreError, TrialRow
+from dse.store import EpochRow, Store, StoreError, TrialRow
+from dse.tables.gpu import GpuRows, gpu_rows
 from dse.tables.match import aggregate, deployments_by_row
 from dse.tables.paper import DEFAULT_PAPER_DIR, load_paper_tables, paper_flags
 from dse.tables.render import MB, TableResult, to_csv_frame, to_latex, to_markdown
@@ -70,7 +71,8 @@ class StoreData:
 
     def epochs(self, trial_ids: list[int]) -> pd.DataFrame:
         if self.store is None or not trial_ids:
-            return pd.DataFrame(columns=["trial_id", "epoch", "train_acc", "val_acc"])
+            return pd.DataFrame(columns=[*(c.name for c in EpochRow.__table__.columns), "study", "identity",
+                                         "model_name"])
         return self.store.epochs(trial_ids=trial_ids)
 
 
@@ -165,10 +167,15 @@ def _notes(r) -> list[str]:
     return notes
 
 
-def build_tables(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFrame | None = None
-                 ) -> dict[int, TableResult]:
-    """Every paper table joined with our trials (pure: frames in, ``TableResult`` per table out)."""
+def build_tables(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFrame | None = None,
+                 gpu: GpuRows | None = None) -> dict[int, TableResult]:
+    """Every paper table joined with our trials (pure: frames in, ``TableResult`` per table out).
+
+    A row nobody ran that ``gpu`` declares a GPU row reads "GPU budget" with the command that runs it there.
+    """
+    gpu = gpu or GpuRows()
     res = aggregate(paper, trials, deployments)
+    res.loc[(res["status"] == "not run").to_numpy() & gpu.mask(paper), "status"] = "gpu budget"
     res = _our_sizes(paper, res)
     rows = paper.drop(columns=["spec"]).merge(res, on=["table", "row"], how="left", validate="1:1")
     for fmt in ("onnx", "onnx_int8"):
@@ -192,24 +199,11 @@ def build_tables(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.Data
             number=int(n), rows=part,
             flags=[flags[(int(n), int(r))] for r in part["row"]],
             notes=[_notes(r) for r in part.itertuples(index=False)],
-            command=run_command(int(n)), studies=studies)
+            command=run_command(int(n)), gpu_command=gpu.command(int(n)), studies=studies)
     return tables
 
 
 # ------------------------------------------------------------------------------------------------- writing
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write via a temp file + rename, so a reader never sees half a file (DESIGN.md #10)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_tables(tables: dict[int, TableResult], out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -218,13 +212,35 @@ def write_tables(tables: dict[int, TableResult], out_dir: Path, formats: tuple[s
         for fmt in formats:
             path = out_dir / "tables" / f"table{n}.{fmt}"
             if fmt == "md":
-                write_atomic(path, to_markdown(t))
+                atomic_write(path, to_markdown(t))
             elif fmt == "tex":
-                write_atomic(path, to_latex(t))
+                atomic_write(path, to_latex(t))
             elif fmt == "csv":
-                write_atomic(path, to_csv_frame(t).to_csv(index=False))
+                atomic_write(path, to_csv_frame(t).to_csv(index=False))
             files.append(path)
     return files
+
+
+#: The epochs CSV: who (study, Optuna's trial number, model, dataset, seed, store id), then every metric.
+EPOCH_ID_COLUMNS = ("study", "optuna_trial_number", "model_name", "dataset", "seed", "trial_id")
+
+
+def epochs_frame(data: StoreData) -> pd.DataFrame:
+    """Every epoch row of the trials in ``data`` (any status), with the trial's identity columns in front."""
+    ids = [int(i) for i in data.trials["id"]] if len(data.trials) else []
+    ep = data.epochs(ids)
+    who = data.trials[["id", "optuna_trial_number", "dataset", "seed"]].rename(columns={"id": "trial_id"})
+    who["optuna_trial_number"] = who["optuna_trial_number"].astype("Int64")  # whole numbers, blank if unknown
+    ep = ep.drop(columns=[c for c in ("id", "identity") if c in ep.columns]).merge(who, on="trial_id", how="left")
+    metrics = [c for c in ep.columns if c not in EPOCH_ID_COLUMNS]
+    return ep[[*EPOCH_ID_COLUMNS, *metrics]].sort_values(["study", "trial_id", "epoch"], ignore_index=True)
+
+
+def write_epochs_csv(data: StoreData, path: Path) -> int:
+    """Write ``epochs_frame(data)`` to ``path`` (CSV, atomically); returns the number of epoch rows."""
+    frame = epochs_frame(data)
+    atomic_write(path, frame.to_csv(index=False))
+    return len(frame)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -245,7 +261,7 @@ def generate(opts: Options, data: StoreData | None = None) -> Generated:
     if data is None:
         data = read_store(opts.db_url, opts.studies)  # first: a missing store fails before torch is imported
     paper = load_paper_tables(opts.paper_dir or DEFAULT_PAPER_DIR)
-    tables = build_tables(paper, data.trials, data.deployments)
+    tables = build_tables(paper, data.trials, data.deployments, gpu_rows())
     out = Path(opts.out_dir)
     files = write_tables(tables, out, opts.formats)
     figs: list[Path] = []
@@ -264,5 +280,6 @@ __all__ = [
     "ConfigError", "DEFAULT_DB_URL", "FORMATS", "Generated", "Options", "StoreData", "StoreError",
     "TableResult",
     "TablesError", "build_tables", "default_db_url", "generate", "load_paper_tables", "open_store",
-    "parse_formats", "read_store", "run_command", "write_atomic", "write_tables",
+    "parse_formats", "read_store", "GpuRows", "gpu_rows", "run_command", "write_epochs_csv",
+    "write_tables",
 ]

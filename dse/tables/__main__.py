@@ -1,5 +1,11 @@
 """``python -m dse.tables``: write the paper's Tables 1-7 (paper vs ours), figures and report from the store.
 
+Examples::
+
+    python -m dse.tables                                  # every study in results/dse.db -> results/
+    python -m dse.tables --study cpu-quick --format md,csv,tex
+    python -m dse.tables --study cpu-quick --epochs-csv results/epochs.csv
+
 Errors (no store, unknown study or format, unreachable database) print one line to stderr and exit 1.
 """
 
@@ -15,7 +21,10 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     from dse.tables import default_db_url
 
-    ap = argparse.ArgumentParser(prog="python -m dse.tables", description=__doc__.splitlines()[0])
+    head, examples = __doc__.split("\n\n")[:2]
+    ap = argparse.ArgumentParser(prog="python -m dse.tables", description=head.split(": ", 1)[1],
+                                 epilog=examples.replace("::", ":"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", default=None, metavar="URL",
                     help="results store (default: $DSE_STORAGE_URL or sqlite:///results/dse.db; "
                          f"now {default_db_url()})")
@@ -28,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paper-dir", default=None, metavar="DIR",
                     help="the paper's table CSVs (default experiments/paper_tables)")
     ap.add_argument("--no-figures", action="store_true", help="tables and report only")
+    ap.add_argument("--epochs-csv", metavar="PATH", type=Path,
+                    help="also write every epoch of the selected studies to PATH (CSV: study, Optuna trial "
+                         "number, model, dataset, seed, store trial id, then the per-epoch metrics)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -41,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                        paper_dir=Path(args.paper_dir) if args.paper_dir else None,
                        figures=not args.no_figures)
         res = generate(opts)
+        if args.epochs_csv:
+            from dse.tables import write_epochs_csv
+
+            n = write_epochs_csv(res.data, args.epochs_csv)
+            res.files.append(args.epochs_csv)
+            print(f"{n:,} epoch rows -> {args.epochs_csv}")
     except DSEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -55,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     for n, t in res.tables.items():
         st = t.rows["status"]
         flagged = sum(1 for f in t.flags if f)
+        gpu = int((st == "gpu budget").sum())
+        missing = int(((st != "ok") & (st != "gpu budget")).sum())
         print(f"Table {n}: {int((st == 'ok').sum())}/{len(st)} rows with results"
-              + (f", {int((st != 'ok').sum())} missing (run: {t.command})" if (st != "ok").any() else "")
+              + (f", {missing} missing (run: {t.command})" if missing else "")
+              + (f", {gpu} GPU budget (run: {t.gpu_command})" if gpu else "")
               + (f", {flagged} rows flagged" if flagged else ""))
     print(f"wrote {len(res.files)} files under {opts.out_dir}/ (report: {opts.out_dir / 'report.md'}) "
           f"in {time.perf_counter() - t0:.1f} s")

@@ -10,9 +10,14 @@ Among the matching trials:
      with more;
   2. within that budget, trials are grouped by training config (optimizer, lr, schedule, dropout, activation,
      batch size) and the config with the best mean validation accuracy is reported (search on validation,
-     report on test: DESIGN.md #7); the note says how many configs competed;
+     report on test: choosing on the test set would leak it into the result); the note says how many
+     configs competed;
   3. its seeds are aggregated: mean, sample std and n of ``test_acc`` (test accuracy at the best-validation
      epoch, percent).
+
+Speed: a trial's ``sec_per_epoch`` is the mean training seconds of *its* epoch, which may be a subset (1,000
+images in the quick budget). The tables show seconds per full 50,000-image epoch instead, from the measured
+images per second (``train_images / sec_per_epoch``), so that ours and the paper's count the same work.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from dse.store import COMPLETE, FAILED
 #: did not record ``train_images``. Only used to rank budgets, never shown as a measurement.
 NOMINAL_TRAIN_IMAGES = 50_000
 
+#: Images in one full CIFAR-10/100 training epoch as the paper counts it (its "seconds per epoch").
+FULL_EPOCH_IMAGES = 50_000
+
 #: Variables of a training config besides the model (the seed is what we average over).
 CONFIG_COLUMNS = ("optimizer", "lr", "schedule", "dropout", "activation", "batch_size")
 
@@ -34,8 +42,8 @@ PENDING = ("planned", "queued", "running", "interrupted")
 
 RESULT_COLUMNS = (
     "table", "row", "status", "status_text", "acc_mean", "acc_std", "n", "val_mean", "ckpt_bytes", "params",
-    "macs", "sec_mean", "devices", "precisions", "epochs", "data_fraction", "train_images", "data_sources",
-    "n_budgets", "n_configs", "config", "trial_ids", "studies", "int8_bytes",
+    "macs", "sec_mean", "sec_full_mean", "devices", "precisions", "epochs", "data_fraction", "train_images",
+    "data_sources", "n_budgets", "n_configs", "config", "trial_ids", "trial_refs", "studies", "int8_bytes",
 )
 
 
@@ -53,6 +61,12 @@ def _key(frame: pd.DataFrame, cols) -> pd.Series:
 def _joined(values) -> str:
     vals = sorted({str(v) for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))})
     return ", ".join(vals)
+
+
+def trial_ref(study: str, number) -> str:
+    """'cpu-quick #12': the study and Optuna's trial number, as optuna-dashboard shows the trial (the store's
+    row id means nothing there); '#?' when the trial never reached Optuna."""
+    return f"{study} #{'?' if number is None or pd.isna(number) else int(number)}"
 
 
 def candidates(paper: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -83,6 +97,9 @@ def aggregate(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFra
         nominal = done["data_fraction"].astype(float) * NOMINAL_TRAIN_IMAGES
         imgs = done["train_images"].astype(float).fillna(nominal)
         done["_budget"] = done["epochs"].astype(float) * imgs
+        # seconds per full 50,000-image epoch from the measured images/s (unknown without train_images)
+        done["_sec_full"] = (done["sec_per_epoch"].astype(float) * FULL_EPOCH_IMAGES
+                             / done["train_images"].astype(float))
         done["_bkey"] = _key(done, ("epochs", "data_fraction", "train_images"))
         g = done.groupby(["table", "row"])
         n_budgets = g["_bkey"].nunique().rename("n_budgets")
@@ -96,18 +113,22 @@ def aggregate(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFra
                                           na_position="last")
         n_configs = cg.groupby(["table", "row"]).size().rename("n_configs")
         best = cg.drop_duplicates(["table", "row"])[["table", "row", "_ckey"]]
-        chosen = done.merge(best, on=["table", "row", "_ckey"])
+        chosen = done.merge(best, on=["table", "row", "_ckey"]).sort_values("id")
+        chosen["_tref"] = [trial_ref(s, n) for s, n in zip(chosen["study"], chosen["optuna_trial_number"],
+                                                          strict=True)]
         g = chosen.groupby(["table", "row"])
         agg = g.agg(
             acc_mean=("test_acc", "mean"), acc_std=("test_acc", "std"), n=("test_acc", "count"),
             val_mean=("best_val_acc", "mean"), ckpt_bytes=("checkpoint_bytes", "median"),
             params=("params", "median"), macs=("macs", "median"), sec_mean=("sec_per_epoch", "mean"),
+            sec_full_mean=("_sec_full", "mean"),
             epochs=("epochs", "first"), data_fraction=("data_fraction", "first"),
             train_images=("train_images", "max"), test_images=("test_images", "max"),
             int8_trial=("int8_bytes", "median"),
             devices=("device", _joined), precisions=("precision", _joined),
             data_sources=("data_source", _joined),
             studies=("study", _joined), trial_ids=("id", lambda s: sorted(int(v) for v in s)),
+            trial_refs=("_tref", list),
             config=("_ckey", "first"),
         )
         agg = agg.join(n_budgets).join(n_configs).reset_index()
@@ -138,9 +159,9 @@ def aggregate(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFra
             status.append("pending")
             text.append(f"in progress ({pend})")
         elif isinstance(reason, str) or (nfail is not None and not pd.isna(nfail)):
-            r = " ".join(str(reason or "no reason recorded").split())
+            # whole reason, one line: the renderer puts it in a footnote rather than cutting it
             status.append("failed")
-            text.append(f"failed: {r[:60]}")
+            text.append(" ".join(str(reason or "no reason recorded").split()))
         else:
             status.append("not run")
             text.append("")
@@ -166,7 +187,7 @@ def _describe_config(key: str) -> str:
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     for c in RESULT_COLUMNS:
         if c not in frame.columns:
-            frame[c] = None if c in ("trial_ids", "config", "status_text") else np.nan
+            frame[c] = None if c in ("trial_ids", "trial_refs", "config", "status_text") else np.nan
     if "int8_trial" in frame.columns:
         frame["int8_bytes"] = frame["int8_trial"]
     frame["status_text"] = frame["status_text"].fillna("")

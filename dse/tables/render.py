@@ -13,6 +13,13 @@ import pandas as pd
 
 MB = 1_000_000  # bytes per MB, as the paper counts them (dse.models.facts)
 
+#: A row whose accuracy is at most this many points above chance did not learn at its budget: the difference to
+#: the paper then says nothing about the model, and the row is marked "≈ chance".
+NEAR_CHANCE_POINTS = 5.0
+
+#: The speed columns' unit: seconds per full 50,000-image training epoch (ours computed from measured images/s).
+SPEED_UNIT = "s/epoch (50k img)"
+
 #: The paper's captions (section 4), by table number.
 CAPTIONS = {
     1: "Comparison with baseline SqueezeNet architecture and baseline SqueezeNext architecture",
@@ -34,6 +41,7 @@ class TableResult:
     flags: list[list[str]]  # per row, the paper's inconsistencies
     notes: list[list[str]]  # per row, how our number was obtained (budget, config choice)
     command: str = ""
+    gpu_command: str = ""  # for rows the default CPU study leaves out on purpose ("gpu budget")
     studies: list[str] = field(default_factory=list)
 
     @property
@@ -56,8 +64,35 @@ def _f(v, fmt: str, empty: str = "") -> str:
     return empty if x is None else format(x, fmt)
 
 
+def pct(fraction) -> str:
+    """0.020202 -> '2.0 %' (one decimal; two significant digits below 0.1 %)."""
+    x = _num(fraction)
+    if x is None:
+        return ""
+    x *= 100
+    return f"{x:.2g} %" if 0 < x < 0.1 else f"{x:.1f} %"
+
+
+def chance_pct(dataset) -> float:
+    """Top-1 accuracy of guessing, percent: 1 % on CIFAR-100, 10 % on CIFAR-10."""
+    return 1.0 if str(dataset) == "cifar100" else 10.0
+
+
+def near_chance(acc, dataset, points: float = NEAR_CHANCE_POINTS) -> bool:
+    """True when ``acc`` (percent) is at most ``points`` above chance for ``dataset``."""
+    x = _num(acc)
+    return x is not None and x <= chance_pct(dataset) + points
+
+
+def speed_text(sec, devices, precisions) -> str:
+    """'12.3 cpu bf16': seconds per full epoch, then the device(s) and precision(s) it was measured with."""
+    s = _f(sec, ".1f")
+    what = " ".join(str(x) for x in (devices, precisions) if isinstance(x, str) and x)
+    return f"{s} {what}" if s and what else s
+
+
 def budget_text(r) -> str:
-    """'200 ep x 45,000 img (100 % data), cifar10-jpg'."""
+    """'200 ep x 45,000 img (100.0 % of the training pool), cifar10-jpg'."""
     ep = _num(r.epochs)
     if ep is None:
         return ""
@@ -67,7 +102,7 @@ def budget_text(r) -> str:
     if imgs is not None:
         parts.append(f"x {imgs:,.0f} img")
     if frac is not None:
-        parts.append(f"({frac * 100:.3g} % data)")
+        parts.append(f"({pct(frac)} of the training pool)")
     s = " ".join(parts)
     test = _num(getattr(r, "test_images", None))
     if test is not None:
@@ -78,7 +113,7 @@ def budget_text(r) -> str:
 
 
 def short_source(src: str) -> str:
-    """'imagefolder:/work/shared/data/cifar10-jpg' -> 'imagefolder:cifar10-jpg' (each of a ', ' list)."""
+    """'imagefolder:/data/cifar10-jpg' -> 'imagefolder:cifar10-jpg' (each of a ', ' list)."""
     out = []
     for one in str(src).split(", "):
         kind, _, path = one.rpartition(":") if ":" in one and not one.startswith("/") else ("", "", one)
@@ -87,8 +122,34 @@ def short_source(src: str) -> str:
     return ", ".join(out)
 
 
+def _acc_cells(t: TableResult, r, ref) -> tuple[str, str]:
+    """(our accuracy cell, difference to the paper); footnotes through ``ref`` (text -> number)."""
+    if r.status == "ok" and _num(r.acc_mean) is None:
+        return f"complete, no test accuracy recorded ({len(r.trial_ids or [])} trials)", ""
+    if r.status == "ok":
+        std = "" if _num(r.acc_std) is None else f" ± {r.acc_std:.2f}"
+        acc = f"{r.acc_mean:.2f}{std} (n={int(r.n)})"
+        diff = f"{r.acc_mean - r.accuracy_pct:+.2f}".replace("-0.00", "0.00").replace("+0.00", "0.00")
+        if near_chance(r.acc_mean, r.dataset):
+            k = ref(f"ours: ≈ chance: within {NEAR_CHANCE_POINTS:g} points of guessing "
+                    f"({chance_pct(r.dataset):g} % on {'CIFAR-100' if r.dataset == 'cifar100' else 'CIFAR-10'});"
+                    " this budget did not learn, so the difference to the paper says nothing about the model")
+            acc, diff = f"{acc} ≈ chance [{k}]", f"({diff})"
+        return acc, diff
+    if r.status == "not run":
+        return f"not run: `{t.command}`", ""
+    if r.status == "gpu budget":
+        return f"GPU budget: `{t.gpu_command}`", ""
+    if r.status == "failed":
+        return f"failed [{ref('ours: failed: ' + r.status_text)}]", ""
+    return r.status_text, ""
+
+
 def display_cells(t: TableResult) -> tuple[list[str], list[list[str]], list[str]]:
-    """Header, rows of text cells and the numbered footnotes shared by Markdown and LaTeX."""
+    """Header, rows of text cells and the numbered footnotes shared by Markdown and LaTeX.
+
+    No cell is ever cut: long texts (failure reasons) go to the footnotes whole.
+    """
     notes: list[str] = []
 
     def ref(text: str) -> int:
@@ -101,36 +162,23 @@ def display_cells(t: TableResult) -> tuple[list[str], list[list[str]], list[str]
         extra = [("Dropout p", lambda r: _f(r.dropout, "g"))]
     elif t.number == 6:
         extra = [("Optimizer", lambda r: str(r.optimizer))]
-    speed = "s (Bluebox2.0) paper" if t.number == 7 else "s/epoch paper"
+    speed = "s (Bluebox2.0) paper" if t.number == 7 else f"{SPEED_UNIT} paper (RTX 2080 Ti)"
     header = ["Model (paper)", "Ours: registry name", *[h for h, _ in extra], "Acc % paper",
               "Acc % ours (mean ± std, n)", "Δ acc", "MB paper", "MB ours", "Params", "int8 MB", speed,
-              "s/epoch ours (device, precision)"]
+              f"{SPEED_UNIT} ours (device precision)"]
     if t.number == 7:
         header += ["ONNX p50/p99 ms", "int8 p50/p99 ms"]
     header += ["Budget", "Flags"]
     body = []
     for i, r in enumerate(t.rows.itertuples(index=False)):
-        if r.status == "ok" and _num(r.acc_mean) is None:
-            acc, diff = f"complete, no test accuracy recorded ({len(r.trial_ids or [])} trials)", ""
-        elif r.status == "ok":
-            std = "" if _num(r.acc_std) is None else f" ± {r.acc_std:.2f}"
-            acc = f"{r.acc_mean:.2f}{std} (n={int(r.n)})"
-            diff = f"{r.acc_mean - r.accuracy_pct:+.2f}".replace("-0.00", "0.00").replace("+0.00", "0.00")
-        elif r.status == "not run":
-            acc, diff = f"not run: `{t.command}`", ""
-        else:
-            acc, diff = r.status_text, ""
+        acc, diff = _acc_cells(t, r, ref)
         mb = _f(r.ours_mb, ".3f")
         if mb and r.ours_mb_source == "computed":
             mb += "*"
-        sec = _f(r.sec_mean, ".1f")
-        if sec:
-            what = ", ".join(x for x in (r.devices, r.precisions) if x)
-            sec += f" ({what})" if what else ""
         int8 = _num(r.int8_bytes)
         cells = [str(r.model), str(r.model_name), *[fn(r) for _, fn in extra], r.accuracy_pct_txt, acc, diff,
                  r.size_mb_txt, mb, _f(r.params, ",.0f"), _f(None if int8 is None else int8 / MB, ".3f"),
-                 r.sec_per_epoch_txt, sec]
+                 r.sec_per_epoch_txt, speed_text(r.sec_full_mean, r.devices, r.precisions)]
         if t.number == 7:
             for fmt in ("onnx", "onnx_int8"):
                 p50, p99 = getattr(r, f"{fmt}_p50_ms"), getattr(r, f"{fmt}_p99_ms")
@@ -151,8 +199,10 @@ def _md_cell(s: str) -> str:
 def to_markdown(t: TableResult) -> str:
     header, body, notes = display_cells(t)
     lines = [f"# Table {t.number}: {t.caption}", ""]
-    speed = ("paper speed: seconds on Bluebox2.0 (as printed); ours: training seconds per epoch and batch-1 "
-             "latency (p50/p99)." if t.number == 7 else "speed: training seconds per epoch.")
+    full = ("training seconds per full 50,000-image epoch (ours: from the measured images per second of the "
+            "trials' own, possibly smaller, epochs; labelled with device and precision)")
+    speed = (f"paper speed: seconds on Bluebox2.0 (as printed); ours: {full} and batch-1 latency (p50/p99)."
+             if t.number == 7 else f"speed: {full}; the paper's on an RTX 2080 Ti.")
     lines.append("Paper numbers beside ours. Accuracy: top-1 test accuracy in percent (CIFAR-100 for "
                  "Table 6, CIFAR-10 otherwise) at the best-validation epoch, averaged over seeds; MB = 1e6 "
                  "bytes of the float32 checkpoint; " + speed)
@@ -165,9 +215,19 @@ def to_markdown(t: TableResult) -> str:
     if (t.rows["ours_mb_source"] == "computed").any():
         lines.append("\\* computed from the architecture (``dse.models.model_facts``), no trial yet.")
         lines.append("")
-    missing = int((t.rows["status"] != "ok").sum())
+    st = t.rows["status"]
+    missing, gpu = int(((st != "ok") & (st != "gpu budget")).sum()), int((st == "gpu budget").sum())
     if missing:
         lines.append(f"{missing} of {len(t.rows)} rows have no complete trial; run them with `{t.command}`.")
+        lines.append("")
+    if gpu:
+        lines.append(f"{gpu} of {len(t.rows)} rows are left out of the default CPU study on purpose (too heavy "
+                     f"to learn in its budget); run them on a GPU with `{t.gpu_command}`.")
+        lines.append("")
+    chance = sum(1 for r in t.rows.itertuples(index=False) if r.status == "ok" and near_chance(r.acc_mean, r.dataset))
+    if chance:
+        lines.append(f"**{chance} of {len(t.rows)} rows are ≈ chance** (within {NEAR_CHANCE_POINTS:g} points of "
+                     "guessing): their budget did not learn; compare them with the paper only after a longer run.")
         lines.append("")
     if t.studies:
         lines.append(f"Trials from studies: {', '.join(t.studies)}.")
@@ -222,13 +282,17 @@ def to_csv_frame(t: TableResult) -> pd.DataFrame:
         "n": r["n"], "acc_diff_pct": r["acc_mean"] - r["accuracy_pct"], "paper_mb": r["size_mb"],
         "ours_mb": r["ours_mb"], "ours_mb_source": r["ours_mb_source"], "params": r["params"],
         "macs": r["macs"],
-        "int8_mb": r["int8_bytes"] / MB, "paper_sec": r["sec_per_epoch"], "ours_sec_per_epoch": r["sec_mean"],
+        "int8_mb": r["int8_bytes"] / MB, "paper_sec": r["sec_per_epoch"],
+        "ours_sec_per_50k_epoch": r["sec_full_mean"], "ours_sec_per_trial_epoch": r["sec_mean"],
         "devices": r["devices"], "precisions": r["precisions"], "epochs": r["epochs"],
         "data_fraction": r["data_fraction"], "train_images": r["train_images"],
         "test_images": r["test_images"],
         "data_sources": r["data_sources"], "n_budgets": r["n_budgets"], "n_configs": r["n_configs"],
         "config": r["config"], "status": r["status"],
-        "status_text": r["status_text"], "run_command": [t.command if s != "ok" else "" for s in r["status"]],
+        "near_chance": [s == "ok" and near_chance(a, d) for s, a, d in zip(r["status"], r["acc_mean"], r["dataset"],
+                                                                           strict=True)],
+        "status_text": r["status_text"],
+        "run_command": [{"ok": "", "gpu budget": t.gpu_command}.get(s, t.command) for s in r["status"]],
     })
     if t.number == 7:
         for fmt in ("onnx", "onnx_int8"):
@@ -236,5 +300,6 @@ def to_csv_frame(t: TableResult) -> pd.DataFrame:
                 df[f"{fmt}_{q}"] = r[f"{fmt}_{q}"]
     df["flags"] = [" | ".join(f) for f in t.flags]
     df["notes"] = [" | ".join(n) for n in t.notes]
-    df["trial_ids"] = [" ".join(map(str, ids)) if isinstance(ids, list) else "" for ids in r["trial_ids"]]
+    # Optuna's trial numbers, as optuna-dashboard shows them (the store's row ids mean nothing there)
+    df["trials"] = ["; ".join(refs) if isinstance(refs, list) else "" for refs in r["trial_refs"]]
     return df

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 import dse
-from dse.store import redact
+from dse.common import atomic_write
+from dse.store import COMPLETE, redact
+from dse.tables.render import NEAR_CHANCE_POINTS, near_chance, pct, short_source
 
 if TYPE_CHECKING:
     from dse.tables import Options, StoreData
@@ -40,6 +42,39 @@ def _md_table(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _int(v) -> str:
+    return "?" if pd.isna(v) else f"{int(v):,}"
+
+
+def budget_lines(trials: pd.DataFrame) -> list[str]:
+    """The budget the numbers below come from, per study: epochs, images, data copy, device and precision."""
+    done = trials[trials["status"] == COMPLETE] if len(trials) else trials
+    if done.empty:
+        return ["No complete trial yet: no budget to state.", ""]
+    keys = ["study", "epochs", "train_images", "data_fraction", "test_images", "data_source", "device", "precision"]
+    g = done[keys].astype("object").where(done[keys].notna(), None).value_counts(dropna=False).reset_index()
+    lines = ["| study | complete trials | epochs | train images per epoch | test images | data copy | "
+             "device precision |", "|---|---|---|---|---|---|---|"]
+    for r in g.sort_values(["study", "count"], ascending=[True, False]).itertuples(index=False):
+        frac = f" ({pct(r.data_fraction)} of the training pool)" if r.data_fraction is not None else ""
+        lines.append(f"| {r.study} | {r.count:,} | {_int(r.epochs)} | {_int(r.train_images)}{frac} | "
+                     f"{_int(r.test_images)} | {short_source(r.data_source) if r.data_source else '?'} | "
+                     f"{r.device or '?'} {r.precision or ''} |")
+    return lines + [""]
+
+
+def chance_lines(tables: dict[int, TableResult]) -> list[str]:
+    """A warning naming the rows whose accuracy is within NEAR_CHANCE_POINTS of guessing (none: no lines)."""
+    rows = [(n, str(r.model)) for n, tab in tables.items() for r in tab.rows.itertuples(index=False)
+            if r.status == "ok" and near_chance(r.acc_mean, r.dataset)]
+    if not rows:
+        return []
+    shown = ", ".join(f"Table {n} {m}" for n, m in rows[:8]) + (" ..." if len(rows) > 8 else "")
+    return [f"**{len(rows)} rows are ≈ chance** (test accuracy within {NEAR_CHANCE_POINTS:g} points of guessing: "
+            f"10 % on CIFAR-10, 1 % on CIFAR-100): {shown}. Their budget did not learn; their difference to the "
+            "paper says nothing about the model. They are marked \"≈ chance\" in the tables.", ""]
+
+
 def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, opts: Options,
                 figures: list[Path]) -> str:
     t = data.trials
@@ -52,18 +87,28 @@ def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, 
     if t.empty:
         lines += ["**The store has no trials**: every row below is 'not run'. Start with "
                   "`python -m dse.sweep experiment=tables`.", ""]
+    lines += ["## Budget", "", "Every accuracy and timing below was measured at this budget (the paper's: full "
+              "CIFAR training set, every test image). Speeds are shown as seconds per full 50,000-image epoch, "
+              "computed from the measured images per second.", "", *budget_lines(t), *chance_lines(tables)]
     lines += ["## Tables", "",
-              "| Table | Caption | rows with results | not run / failed / pending | flagged rows | files |",
-              "|---|---|---|---|---|---|"]
+              "| Table | Caption | rows with results | ≈ chance | not run / GPU budget / failed / pending | "
+              "flagged rows | files |",
+              "|---|---|---|---|---|---|---|"]
     for n, tab in tables.items():
         st = tab.rows["status"]
         files = [f"[{fmt}](tables/table{n}.{fmt})" for fmt in opts.formats]
         flagged = sum(1 for f in tab.flags if f)
-        lines.append(f"| {n} | {tab.caption} | {int((st == 'ok').sum())} / {len(st)} | "
-                     f"{int((st == 'not run').sum())} / {int((st == 'failed').sum())} / "
+        chance = sum(1 for r in tab.rows.itertuples(index=False)
+                     if r.status == "ok" and near_chance(r.acc_mean, r.dataset))
+        lines.append(f"| {n} | {tab.caption} | {int((st == 'ok').sum())} / {len(st)} | {chance} | "
+                     f"{int((st == 'not run').sum())} / {int((st == 'gpu budget').sum())} / "
+                     f"{int((st == 'failed').sum())} / "
                      f"{int((st == 'pending').sum())} | {flagged} | {' '.join(files)} |")
+    gpu = sorted({tab.gpu_command for tab in tables.values() if (tab.rows["status"] == "gpu budget").any()})
     lines += ["", "Rows not run: `python -m dse.sweep experiment=tableN` runs table N "
-              "(`experiment=tables` runs all seven).", ""]
+              "(`experiment=tables` runs all seven)." + (
+                  " Rows marked GPU budget are left out of the default CPU study on purpose (too heavy for its CPU "
+                  "budget): " + ", ".join(f"`{c}`" for c in gpu) + " runs them." if gpu else ""), ""]
     if figures:
         lines += ["## Figures", ""]
         for f in figures:
@@ -78,6 +123,7 @@ def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, 
         by = by.reset_index()
         lines += ["Trials by study and status:", "", *_md_table(by), ""]
         done = t[t["status"] == "complete"]
+        budgets = done["epochs"].astype(str) + " ep x " + done["data_fraction"].map(pct) + " of the training pool"
         lines += [f"- git commits of the trials: {_counts(t['git_commit'])}",
                   f"- torch versions: {_counts(t['torch_version'])}",
                   f"- devices (complete trials): {_counts(done['device'])}",
@@ -85,8 +131,7 @@ def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, 
                   f"- data copies: {_counts(t['data_source'])}",
                   f"- datasets: {_counts(t['dataset'])}",
                   f"- hosts: {_counts(t['host'])}",
-                  f"- budgets (epochs x data fraction, complete trials): "
-                  f"{_counts(done['epochs'].astype(str) + ' ep x ' + done['data_fraction'].astype(str))}"]
+                  f"- budgets (complete trials): {_counts(budgets)}"]
         if len(data.deployments):
             d = data.deployments
             lines.append(f"- deployments: {len(d):,} measurements; formats {_counts(d['format'])}; "
@@ -94,15 +139,13 @@ def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, 
         lines.append("")
     lines += ["Paper numbers: `experiments/paper_tables/` (transcribed from the paper's section 4). "
               "Model size = bytes of the saved float32 checkpoint / 1e6; model speed = training seconds per "
-              "epoch (the paper's: RTX 2080 Ti; Table 7's: Bluebox2.0). Timings compare like for like only "
-              "within one device and precision.", ""]
+              "full 50,000-image epoch (the paper's: RTX 2080 Ti; Table 7's: Bluebox2.0). Timings compare like "
+              "for like only within one device and precision.", ""]
     return "\n".join(lines)
 
 
 def write_report(out_dir: Path, tables: dict[int, TableResult], data: StoreData, opts: Options,
                  figures: list[Path]) -> Path:
-    from dse.tables import write_atomic
-
     path = Path(out_dir) / "report.md"
-    write_atomic(path, report_text(Path(out_dir), tables, data, opts, figures))
+    atomic_write(path, report_text(Path(out_dir), tables, data, opts, figures))
     return path
