@@ -375,7 +375,10 @@ class Store:
             return
         Base.metadata.create_all(self.engine)
         with self.session() as s:
-            if s.get(Meta, "schema_version") is None:
+            meta = s.get(Meta, "schema_version")
+            if meta is not None and int(meta.value) < SCHEMA_VERSION:  # its columns were added above
+                meta.value = str(SCHEMA_VERSION)
+            if meta is None:
                 try:
                     with s.begin_nested():
                         s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))

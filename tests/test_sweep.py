@@ -294,3 +294,18 @@ def test_expired_lease_is_requeued_and_resumed(tmp_path, tiny_imagefolder):
     assert rows[taken.id].status == "complete" and rows[taken.id].attempts == 2
     trials = optuna_trials(db, plan.name)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
+def test_a_version_1_store_gets_the_queue_columns(tmp_path):
+    """Stores written before the queue columns existed open as they are: the nullable columns are added."""
+    db = tmp_path / "v1.db"
+    Store(f"sqlite:///{db}").dispose()
+    with sqlite3.connect(db) as c:
+        for col in ("lease_until", "heartbeat_at", "recorded_at"):
+            c.execute(f"alter table dse_trials drop column {col}")
+        c.execute("update dse_meta set value='1' where key='schema_version'")
+    Store(f"sqlite:///{db}", create=False).trials()  # what dse.tables does: reads work
+    assert Store(f"sqlite:///{db}").schema_version() == 2  # what the sweep does: the version moves on
+    with sqlite3.connect(db) as c:
+        cols = {r[1] for r in c.execute("pragma table_info(dse_trials)")}
+    assert {"lease_until", "heartbeat_at", "recorded_at"} <= cols

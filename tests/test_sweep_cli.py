@@ -182,3 +182,23 @@ def test_run_folder_has_the_config_and_a_log(tmp_path, tiny_imagefolder):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     log = (run_dir / "sweep.log").read_text()
     assert "trial t1 complete" in log
+
+
+def test_slurm_recipe_runs_the_worker_command(tmp_path):
+    """As far as a machine without SLURM allows: the array script composes a valid worker command (PostgreSQL
+    storage, the GPU trainer, replica = the array index), and refuses to start without a shared store URL."""
+    script = str(REPO / "slurm" / "sweep_array.sbatch")
+    env = {"DSE_PYTHON": sys.executable, "SLURM_SUBMIT_DIR": str(REPO), "SLURM_ARRAY_TASK_ID": "3"}
+    r = run(["bash", script, "experiment=table4", "--cfg", "job"], DSE_STORAGE_URL="postgresql+psycopg://u@h/db",
+            **env)
+    assert r.returncode == 0, r.stderr
+    assert "backend: postgresql" in r.stdout and "replica: 3" in r.stdout and "precision:" in r.stdout
+    r = run(["bash", script, "experiment=table4"], **env)
+    assert r.returncode != 0 and "set DSE_STORAGE_URL" in r.stderr
+
+
+def test_submitit_launcher_composes_when_installed():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install '.[cluster]'")
+    r = run([sys.executable, "-m", "dse.sweep", "--cfg", "hydra", "hydra/launcher=submitit_slurm",
+             "replica=0"])
+    assert r.returncode == 0 and "submitit" in r.stdout

@@ -58,10 +58,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def hydra_error_line(e: BaseException) -> str:
     """One line from Hydra/OmegaConf's multi-line errors: the override, and what the schema expected."""
-    from omegaconf.errors import OmegaConfBaseException
+    import dataclasses
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     head = " ".join(str(e).split("Config search path")[0].split())  # Hydra appends its search path
     cause = e.__cause__
+    schema = getattr(cause, "object_type", None)
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError) and dataclasses.is_dataclass(schema):  # not in schema
+        allowed = ", ".join(f.name for f in dataclasses.fields(schema))
+        return f"unknown config key {cause.full_key!r}; allowed there: {allowed}"
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "msg", None):
         return f"{head}: {str(cause.msg).strip().splitlines()[0]}"
     if isinstance(e, DSEError):
