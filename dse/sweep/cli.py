@@ -30,12 +30,20 @@ _runs: list[int] = []  # the exit code of each job of this invocation (several w
 
 def main(argv: list[str] | None = None) -> int:
     """The command line entry point; returns the exit code."""
-    import hydra
-
-    if argv is not None:
+    saved = list(sys.argv)
+    if argv is not None:  # Hydra reads sys.argv
         sys.argv = [sys.argv[0] if sys.argv else "dse.sweep", *argv]
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print one line instead of its report
     _runs.clear()
+    try:
+        return _main()
+    finally:
+        sys.argv = saved
+
+
+def _main() -> int:
+    import hydra
+
     try:
         register_configs()
         from hydra.core.global_hydra import GlobalHydra

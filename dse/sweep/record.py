@@ -115,6 +115,8 @@ class Record:
             pruner=make_pruner(self.cfg), **({"directions": d} if len(d) > 1 else {"direction": d[0]}))
         if existing is None or FINGERPRINT_ATTR not in existing.user_attrs:  # new, or its creation was cut short
             self._describe()
+        elif self.plan.mode == "grid" and SPACE_ATTR not in existing.user_attrs:  # made by an older version
+            self._set_space()
 
     def _describe(self) -> None:
         """Study attributes: what the dashboard labels, the constants, and (last: it marks the study complete)
@@ -124,12 +126,16 @@ class Record:
                      ("objectives", self.objectives), ("mode", self.plan.mode)):
             self.study.set_user_attr(k, v)
         if self.plan.mode == "grid":
-            dists, constants = grid_space(self.plan.trials)
-            self.study.set_user_attr(SPACE_ATTR, json.dumps(
-                {k: optuna.distributions.distribution_to_json(v) for k, v in dists.items()}))
-            for k, v in constants.items():
-                self.study.set_user_attr(f"constant {k}", v)
+            self._set_space()
         self.study.set_user_attr(FINGERPRINT_ATTR, self.plan.fingerprint)
+
+    def _set_space(self) -> None:
+        """The grid's varying parameters (as distributions any worker can read back) and its constants."""
+        dists, constants = grid_space(self.plan.trials)
+        self.study.set_user_attr(SPACE_ATTR, json.dumps(
+            {k: optuna.distributions.distribution_to_json(v) for k, v in dists.items()}))
+        for k, v in constants.items():
+            self.study.set_user_attr(f"constant {k}", v)
 
     # -- sample mode ------------------------------------------------------------------------------------------
     def ask(self) -> optuna.Trial:
