@@ -101,10 +101,10 @@ def sweep(cfg: DictConfig) -> int:
         if cfg.dry_run:
             print_dry_run(plan, cfg)
             return 0
-        for line in plan.missing_data:
-            log.warning("%s; skipping %s in this run", line, "them" if plan.trials else "it")
         if plan.mode == "grid" and not plan.runnable or plan.mode == "sample" and plan.missing_data:
             raise_no_data(plan)
+        for line in plan.missing_data:
+            log.warning("%s; skipping %s in this run", line, "them" if plan.trials else "it")
         url = store_url(cfg)
         return run_study(cfg, plan, url)
     except KeyboardInterrupt:
@@ -146,10 +146,13 @@ def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
 
         from dse.sweep.launch import launch
 
+        worker.preflight()  # what every child would find wrong, said once
         run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
-        trained, failed, rc = launch(cfg, plan, url, run_dir)
+        trained, failed, rc, errors = launch(cfg, plan, url, run_dir)
     else:
-        trained, failed, rc = run_worker(cfg, plan, url, prepared=True, worker=worker)
+        trained, failed, rc, errors = run_worker(cfg, plan, url, prepared=True, worker=worker)
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
     if rc == 130:
         print(f"\n{INTERRUPTED}", file=sys.stderr)
     if rc in (2, 130):  # its one line is the last thing printed
@@ -159,8 +162,9 @@ def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
 
 
 def run_worker(cfg: DictConfig, plan: Any, url: str, prepared: bool = False, worker: Any = None
-               ) -> tuple[int, int, int]:
-    """One worker's loop; (trained, failed, exit code). Used in this process and in each child of workers=N."""
+               ) -> tuple[int, int, int, list[str]]:
+    """One worker's loop: (trained, failed, exit code, error lines). Used in this process and in each child of
+    workers=N; the caller prints the error lines (the parent of several children prints each only once)."""
     from dse.sweep.worker import Worker
 
     try:
@@ -171,13 +175,16 @@ def run_worker(cfg: DictConfig, plan: Any, url: str, prepared: bool = False, wor
                 worker.prepare()
         worker.preflight()
         r = worker.run()
-        return r.trained, r.failed, 0
+        return r.trained, r.failed, 0, []
     except KeyboardInterrupt:
-        return _partial(worker), 0, 130
+        return _partial(worker), _failed(worker), 130, []
     except DSEError as e:
         log.debug("%s", traceback.format_exc())
-        print(f"error: {_first_line(e)}", file=sys.stderr)
-        return _partial(worker), (worker.result.failed if worker is not None and hasattr(worker, "result") else 0), 2
+        return _partial(worker), _failed(worker), 2, [_first_line(e)]
+
+
+def _failed(worker: Any) -> int:
+    return worker.result.failed if worker is not None and hasattr(worker, "result") else 0
 
 
 def _partial(worker: Any) -> int:

@@ -45,8 +45,9 @@ def mps_line() -> str:
     return f"CUDA MPS is off ({pipe} absent): workers sharing a GPU take turns; {hint}"
 
 
-def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None) -> tuple[int, int, int]:
-    """Run ``cfg.workers`` worker processes to the end; (trained, failed, worst exit code) over all of them."""
+def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None) -> tuple[int, int, int, list[str]]:
+    """Run ``cfg.workers`` worker processes to the end: (trained, failed, worst exit code, their distinct error
+    lines) over all of them."""
     import torch
 
     n = int(cfg.workers)
@@ -68,7 +69,7 @@ def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None) -> t
     def forward(signum: int, _frame: Any) -> None:  # SIGTERM to the parent: stop the children like Ctrl-C
         for p in procs:
             if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGINT)
+                os.kill(p.pid, signal.SIGTERM)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, forward)
@@ -80,22 +81,27 @@ def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None) -> t
             p.join()
         raise
     trained = failed = rc = 0
+    errors: list[str] = []
     while not results.empty():
-        t, f, code = results.get()
+        t, f, code, errs = results.get()
         trained, failed, rc = trained + t, failed + f, max(rc, code)
+        errors += [e for e in errs if e not in errors]
     missing = [p for p in procs if p.exitcode not in (0, 1, 2, 130)]
     if missing:
         log.error("%d worker process%s died (exit codes %s); their trials are re-queued when their lease runs out",
                   len(missing), "es" * (len(missing) > 1), [p.exitcode for p in missing])
         rc = max(rc, 2)
-    return trained, failed, rc
+    return trained, failed, rc, errors
 
 
 def _child(cfg_dict: dict, plan: StudyPlan, url: str, index: int, run_dir: str | None, results: Any) -> None:
     from dse.sweep.cli import run_worker, setup_child_logging
 
-    cfg = OmegaConf.create(cfg_dict)
-    setup_child_logging(cfg, index, run_dir)
-    trained, failed, rc = run_worker(cfg, plan, url, prepared=True)
-    results.put((trained, failed, rc))
-    sys.exit(rc)
+    try:
+        cfg = OmegaConf.create(cfg_dict)
+        setup_child_logging(cfg, index, run_dir)
+        result = run_worker(cfg, plan, url, prepared=True)
+    except KeyboardInterrupt:  # before its loop started: nothing to put back
+        result = (0, 0, 130, [])
+    results.put(result)
+    sys.exit(result[2])
