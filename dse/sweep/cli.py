@@ -30,15 +30,21 @@ _runs: list[int] = []  # the exit code of each job of this invocation (several w
 
 def main(argv: list[str] | None = None) -> int:
     """The command line entry point; returns the exit code."""
-    saved = list(sys.argv)
+    saved, root = list(sys.argv), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     if argv is not None:  # Hydra reads sys.argv
         sys.argv = [sys.argv[0] if sys.argv else "dse.sweep", *argv]
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print one line instead of its report
     _runs.clear()
     try:
         return _main()
-    finally:
+    finally:  # called as a function (tests, notebooks): leave the caller's logging and argv as they were
         sys.argv = saved
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _main() -> int:
