@@ -57,8 +57,9 @@ bench-pack: $(STAMP)  ## several sweep workers on this machine vs the reference 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check dse tests bench
 
-dashboard: $(STAMP)  ## open the study in optuna-dashboard (STORAGE=sqlite:///results/dse.db)
-	$(BIN)/optuna-dashboard $${STORAGE:-sqlite:///results/dse.db}
+dashboard: $(STAMP)  ## optuna-dashboard on http://127.0.0.1:8080 (store: STORAGE=URL, else $$DSE_STORAGE_URL, else results/dse.db)
+	$(BIN)/python -c 'import sys, optuna_dashboard; from dse.store import resolve_url; \
+	  optuna_dashboard.run_server(resolve_url(sys.argv[1] or None), host="127.0.0.1", port=8080)' "$${STORAGE:-}"
 
 deploy: $(STAMP)  ## export/quantize/measure the best trials (ARGS="--study cpu-quick --pareto")
 	$(BIN)/python -m dse.deploy $(ARGS)

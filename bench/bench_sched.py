@@ -1,7 +1,7 @@
-"""Trial-scheduling overhead per trial: ask, store writes (plan, claim, epoch row, finish), tell.
+"""Trial-scheduling overhead per trial: claim, lease, store writes (epoch row, finish), the Optuna record.
 
 4 worker processes run one grid study each way (SQLite file, PostgreSQL when $DSE_TEST_PG_URL or --pg is set)
-through the real `dse.sweep.Worker`, with training replaced by a stub that writes one epoch row and returns
+through the real `dse.sweep.worker.Worker`, with training replaced by a stub that writes one epoch row and returns
 (so what is timed is everything but training). Printed: milliseconds of scheduling per trial and that as a
 fraction of one real 1-epoch smoke trial (Shallow SqueezeNext-06-0.4x, 1,000 images) trained here.
 
@@ -23,18 +23,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _stub_train(self, trial, tcfg, row):  # noqa: ANN001 - replaces Worker._train
-    from dse import store as st
+class _StubResult:  # what fit returns, for a trial that "trained" in no time
+    best_val_acc = final_val_acc = test_acc = final_test_acc = 50.0
+    best_epoch, epochs, sec_per_epoch, device, precision, torch_version = 1, [None], 0.0, "stub", "fp32", "-"
+    best_checkpoint = None
 
+
+def _stub_train(self, row, tcfg, ckpt, lease):  # noqa: ANN001 - replaces Worker.train
     self.store.record_epoch(row.id, {"epoch": 1, "train_loss": 1.0, "train_acc": 50.0, "val_loss": 1.0,
                                      "val_acc": 50.0, "test_acc": 50.0, "lr": 0.01, "train_seconds": 0.0,
                                      "eval_seconds": 0.0})
-    trial.report(50.0, 1)
-    self.trained += 1
-    self.store.update_trial(row.id, status=st.COMPLETE, finished_at=st._now(), best_val_acc=50.0,
-                            final_val_acc=50.0, test_acc=50.0, final_test_acc=50.0, best_epoch=1,
-                            epochs_done=1, sec_per_epoch=0.0, device="stub", precision="fp32")
-    return 50.0
+    return _StubResult()
 
 
 def _worker(url: str, name: str, trials: int, out: mp.Queue) -> None:
@@ -42,20 +41,19 @@ def _worker(url: str, name: str, trials: int, out: mp.Queue) -> None:
 
     logging.disable(logging.WARNING)
     from dse.config import compose
-    from dse.sweep import Worker
+    from dse.sweep.plan import make_plan
+    from dse.sweep.worker import Worker
 
     widths = [round(0.1 + 0.01 * i, 2) for i in range(trials)]
     cfg = compose(["experiment=custom", f"storage.url={url}", f"study.name={name}", "pruner=none",
                    f"+search.blocks.single.grid={{model.width: {widths}}}", "study.poll_seconds=0.05"])
-    Worker._train = _stub_train
-    w = Worker(cfg)
-    import io
-    from contextlib import redirect_stdout
-
+    Worker.train = _stub_train
     t0 = time.perf_counter()
-    with redirect_stdout(io.StringIO()):
-        w.run()
-    out.put((w.trained, time.perf_counter() - t0))
+    w = Worker(cfg, make_plan(cfg, check_data=False), url)
+    w.open()
+    w.prepare()
+    w.run()
+    out.put((w.result.trained, time.perf_counter() - t0))
 
 
 def measure(url: str, workers: int, trials: int) -> tuple[float, int]:

@@ -3,12 +3,14 @@
 The config tree is composed from the groups in ``conf/`` (model, data, optimizer, trainer, search, sampler,
 pruner, storage, budget) plus one experiment from ``experiments/`` (registered in Hydra's ConfigStore under
 the group ``experiment``, so ``python -m dse.sweep experiment=table3`` selects ``experiments/table3.yaml``).
-An unknown key or a value of the wrong type is refused by OmegaConf before anything runs.
+An unknown key or a value of the wrong type is refused by OmegaConf before anything runs; ``check`` then refuses
+values of the right type but outside what is allowed (one line naming the value and the allowed ones).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,21 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from dse.common import REPO
 from dse.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = Path(os.environ.get("DSE_CONF_DIR", REPO / "conf"))
 EXPERIMENTS_DIR = Path(os.environ.get("DSE_EXPERIMENTS_DIR", REPO / "experiments"))
-DEFAULT_DB = "sqlite:///results/dse.db"
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,119}")  # becomes a folder name: no separators, no ".."
+
+
+def repo_path(path: str = "") -> str:
+    """``${dse.repo:results/runs}``: a path under the repository root (run folders do not follow the cwd)."""
+    return str(REPO / path)
+
+
+if not OmegaConf.has_resolver("dse.repo"):
+    OmegaConf.register_new_resolver("dse.repo", repo_path)
 
 
 @dataclass
@@ -126,13 +137,14 @@ class PrunerConf:
 
 @dataclass
 class StorageConf:
-    url: str | None = None  # None -> $DSE_STORAGE_URL -> sqlite:///results/dse.db
+    backend: str | None = None  # sqlite | postgresql: refuse a URL of another kind (storage=postgres sets it)
+    url: str | None = None  # None -> $DSE_STORAGE_URL -> sqlite:///results/dse.db (relative: from the repo root)
     url_env: str = "DSE_STORAGE_URL"
     password_env: str = "DSE_DB_PASSWORD"  # password from the environment (never on the command line)
     password_file: str | None = None  # or from a file (e.g. ~/.pgpass-like, one line)
-    heartbeat_interval: int = 30  # seconds between a running trial's heartbeats
-    grace_period: int = 90  # seconds without heartbeat before a trial counts as dead and is retried
-    retries: int = 5  # connection attempts on an outage, with exponential backoff
+    heartbeat_interval: float = 30  # seconds between a running trial's lease renewals
+    grace_period: float = 90  # seconds of lease: a trial not renewed for so long is re-queued (worker lost)
+    retries: int = 5  # reconnection attempts on an outage, with exponential backoff
     backoff: float = 0.5  # seconds before the first retry
 
 
@@ -141,6 +153,7 @@ class StudyConf:
     experiment: str = "custom"  # set by each experiment file
     name: str | None = None  # None -> "<experiment>-<budget>"
     checkpoint_dir: str = "results/checkpoints"  # shared between workers: resumes killed trials
+    keep_last: bool = False  # keep a completed trial's last.pt (resume state); best.pt is always kept
     wait_for_running: bool = True  # a worker with nothing queued waits for running trials (to retry the dead)
     poll_seconds: float = 5.0
 
@@ -158,7 +171,11 @@ class Config:
     study: StudyConf = field(default_factory=StudyConf)
     budget: str = MISSING  # name of the budget preset (smoke | quick | paper)
     dry_run: bool = False  # list the planned trials with their cheap facts; train nothing
-    max_trials: int | None = None  # stop this worker after so many trials (the study's budget is global)
+    max_trials: int | None = None  # stop each worker after so many trials (the study's budget is global)
+    workers: int = 1  # worker processes on this host, spread over the visible GPUs, CPU threads split
+    retry_failed: bool = False  # put the study's failed trials back in the queue
+    verbose: bool = False  # tracebacks and debug logging
+    replica: int = 0  # tells copies of one worker apart, e.g. -m replica='range(16)' through a Hydra launcher
 
 
 def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> DictConfig:
@@ -213,4 +230,30 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
 
 
 def study_name(cfg: DictConfig) -> str:
-    return cfg.study.name or f"{cfg.study.experiment}-{cfg.budget}"
+    """The study's name, checked: it names a checkpoint folder, so no path separators and no "..";"""
+    name = cfg.study.name or f"{cfg.study.experiment}-{cfg.budget}"
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"study.name={name!r} is not allowed; use 1-120 letters, digits and -_. (starting with a "
+                          "letter or digit, no '..', no path separators)")
+    return name
+
+
+def check(cfg: DictConfig) -> None:
+    """Values of the right type that are still not allowed: one line each, before anything runs."""
+    s = cfg.storage
+    rules = [
+        (s.backend in (None, "sqlite", "postgresql"), f"storage.backend={s.backend!r}", "sqlite, postgresql"),
+        (s.heartbeat_interval > 0, f"storage.heartbeat_interval={s.heartbeat_interval}", "seconds > 0"),
+        (s.grace_period > s.heartbeat_interval, f"storage.grace_period={s.grace_period}",
+         f"seconds > storage.heartbeat_interval ({s.heartbeat_interval}): the lease must outlive a renewal"),
+        (s.retries >= 0, f"storage.retries={s.retries}", "an integer >= 0"),
+        (s.backoff >= 0, f"storage.backoff={s.backoff}", "seconds >= 0"),
+        (cfg.workers >= 1, f"workers={cfg.workers}", "an integer >= 1"),
+        (cfg.max_trials is None or cfg.max_trials >= 1, f"max_trials={cfg.max_trials}", "an integer >= 1 or null"),
+        (cfg.study.poll_seconds > 0, f"study.poll_seconds={cfg.study.poll_seconds}", "seconds > 0"),
+        (cfg.search.mode in ("grid", "sample"), f"search.mode={cfg.search.mode!r}", "grid, sample"),
+    ]
+    for ok, what, allowed in rules:
+        if not ok:
+            raise ConfigError(f"{what} is not allowed; allowed: {allowed}")
+    study_name(cfg)

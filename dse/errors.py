@@ -45,3 +45,8 @@ class DivergedError(DSEError):
 
     def __reduce__(self):  # picklable across processes (sweep workers)
         return (type(self), (self.epoch, self.loss, self.what))
+
+
+class EnvironmentFault(DSEError):
+    """The machine, not the trial, is at fault: data missing or unreadable, device unavailable, checkpoint folder
+    unwritable, disk full, store unreachable. The worker stops with this one line; the trial stays queued."""

@@ -1,14 +1,15 @@
 """From a composed config to concrete trials: the search space, grid planning, identities and constraints.
 
 A *trial config* is the frozen, fully resolved input of one training run (model spec, data, optimizer,
-trainer, seed). Its *identity* is the SHA-256 of its canonical JSON (DESIGN.md decision 5): the same config
-is the same trial whichever worker, process or restart meets it. Machine-specific settings (data root, device,
+trainer, seed). Its *identity* is the SHA-256 of its canonical JSON (docs/design.md, "Identity"): the same
+config is the same trial whichever worker, process or restart meets it. Machine-specific settings (data root, device,
 progress, threads) are not part of the identity; everything that changes the result is.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -62,6 +63,18 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "data": self.data, "optimizer": self.optimizer,
                 "trainer": self.trainer, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
+        """The inverse of ``to_dict``: a queued row carries its whole trial config, so any worker can run it."""
+        return cls(model=ModelSpec.from_dict(d["model"]), data=dict(d["data"]), optimizer=dict(d["optimizer"]),
+                   trainer=dict(d["trainer"]), seed=int(d["seed"]))
+
+    def on_this_machine(self, data: dict[str, Any], trainer: dict[str, Any]) -> TrialConfig:
+        """The same trial (same identity) with this worker's machine settings: data root, device, threads..."""
+        return dataclasses.replace(
+            self, data={**self.data, **{k: data[k] for k in _NON_SEMANTIC_DATA if k in data}},
+            trainer={**self.trainer, **{k: trainer[k] for k in _NON_SEMANTIC_TRAINER if k in trainer}})
 
     # Builders for the training core's own typed configs (kept here so the core stays free of Hydra).
     def data_config(self) -> Any:
@@ -200,7 +213,7 @@ def validate_trial(trial: TrialConfig) -> None:
 
 
 def check_constraints(facts: ModelFacts, constraints: dict[str, Any]) -> str | None:
-    """Why a model violates the size/MAC/param budget, or None when it fits (DESIGN.md decision 6)."""
+    """Why a model violates the size/MAC/param budget, or None when it fits (checked before any training)."""
     checks = (("max_checkpoint_bytes", facts.checkpoint_bytes, "checkpoint"),
               ("max_macs", facts.macs, "MACs"), ("max_params", facts.params, "params"))
     for key, value, what in checks:

@@ -1,8 +1,11 @@
-"""The results store: our own SQLAlchemy schema beside Optuna's tables (DESIGN.md decision 4).
+"""The results store: our own SQLAlchemy schema beside Optuna's tables (docs/design.md, "Trial state").
 
-Optuna's tables schedule; ours record. One row per trial (its identity hash, the semantic config, status,
-accuracies, cheap facts, timings, provenance) and one row per epoch. Tables, figures and deployment read only
-these. The same database URL serves both (SQLite file for one worker, PostgreSQL for many).
+``dse_trials`` is the one owner of trial state: the queue the workers claim from (with a lease on the database's
+clock) and the record tables, figures and deployment read. Optuna's tables, in the same database, are the
+sampler's memory and what optuna-dashboard shows. One row per trial (its identity hash, the semantic config,
+status, accuracies, cheap facts, timings, provenance) and one row per epoch. ``resolve_url`` is the one way
+every command names the store (``storage.url``/``--db``, else ``$DSE_STORAGE_URL``, else the SQLite default,
+relative SQLite paths taken from the repository root).
 
 Every write is one transaction: a crash never leaves a half-written trial. The schema version is recorded in
 ``dse_meta``; a database written by a newer ``dse`` is refused instead of being silently misread.
@@ -11,6 +14,7 @@ Every write is one transaction: a crash never leaves a half-written trial. The s
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -39,14 +43,18 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from dse.common import REPO
 from dse.errors import DSEError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the queue columns lease_until, heartbeat_at, recorded_at (added in place to a v1 file)
+DEFAULT_URL = "sqlite:///results/dse.db"
+BACKENDS = ("sqlite", "postgresql")
 
-# Trial states in our store. Terminal: complete, pruned, failed, rejected. "queued" = enqueued in Optuna,
-# "interrupted" = stopped by Ctrl-C (re-enqueued on the next start), "running" = claimed by a worker.
+# Trial states in our store. Terminal: complete, pruned, failed, rejected. "queued" = waiting for a worker,
+# "interrupted" = stopped by Ctrl-C/SIGTERM (claimable like queued), "running" = claimed under a lease.
+# "planned" is only found in stores written by older versions (treated like queued).
 PLANNED, QUEUED, RUNNING, COMPLETE, PRUNED, FAILED, REJECTED, INTERRUPTED = (
     "planned", "queued", "running", "complete", "pruned", "failed", "rejected", "interrupted")
 TERMINAL = (COMPLETE, PRUNED, FAILED, REJECTED)
@@ -128,6 +136,10 @@ class TrialRow(Base):
     queued_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # the queue (written with the database's clock, compared in SQL: the hosts' clocks never matter)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime)  # a running trial past this is re-queued
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    recorded_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # its result reached Optuna (set once)
 
 
 class EpochRow(Base):
@@ -192,12 +204,50 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def resolve_url(url: str | None = None, *, url_env: str = "DSE_STORAGE_URL", password_env: str = "DSE_DB_PASSWORD",
+                password_file: str | None = None, backend: str | None = None) -> str:
+    """The one way every command names the store: ``url`` (``storage.url``, ``--db``), else ``$<url_env>``, else
+    ``sqlite:///results/dse.db``. A relative SQLite path is taken from the repository root, whatever the working
+    directory, so the sweep, the tables, deployment and the dashboard open the same file. The password comes from
+    ``$<password_env>`` or ``password_file`` (never a command line). ``backend`` (e.g. "postgresql" for
+    ``storage=postgres``) refuses a URL of another kind instead of quietly using it."""
+    given = url or os.environ.get(url_env) or None
+    if given is None and backend not in (None, "sqlite"):
+        raise StoreError(f"storage backend {backend} needs a URL: set storage.url=... or ${url_env} "
+                         "(e.g. postgresql+psycopg://dse@db-host:5432/dse); refusing to fall back to SQLite")
+    raw = given or DEFAULT_URL
+    try:
+        parsed = make_url(raw)
+    except Exception:
+        raise StoreError(f"storage URL {redact(raw)} is not a database URL; allowed: sqlite:///path.db or "
+                         "postgresql+psycopg://user@host:port/db") from None
+    name = parsed.get_backend_name()
+    if name not in BACKENDS:
+        raise StoreError(f"storage URL {redact(raw)}: backend {name!r} is not supported; allowed: sqlite, postgresql")
+    if backend is not None and name != backend:
+        raise StoreError(f"storage backend {backend} was asked for but the URL {redact(raw)} is {name}; "
+                         f"set storage.url or ${url_env} to a {backend} URL")
+    if name == "sqlite" and parsed.database and parsed.database != ":memory:" and not os.path.isabs(parsed.database):
+        parsed = parsed.set(database=str(REPO / parsed.database))
+    if parsed.password is None and name != "sqlite":
+        password = os.environ.get(password_env)
+        if password is None and password_file:
+            pf = os.path.expanduser(password_file)
+            if not os.path.isfile(pf):
+                raise StoreError(f"storage.password_file {pf} does not exist")
+            with open(pf) as f:
+                password = f.read().strip()
+        if password is not None:
+            parsed = parsed.set(password=password)
+    return parsed.render_as_string(hide_password=False)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the settings our workload needs (WAL + busy timeout on SQLite)."""
     try:
         parsed = make_url(url)
     except Exception as e:
-        raise StoreError(f"storage URL {url!r} is not a database URL; expected e.g. "
+        raise StoreError(f"storage URL {redact(url)} is not a database URL; expected e.g. "
                          "sqlite:///results/dse.db or postgresql+psycopg://user@host/db") from e
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
@@ -208,34 +258,66 @@ def make_engine(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql":
         return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
-    return create_engine(url, pool_pre_ping=True)
+    raise StoreError(f"storage URL {redact(url)}: backend {parsed.get_backend_name()!r} is not supported; "
+                     "allowed: sqlite, postgresql")
+
+
+def db_outage(e: BaseException) -> OperationalError | None:
+    """The database outage behind ``e``, if any: Optuna re-raises SQLAlchemy's errors as its own, sometimes
+    after a rollback that fails in turn, so the OperationalError can be a few links down the chain."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OperationalError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def with_retries(fn: Callable[[], T], *, what: str, retries: int = 5, backoff: float = 0.5,
                  url: str = "") -> T:
-    """Run ``fn``, retrying database outages (OperationalError) with exponential backoff, then a clear error."""
+    """Run ``fn``, retrying database outages (an OperationalError anywhere in the exception's chain, also when
+    Optuna wrapped it) with exponential backoff (seconds, capped at 30), then one clear StoreError."""
+    if retries < 0:
+        raise StoreError(f"storage.retries={retries} must be >= 0 (reconnection attempts after an outage)")
     delay = backoff
     for attempt in range(retries + 1):
         try:
             return fn()
-        except OperationalError as e:
+        except Exception as e:
+            outage = db_outage(e)
+            if outage is None:
+                raise
             if attempt == retries:
-                msg = str(e.orig).strip().splitlines()[0] if e.orig else str(e).splitlines()[0]
+                msg = str(outage.orig).strip().splitlines()[0] if outage.orig else str(outage).splitlines()[0]
                 raise StoreError(f"{what}: database {redact(url)} unreachable after {retries + 1} attempts "
                                  f"({msg})") from e
             log.warning("%s: database unavailable (%s); retry %d/%d in %.1f s", what,
-                        type(e.orig).__name__ if e.orig else "OperationalError", attempt + 1, retries, delay)
+                        type(outage.orig).__name__ if outage.orig else "OperationalError", attempt + 1, retries,
+                        delay)
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
-    raise AssertionError("unreachable")
+    raise StoreError(f"{what}: no attempt was made")  # not reached: the loop returns or raises
 
 
 @contextmanager
 def schema_lock(url: str) -> Iterator[None]:
-    """Serialise schema creation between workers starting at once (PostgreSQL advisory lock; CREATE TABLE
-    racing CREATE TABLE fails there). SQLite needs nothing: its writes are serialised by the file lock."""
-    if not url.startswith("postgresql"):
-        yield
+    """Serialise schema creation (ours and Optuna's, whose alembic_version insert races) between workers that
+    start at once: a PostgreSQL advisory lock, or on SQLite an exclusive lock on a file beside the database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            yield
+            return
+        lock_path = os.path.abspath(parsed.database) + ".lock"
+        os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+        with open(lock_path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
         return
     from sqlalchemy import text
 
@@ -266,8 +348,11 @@ class Store:
         self._retry(lambda: self._init_schema(create), "opening the results store")
 
     # -- plumbing -----------------------------------------------------------------------------------------
-    def _retry(self, fn: Callable[[], T], what: str) -> T:
+    def retry(self, fn: Callable[[], T], what: str) -> T:
+        """``with_retries`` with this store's URL and settings."""
         return with_retries(fn, what=what, retries=self.retries, backoff=self.backoff, url=self.url)
+
+    _retry = retry
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -284,16 +369,39 @@ class Store:
                     raise StoreError(
                         f"results database {redact(self.url)} has schema version {row}, newer than this "
                         f"dse supports ({SCHEMA_VERSION}); upgrade dse (nothing was changed)")
+            if self.engine.dialect.has_table(conn, TrialRow.__tablename__):
+                _add_missing_columns(conn)
         if not create:
             return
         Base.metadata.create_all(self.engine)
         with self.session() as s:
-            if s.get(Meta, "schema_version") is None:
+            meta = s.get(Meta, "schema_version")
+            if meta is not None and int(meta.value) < SCHEMA_VERSION:  # its columns were added above
+                meta.value = str(SCHEMA_VERSION)
+            if meta is None:
                 try:
                     with s.begin_nested():
                         s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                 except IntegrityError:  # another worker wrote it first
                     pass
+
+    def insert_missing(self, rows: list[dict[str, Any]]) -> int:
+        """Insert the trial rows whose (study, identity) is not there yet, in one transaction; how many were new.
+        Workers planning the same study at once insert each row once (the unique constraint decides)."""
+        if not rows:
+            return 0
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+
+        def go() -> int:
+            with self.session() as s:
+                res = s.execute(insert(TrialRow).on_conflict_do_nothing(
+                    index_elements=["study", "identity"]).returning(TrialRow.id), rows)
+                return len(res.all())
+
+        return self._retry(go, "planning the study's trials")
 
     def schema_version(self) -> int:
         with self.session() as s:
@@ -446,6 +554,21 @@ class Store:
         return self._retry(go, "listing studies")
 
 
+def _add_missing_columns(conn: Any) -> None:
+    """Bring a version-1 ``dse_trials`` up to date: the queue columns are nullable, so adding them is all."""
+    from sqlalchemy import inspect, text
+
+    have = {c["name"] for c in inspect(conn).get_columns(TrialRow.__tablename__)}
+    missing = [c for c in TrialRow.__table__.columns if c.name not in have]
+    for col in missing:
+        ddl = col.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {TrialRow.__tablename__} ADD COLUMN {col.name} {ddl}"))
+    if missing:
+        conn.commit()
+        log.info("results store: added columns %s to %s", ", ".join(c.name for c in missing),
+                 TrialRow.__tablename__)
+
+
 def config_json(cfg: dict[str, Any]) -> str:
     return json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -453,5 +576,5 @@ def config_json(cfg: dict[str, Any]) -> str:
 __all__ = [
     "COMPLETE", "DeploymentRow", "EpochRow", "FAILED", "INTERRUPTED", "PLANNED", "PRUNED", "QUEUED",
     "REJECTED", "RUNNING", "SCHEMA_VERSION", "Store", "StoreError", "SQLAlchemyError", "TERMINAL", "TrialRow",
-    "config_json", "make_engine", "redact", "with_retries",
+    "config_json", "db_outage", "make_engine", "redact", "resolve_url", "schema_lock", "with_retries",
 ]

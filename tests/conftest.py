@@ -34,6 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_data_cache(request: pytest.FixtureRequest, tmp_path_factory, monkeypatch) -> None:
+    # run folders (Hydra's .hydra/ and sweep.log) of the sweeps the tests start go to a temporary folder
+    monkeypatch.setenv("DSE_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
     if request.node.get_closest_marker("e2e") is None:
         monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path_factory.mktemp("dse-cache")))
 

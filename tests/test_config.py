@@ -10,9 +10,8 @@ from dse_testdata import tiny_imagefolder  # noqa: F401  (fixture)
 from dse.config import CONF_DIR, EXPERIMENTS_DIR, compose, experiment_names, study_name
 from dse.errors import ConfigError
 from dse.space import plan_grid, resolve_trial, validate_sample_space
-from dse.sweep import Worker
 
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 
@@ -127,10 +126,14 @@ def test_dry_run_lists_trials_and_rejections(capsys):
     assert "13 planned trials" in out and "rejected" in out
 
 
-def test_worker_validates_everything_before_storage(tmp_path):
+def test_planning_validates_everything_before_storage(tmp_path):
+    from dse.sweep.plan import make_plan
+    from dse.sweep.record import make_pruner, make_sampler
+
     db = tmp_path / "never.db"
     cfg = compose(["experiment=table4", f"storage.url=sqlite:///{db}"])
-    Worker(cfg)  # plans, builds sampler and pruner
+    make_plan(cfg, check_data=False)
+    make_sampler(cfg), make_pruner(cfg)
     assert not db.exists()
 
 

@@ -598,9 +598,9 @@ def run(args) -> int:
     adhoc = bool(args.model or args.checkpoint)
     store = None
     if not (adhoc and args.no_record):  # a bare checkpoint with --no-record needs no store at all
-        from dse.store import Store
+        from dse.store import Store, resolve_url
 
-        store = Store(args.db)
+        store = Store(resolve_url(args.db))
     bundles: dict[tuple, Any] = {}
 
     def bundle_for(c: Candidate):

@@ -40,7 +40,9 @@ class TablesError(DSEError):
 
 def default_db_url() -> str:
     """``$DSE_STORAGE_URL`` if set, else the embedded default ``sqlite:///results/dse.db``."""
-    return os.environ.get("DSE_STORAGE_URL") or DEFAULT_DB_URL
+    from dse.store import resolve_url
+
+    return resolve_url()
 
 
 def run_command(table: int) -> str:

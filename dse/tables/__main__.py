@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from dse.errors import DSEError
+    from dse.store import resolve_url
     from dse.tables import Options, generate, parse_formats
 
     t0 = time.perf_counter()
     try:
-        opts = Options(db_url=args.db or default_db_url(), out_dir=Path(args.out),
+        opts = Options(db_url=resolve_url(args.db), out_dir=Path(args.out),
                        formats=parse_formats(args.format), studies=tuple(args.study) if args.study else None,
                        paper_dir=Path(args.paper_dir) if args.paper_dir else None,
                        figures=not args.no_figures)

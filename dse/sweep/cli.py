@@ -1,0 +1,246 @@
+"""``python -m dse.sweep``: the Hydra application.
+
+Hydra parses the command line (overrides, ``-m``, ``--cfg``, ``--info``, ``-h``, shell completion), composes
+``conf/config.yaml`` with the dataclass schema and the experiments registered in the ConfigStore, makes the
+run folder (``results/runs/<date_time>`` with ``.hydra/config.yaml`` and ``sweep.log``) and calls ``sweep``
+once per job. Errors are one line on stderr (tracebacks with ``verbose=true``); the exit code says how the
+run went: 0 done, 1 some trial failed, 2 could not run (configuration, data, device, disk, store), 130
+interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+from omegaconf import DictConfig
+
+from dse.config import CONF_DIR, check, register_configs
+from dse.errors import DSEError
+
+log = logging.getLogger("dse.sweep")
+INTERRUPTED = ("interrupted: the running trial is marked 'interrupted' and is resumed by the next run; nothing "
+               "finished is lost")
+_runs: list[int] = []  # the exit code of each job of this invocation (several with -m)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line entry point; returns the exit code."""
+    saved, root = list(sys.argv), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    if argv is not None:  # Hydra reads sys.argv
+        sys.argv = [sys.argv[0] if sys.argv else "dse.sweep", *argv]
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print one line instead of its report
+    _runs.clear()
+    try:
+        return _main()
+    finally:  # called as a function (tests, notebooks): leave the caller's logging and argv as they were
+        sys.argv = saved
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def _main() -> int:
+    import hydra
+
+    try:
+        register_configs()
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+        app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_job)
+        app()
+    except KeyboardInterrupt:
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # --help and friends
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    except Exception as e:  # noqa: BLE001 - composition errors: one line naming the key, value and allowed type
+        print(f"error: {hydra_error_line(e)}", file=sys.stderr)
+        if "verbose=true" in sys.argv:
+            traceback.print_exc()
+        return 2
+    return max(_runs, default=0)
+
+
+def hydra_error_line(e: BaseException) -> str:
+    """One line from Hydra/OmegaConf's multi-line errors: the override, and what the schema expected."""
+    import dataclasses
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    head = " ".join(str(e).split("Config search path")[0].split())  # Hydra appends its search path
+    cause = e.__cause__
+    schema = getattr(cause, "object_type", None)
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError) and dataclasses.is_dataclass(schema):  # not in schema
+        allowed = ", ".join(f.name for f in dataclasses.fields(schema))
+        return f"unknown config key {cause.full_key!r}; allowed there: {allowed}"
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "msg", None):
+        return f"{head}: {str(cause.msg).strip().splitlines()[0]}"
+    if isinstance(e, DSEError):
+        return str(e).strip().splitlines()[0]
+    return head or type(e).__name__
+
+
+def _job(cfg: DictConfig) -> None:
+    """One Hydra job (one study). Never raises: the exit code goes to ``_runs``."""
+    if 130 in _runs:  # -m after Ctrl-C: do not start the next study
+        return
+    _runs.append(sweep(cfg))
+
+
+def sweep(cfg: DictConfig) -> int:
+    from dse.sweep.plan import make_plan, print_dry_run
+
+    setup_logging(bool(cfg.verbose))
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        check(cfg)
+        plan = make_plan(cfg, check_data=not cfg.dry_run)  # a dry run downloads nothing
+        if cfg.dry_run:
+            print_dry_run(plan, cfg)
+            return 0
+        if plan.mode == "grid" and not plan.runnable or plan.mode == "sample" and plan.missing_data:
+            raise_no_data(plan)
+        for line in plan.missing_data:
+            log.warning("%s; skipping %s in this run", line, "them" if plan.trials else "it")
+        url = store_url(cfg)
+        return run_study(cfg, plan, url)
+    except KeyboardInterrupt:
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
+        return 130
+    except DSEError as e:
+        log.debug("%s", traceback.format_exc())
+        print(f"error: {_first_line(e)}", file=sys.stderr)
+        return 2
+
+
+def raise_no_data(plan: Any) -> None:
+    from dse.errors import EnvironmentFault
+
+    raise EnvironmentFault(f"nothing to run for study {plan.name}: {'; '.join(plan.missing_data)}")
+
+
+def store_url(cfg: DictConfig) -> str:
+    from dse.store import resolve_url
+
+    s = cfg.storage
+    return resolve_url(s.url, url_env=s.url_env, password_env=s.password_env, password_file=s.password_file,
+                       backend=s.backend)
+
+
+def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
+    """Open the study, queue the plan, run the workers here (one in this process, or ``workers`` children)."""
+    from dse import store as st
+    from dse.sweep.worker import Worker
+
+    worker = Worker(cfg, plan, url)
+    worker.open()
+    new = worker.prepare()
+    counts = worker.queue.counts()
+    log.info("study %s in %s: %d newly queued; %s", plan.name, st.redact(url), new,
+             ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "empty")
+    if int(cfg.workers) > 1:
+        from hydra.core.hydra_config import HydraConfig
+
+        from dse.sweep.launch import launch
+
+        worker.preflight()  # what every child would find wrong, said once
+        run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
+        trained, failed, rc, errors = launch(cfg, plan, url, run_dir)
+    else:
+        trained, failed, rc, errors = run_worker(cfg, plan, url, prepared=True, worker=worker)
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    if rc == 130:
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
+    if rc in (2, 130):  # its one line is the last thing printed
+        return rc
+    summary(worker.queue, url, trained, failed)
+    return 1 if rc == 0 and failed else rc
+
+
+def run_worker(cfg: DictConfig, plan: Any, url: str, prepared: bool = False, worker: Any = None
+               ) -> tuple[int, int, int, list[str]]:
+    """One worker's loop: (trained, failed, exit code, error lines). Used in this process and in each child of
+    workers=N; the caller prints the error lines (the parent of several children prints each only once)."""
+    from dse.sweep.worker import Worker
+
+    try:
+        if worker is None:
+            worker = Worker(cfg, plan, url)
+            worker.open()
+            if not prepared:
+                worker.prepare()
+        worker.preflight()
+        r = worker.run()
+        return r.trained, r.failed, 0, []
+    except KeyboardInterrupt:
+        return _partial(worker), _failed(worker), 130, []
+    except DSEError as e:
+        log.debug("%s", traceback.format_exc())
+        return _partial(worker), _failed(worker), 2, [_first_line(e)]
+
+
+def _failed(worker: Any) -> int:
+    return worker.result.failed if worker is not None and hasattr(worker, "result") else 0
+
+
+def _partial(worker: Any) -> int:
+    return worker.result.trained if worker is not None and hasattr(worker, "result") else 0
+
+
+def summary(queue: Any, url: str, trained: int, failed: int) -> None:
+    """The one-line result of the run, then the study's best trial and front."""
+    from dse import store as st
+    from dse.common import pareto_front
+
+    counts = queue.counts()
+    print(f"\nstudy {queue.study}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
+          f"; trained by this worker: {trained}" + (f"; failed in this run: {failed}" if failed else ""))
+    df = queue.store.trials(queue.study, status=st.COMPLETE)
+    if len(df):
+        best = df.loc[df["best_val_acc"].idxmax()]
+        front = pareto_front(df["best_val_acc"].tolist(), df["checkpoint_bytes"].tolist())
+        print(f"best so far: {best['model_name']} seed {best['seed']}: val {best['best_val_acc']:.2f} %, test "
+              f"{best['test_acc']:.2f} %, {best['checkpoint_bytes'] / 1e6:.3f} MB; Pareto front (val acc up, "
+              f"checkpoint size down): {len(front)} trials")
+    print(f"store: {st.redact(url)}  (tables: python -m dse.tables; dashboard: optuna-dashboard {st.redact(url)})")
+
+
+def setup_logging(verbose: bool) -> None:
+    """Hydra configured the handlers (conf/hydra/job_logging); here: the levels, and Optuna's logs go through
+    ours once (its own handler off, warnings only)."""
+    import optuna
+
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(logging.DEBUG if verbose else logging.WARNING)
+
+
+def setup_child_logging(cfg: DictConfig, index: int, run_dir: str | None) -> None:
+    """A spawned worker: stderr with its index, and its own log file in the run folder."""
+    fmt = f"%(asctime)s [w{index}] %(levelname)s %(name)s: %(message)s"
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir:
+        handlers.append(logging.FileHandler(os.path.join(run_dir, f"worker-{index}.log")))
+    logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S", handlers=handlers, force=True)
+    setup_logging(bool(cfg.verbose))
+    signal.signal(signal.SIGTERM, _on_term)
+
+
+def _on_term(signum: int, _frame: Any) -> None:  # SLURM preemption, kill: stop like Ctrl-C
+    raise KeyboardInterrupt
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__

@@ -1,0 +1,107 @@
+"""``workers=N``: N worker processes on this host against one store (SQLite is fine on one host).
+
+The parent plans the study, creates the tables and the Optuna study once, then starts N spawned processes. Each
+gets one of the visible GPUs in turn (``trainer.device=cuda:i`` when the device is ``auto`` or ``cuda``) and an
+equal share of the CPU cores (``trainer.threads`` = cores // N unless set: an OpenMP thread that loses its core
+makes every operation wait). Each child logs to the run folder as ``worker-<i>.log`` and to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dse.sweep.plan import StudyPlan
+
+log = logging.getLogger("dse.sweep")
+
+
+def worker_overrides(cfg: DictConfig, index: int, n: int, gpus: int) -> dict[str, Any]:
+    """The trainer settings of child ``index`` of ``n``: its GPU and its share of the CPU threads."""
+    out: dict[str, Any] = {}
+    if gpus and str(cfg.trainer.device) in ("auto", "cuda"):
+        out["device"] = f"cuda:{index % gpus}"
+    if cfg.trainer.threads is None:
+        out["threads"] = max(1, len(os.sched_getaffinity(0)) // n)
+    return out
+
+
+def mps_line() -> str:
+    """Whether CUDA MPS (several processes sharing one GPU concurrently) is on, as one log line."""
+    import shutil
+
+    pipe = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+    if (pipe / "control").exists() or pipe.is_dir() and any(pipe.glob("*")):
+        return f"CUDA MPS is on (pipe directory {pipe}): workers sharing a GPU run their kernels concurrently"
+    hint = "start it with `nvidia-cuda-mps-control -d`" if shutil.which("nvidia-cuda-mps-control") else \
+        "nvidia-cuda-mps-control is not installed"
+    return f"CUDA MPS is off ({pipe} absent): workers sharing a GPU take turns; {hint}"
+
+
+def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None) -> tuple[int, int, int, list[str]]:
+    """Run ``cfg.workers`` worker processes to the end: (trained, failed, worst exit code, their distinct error
+    lines) over all of them."""
+    import torch
+
+    n = int(cfg.workers)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        log.info("%d workers over %d GPU%s; %s", n, gpus, "s" * (gpus > 1), mps_line())
+    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no CUDA or thread state inherited
+    results = ctx.SimpleQueue()
+    procs = []
+    for i in range(n):
+        child = OmegaConf.merge(cfg, {"trainer": worker_overrides(cfg, i, n, gpus), "workers": 1})
+        args = (OmegaConf.to_container(child, resolve=True), plan, url, i, run_dir, results)
+        procs.append(ctx.Process(target=_child, args=args, name=f"dse-worker-{i}"))
+    for p in procs:
+        p.start()
+    log.info("started %d workers (threads %s each)", n, procs and worker_overrides(cfg, 0, n, gpus).get(
+        "threads", cfg.trainer.threads))
+
+    def forward(signum: int, _frame: Any) -> None:  # SIGTERM to the parent: stop the children like Ctrl-C
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join()
+        raise
+    trained = failed = rc = 0
+    errors: list[str] = []
+    while not results.empty():
+        t, f, code, errs = results.get()
+        trained, failed, rc = trained + t, failed + f, max(rc, code)
+        errors += [e for e in errs if e not in errors]
+    missing = [p for p in procs if p.exitcode not in (0, 1, 2, 130)]
+    if missing:
+        log.error("%d worker process%s died (exit codes %s); their trials are re-queued when their lease runs out",
+                  len(missing), "es" * (len(missing) > 1), [p.exitcode for p in missing])
+        rc = max(rc, 2)
+    return trained, failed, rc, errors
+
+
+def _child(cfg_dict: dict, plan: StudyPlan, url: str, index: int, run_dir: str | None, results: Any) -> None:
+    from dse.sweep.cli import run_worker, setup_child_logging
+
+    try:
+        cfg = OmegaConf.create(cfg_dict)
+        setup_child_logging(cfg, index, run_dir)
+        result = run_worker(cfg, plan, url, prepared=True)
+    except KeyboardInterrupt:  # before its loop started: nothing to put back
+        result = (0, 0, 130, [])
+    results.put(result)
+    sys.exit(result[2])

@@ -1,0 +1,218 @@
+"""Optuna as the sampler and the record: opening the study, asking for points, recording finished trials.
+
+Optuna never schedules here: the queue in ``dse_trials`` does. Sample mode asks the study for the next point
+and tells it the result by trial number (any worker may, e.g. after a resume). A grid trial reaches Optuna only
+when it is finished, as one ``add_trial`` carrying its parameters, values, per-epoch validation accuracy and
+attributes, so optuna-dashboard shows every trial and FAIL always means a real failure. The compare-and-set on
+the row's ``recorded_at`` makes each finished trial reach Optuna exactly once, whichever worker gets there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import optuna
+from omegaconf import DictConfig
+
+from dse import store as st
+from dse.errors import ConfigError, DSEError
+from dse.space import TrialConfig
+from dse.sweep.plan import OBJECTIVES, StudyPlan, grid_space, trial_params
+from dse.sweep.queue import Queue
+
+log = logging.getLogger("dse.sweep")
+T = TypeVar("T")
+# metric names are "experimental" in Optuna's terms, and what optuna-dashboard labels its axes with
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+FINGERPRINT_ATTR = "dse_space_fingerprint"
+SPACE_ATTR = "dse_grid_space"  # {param: distribution JSON}: lets any worker record a grid trial
+STATES = {st.COMPLETE: optuna.trial.TrialState.COMPLETE, st.PRUNED: optuna.trial.TrialState.PRUNED,
+          st.REJECTED: optuna.trial.TrialState.PRUNED, st.FAILED: optuna.trial.TrialState.FAIL}
+GRID_PRUNERS = ("none", "median")  # pruners that only read the curves (grid trials live in Optuna when done)
+
+
+class SweepError(DSEError):
+    """The study cannot be opened as configured (other search space, other objectives)."""
+
+
+def make_sampler(cfg: DictConfig) -> optuna.samplers.BaseSampler:
+    s = cfg.sampler
+    if s.name in ("grid", "random"):
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True,
+                                          constant_liar=True)
+    if s.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=s.population_size)
+    raise ConfigError(f"sampler.name={s.name!r} is unknown; allowed: grid, random, tpe, nsga2")
+
+
+def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
+    p = cfg.pruner
+    if cfg.search.mode == "grid" and p.name not in GRID_PRUNERS:
+        raise ConfigError(f"pruner={p.name} needs search.mode=sample; allowed with a grid: {', '.join(GRID_PRUNERS)}")
+    if p.name == "none":
+        return optuna.pruners.NopPruner()
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
+                                                      reduction_factor=p.reduction_factor)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=int(cfg.trainer.epochs),
+                                              reduction_factor=p.reduction_factor)
+    raise ConfigError(f"pruner.name={p.name!r} is unknown; allowed: none, median, successive_halving, hyperband")
+
+
+class Record:
+    """The study in Optuna's tables, for one worker."""
+
+    def __init__(self, cfg: DictConfig, plan: StudyPlan, url: str, queue: Queue) -> None:
+        self.cfg, self.plan, self.url, self.queue = cfg, plan, url, queue
+        self.objectives = plan.objectives
+        self.prune_on = not plan.multi and cfg.pruner.name != "none"
+
+    def retry(self, fn: Callable[[], T], what: str) -> T:
+        s = self.cfg.storage
+        return st.with_retries(fn, what=what, retries=int(s.retries), backoff=float(s.backoff), url=self.url)
+
+    # -- opening ------------------------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Create or load the study (serialised with the schema: Optuna's own table creation races)."""
+        def go() -> None:
+            with st.schema_lock(self.url):
+                kwargs = {"connect_args": {"timeout": 60}} if self.url.startswith("sqlite") else \
+                    {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+                self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
+                self._open_study()
+
+        self.retry(go, "opening the Optuna study")
+        self.study_id = self.storage.get_study_id_from_name(self.plan.name)
+        space = json.loads(self.study.user_attrs.get(SPACE_ATTR, "{}"))
+        self.distributions = {k: optuna.distributions.json_to_distribution(v) for k, v in space.items()}
+
+    def _open_study(self) -> None:
+        names = {s.study_name: s for s in optuna.get_all_study_summaries(self.storage)}
+        existing = names.get(self.plan.name)
+        if existing is not None:
+            fp = existing.user_attrs.get(FINGERPRINT_ATTR)
+            if fp is not None and fp != self.plan.fingerprint:
+                raise SweepError(f"study {self.plan.name!r} in {st.redact(self.url)} was created with a different "
+                                 f"search space (fingerprint {fp} != {self.plan.fingerprint}); choose another "
+                                 "study.name=... (nothing changed)")
+            have = [d.name.lower() for d in existing.directions]
+            if have != self.plan.directions:
+                raise SweepError(f"study {self.plan.name!r} has objective directions {have}, this config asks "
+                                 f"{self.plan.directions}; choose another study.name=...")
+        d = self.plan.directions
+        self.study = optuna.create_study(
+            study_name=self.plan.name, storage=self.storage, load_if_exists=True, sampler=make_sampler(self.cfg),
+            pruner=make_pruner(self.cfg), **({"directions": d} if len(d) > 1 else {"direction": d[0]}))
+        if existing is None or FINGERPRINT_ATTR not in existing.user_attrs:  # new, or its creation was cut short
+            self._describe()
+        elif self.plan.mode == "grid" and SPACE_ATTR not in existing.user_attrs:  # made by an older version
+            self._set_space()
+
+    def _describe(self) -> None:
+        """Study attributes: what the dashboard labels, the constants, and (last: it marks the study complete)
+        the fingerprint."""
+        self.study.set_metric_names([OBJECTIVES[o][2] for o in self.objectives])
+        for k, v in (("experiment", self.cfg.study.experiment), ("budget", self.cfg.budget),
+                     ("objectives", self.objectives), ("mode", self.plan.mode)):
+            self.study.set_user_attr(k, v)
+        if self.plan.mode == "grid":
+            self._set_space()
+        self.study.set_user_attr(FINGERPRINT_ATTR, self.plan.fingerprint)
+
+    def _set_space(self) -> None:
+        """The grid's varying parameters (as distributions any worker can read back) and its constants."""
+        dists, constants = grid_space(self.plan.trials)
+        self.study.set_user_attr(SPACE_ATTR, json.dumps(
+            {k: optuna.distributions.distribution_to_json(v) for k, v in dists.items()}))
+        for k, v in constants.items():
+            self.study.set_user_attr(f"constant {k}", v)
+
+    # -- sample mode ------------------------------------------------------------------------------------------
+    def ask(self) -> optuna.Trial:
+        return self.retry(self.study.ask, "asking the sampler for a trial")
+
+    def _trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def report(self, row: st.TrialRow, epoch: int, val_acc: float, curve: dict[int, float]) -> bool:
+        """Record one epoch's validation accuracy (sample mode: live, as the trial's intermediate value);
+        True when the pruner says stop."""
+        frozen = None
+        if row.optuna_trial_number is not None:
+            tid = self._trial_id(row.optuna_trial_number)
+            if self.storage.get_trial(tid).state == optuna.trial.TrialState.RUNNING:
+                self.retry(lambda: self.storage.set_trial_intermediate_value(tid, epoch, val_acc), "reporting")
+                frozen = self.storage.get_trial(tid)
+        if not self.prune_on:
+            return False
+        if frozen is None:  # a grid trial: it joins Optuna when finished; the pruner only reads its curve
+            frozen = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, intermediate_values=curve)
+        return bool(self.study.pruner.prune(self.study, frozen))
+
+    def note(self, row: st.TrialRow, key: str, value: Any) -> None:
+        """A user attribute on a sample-mode trial still running in Optuna (e.g. why it was interrupted)."""
+        if row.optuna_trial_number is not None:
+            tid = self._trial_id(row.optuna_trial_number)
+            self.retry(lambda: self.storage.set_trial_user_attr(tid, key, value), "noting a trial attribute")
+
+    # -- recording a finished trial ----------------------------------------------------------------------------
+    def values(self, row: st.TrialRow) -> list[float]:
+        return [float(getattr(row, OBJECTIVES[o][1]) or 0.0) for o in self.objectives]
+
+    def record(self, row: st.TrialRow) -> None:
+        """Give Optuna this finished trial, once (the CAS on recorded_at picks the one worker that does)."""
+        if not self.queue.mark_recorded(row.id):
+            return
+        try:
+            self.retry(lambda: self._record(row), "recording a trial in Optuna")
+        except BaseException:
+            self.queue.unmark_recorded(row.id)  # a later run records it
+            raise
+
+    def _record(self, row: st.TrialRow) -> None:
+        state = STATES[row.status]
+        values = self.values(row) if state == optuna.trial.TrialState.COMPLETE else None
+        attrs = user_attrs(row)
+        if row.optuna_trial_number is not None:
+            tid = self._trial_id(row.optuna_trial_number)
+            frozen = self.storage.get_trial(tid)
+            if frozen.state == optuna.trial.TrialState.RUNNING:  # sample mode: tell the asked trial
+                for k, v in attrs.items():
+                    self.storage.set_trial_user_attr(tid, k, v)
+                self.study.tell(row.optuna_trial_number, values, state=state)
+                return
+            params, dists = frozen.params, frozen.distributions  # a retried trial: a new record, same point
+        else:
+            tcfg = TrialConfig.from_dict(json.loads(row.config_json))
+            params, dists = trial_params(tcfg, list(self.distributions)), self.distributions
+        self.study.add_trial(optuna.trial.create_trial(
+            state=state, params=params, distributions=dists, values=values, user_attrs=attrs,
+            intermediate_values=self.queue.curve(row.id)))
+
+    def record_pending(self) -> None:
+        """Record the study's finished trials that Optuna has not got yet (rejected ones, an outage between
+        finishing and recording)."""
+        for row in self.queue.unrecorded():
+            self.record(row)
+
+
+def user_attrs(row: st.TrialRow) -> dict[str, Any]:
+    """What the dashboard shows beside a trial's parameters."""
+    attrs: dict[str, Any] = {"identity": row.identity, "store_trial_id": row.id, "model": row.model_name,
+                             "params": row.params, "macs": row.macs, "checkpoint_bytes": row.checkpoint_bytes,
+                             "attempts": row.attempts}
+    if row.status == st.COMPLETE:
+        attrs.update(test_acc=row.test_acc, sec_per_epoch=row.sec_per_epoch, device=row.device)
+    elif row.fail_reason:
+        attrs["fail_reason"] = row.fail_reason[:500]
+    return attrs
