@@ -138,7 +138,9 @@ def _measure(spec: ModelSpec, train: TrainConfig, optim: OptimConfig, steps: int
         fingerprint="calibration",
     )
     timed = replace(train, epochs=2, checkpoint_dir=None, tensorboard_dir=None, progress="none", resume=False)
-    r = fit(spec, probe, optim, timed)
+    # a step's time does not depend on the learning rate (same kernels), but a trial's own lr may diverge on
+    # random pixels and end the probe: time it with a small one (lr is not part of the cache key either)
+    r = fit(spec, probe, replace(optim, lr=1e-4), timed)
     steady = r.epochs[1]
     warmup = r.epochs[0].train_seconds + r.warmup_seconds - steady.train_seconds  # epoch 1's extra time
     return Calibration(

@@ -156,6 +156,7 @@ class StudyConf:
     keep_last: bool = False  # keep a completed trial's last.pt (resume state); best.pt is always kept
     wait_for_running: bool = True  # a worker with nothing queued waits for running trials (to retry the dead)
     poll_seconds: float = 5.0
+    estimate: bool = True  # before training, calibrate each queued architecture (cached) and print the study's ETA
 
 
 @dataclass

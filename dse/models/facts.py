@@ -1,4 +1,7 @@
-"""Cheap facts about a model, known before training: parameters, MACs, checkpoint bytes (DESIGN.md #6, #9).
+"""Cheap facts about a model, known before training: parameters, MACs, checkpoint bytes.
+
+They are computed before training so that a size or MAC budget rejects a configuration without spending any
+training on it, and they mean what the paper means: "model size" is the bytes of the saved float32 state_dict.
 
 - ``params``: trainable parameters (``requires_grad``), BN affine weights included, BN running stats not.
 - ``macs``: multiply-accumulates for ONE image of ``input_size`` (default 3x32x32, CIFAR), counted by forward

@@ -139,6 +139,7 @@ def store_url(cfg: DictConfig) -> str:
 def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
     """Open the study, queue the plan, run the workers here (one in this process, or ``workers`` children)."""
     from dse import store as st
+    from dse.sweep.progress import print_estimate
     from dse.sweep.worker import Worker
 
     worker = Worker(cfg, plan, url)
@@ -147,6 +148,9 @@ def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
     counts = worker.queue.counts()
     log.info("study %s in %s: %d newly queued; %s", plan.name, st.redact(url), new,
              ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "empty")
+    if worker.queue.waiting():
+        worker.preflight()  # a bad device or folder is said once, before any calibration or training
+        print_estimate(cfg, worker.queue, worker.base, int(cfg.workers))
     if int(cfg.workers) > 1:
         from hydra.core.hydra_config import HydraConfig
 

@@ -30,6 +30,8 @@ def worker_overrides(cfg: DictConfig, index: int, n: int, gpus: int) -> dict[str
         out["device"] = f"cuda:{index % gpus}"
     if cfg.trainer.threads is None:
         out["threads"] = max(1, len(os.sched_getaffinity(0)) // n)
+    if cfg.trainer.progress == "auto":  # N processes drawing bars on one terminal garble it: plain lines
+        out["progress"] = "log"
     return out
 
 

@@ -143,6 +143,10 @@ class Queue:
     def unmark_recorded(self, row_id: int) -> None:
         self._run(update(TrialRow).where(TrialRow.id == row_id).values(recorded_at=None), "unmarking a trial")
 
+    def waiting(self) -> list[TrialRow]:
+        """Trials waiting for a worker (queued, interrupted)."""
+        return self._rows(TrialRow.status.in_(CLAIMABLE))
+
     def unrecorded(self) -> list[TrialRow]:
         """Finished trials whose result has not reached Optuna yet (rejected ones; an outage in between)."""
         return self._rows(TrialRow.status.in_(st.TERMINAL), TrialRow.recorded_at.is_(None))

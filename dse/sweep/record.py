@@ -195,9 +195,14 @@ class Record:
         else:
             tcfg = TrialConfig.from_dict(json.loads(row.config_json))
             params, dists = trial_params(tcfg, list(self.distributions)), self.distributions
-        self.study.add_trial(optuna.trial.create_trial(
+        frozen = optuna.trial.create_trial(  # validates params against distributions, values against state
             state=state, params=params, distributions=dists, values=values, user_attrs=attrs,
-            intermediate_values=self.queue.curve(row.id)))
+            intermediate_values=self.queue.curve(row.id))
+        # the storage call behind study.add_trial, which also gives back the new trial's id: its number is the one
+        # the dashboard shows, so the store keeps it for the tables and the deploy folders
+        trial_id = self.storage.create_new_trial(self.study_id, template_trial=frozen)
+        number = self.storage.get_trial_number_from_id(trial_id)
+        self.queue.store.update_trial(row.id, optuna_trial_number=number)
 
     def record_pending(self) -> None:
         """Record the study's finished trials that Optuna has not got yet (rejected ones, an outage between

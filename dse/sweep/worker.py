@@ -28,6 +28,7 @@ from dse.common import REPO
 from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError, EnvironmentFault
 from dse.space import TrialConfig, check_constraints, resolve_trial, suggest
 from dse.sweep.plan import StudyPlan, git_commit, row_fields
+from dse.sweep.progress import StudyProgress
 from dse.sweep.queue import Lease, Queue
 from dse.sweep.record import Record
 
@@ -116,16 +117,25 @@ class Worker:
     def run(self) -> RunResult:
         """Train trials until the study has none left for this worker (or max_trials)."""
         max_trials = self.cfg.max_trials
+        total = len(self.plan.runnable) if self.plan.mode == "grid" else int(self.cfg.search.n_trials)
+        progress = StudyProgress(self.queue, total, int(self.cfg.workers), str(self.cfg.trainer.progress))
+        try:
+            self._loop(max_trials, progress)
+        finally:
+            progress.close()
+        self.record.record_pending()
+        return self.result
+
+    def _loop(self, max_trials: int | None, progress: StudyProgress) -> None:
         while max_trials is None or self.result.trained < max_trials:
             row = self.next_trial()
             if row is not None:
                 self.run_one(row)
+                progress.trial_done()
             elif not self.cfg.study.wait_for_running or self.queue.unfinished(self.only) == 0:
                 break
             else:  # others' trials are running: wait, so that a lost worker's trial is retried
                 time.sleep(float(self.cfg.study.poll_seconds))
-        self.record.record_pending()
-        return self.result
 
     def next_trial(self) -> st.TrialRow | None:
         self.queue.requeue_expired()
