@@ -6,9 +6,13 @@ both ranks and Spearman's rho (Pearson's correlation of the average ranks, so ti
 spearmanr). Used to check that the default CPU budget (`budget=quick`) orders the Table 3 models as a run at least
 4x longer does:
 
-    python bench/bench_rank.py --store sqlite:///results/dse.db --short cpu-quick --long table3-long
+    python bench/bench_rank.py --store sqlite:///results/dse.db --short cpu-quick --long cpu-long
 
-Only the models both studies completed are compared (the default study trains more rows than Table 3; pass
+(--long-store when the longer study is in another store.)
+
+--paper-table 3 adds the same comparison with the paper's own accuracies of that table (200 epochs on all data, the
+authors' GPU runs; a far longer budget, but another implementation). Only the models both studies completed are
+compared (the default study trains more rows than Table 3; pass
 --models to restrict further). The last line is `spearman(default vs longer): 0.NN`.
 """
 
@@ -43,6 +47,28 @@ def spearman(a: pd.Series, b: pd.Series) -> float:
     return float(a.rank().corr(b.rank()))
 
 
+def paper_accuracy(table: int) -> pd.Series:
+    """The paper's accuracy (percent) of each registry name in its Table `table`."""
+    from dse.tables.paper import load_paper_tables
+
+    paper = load_paper_tables()
+    rows = paper[paper["table"] == table]
+    if rows.empty:
+        raise DSEError(f"the paper has no Table {table}; tables: {sorted(paper['table'].unique())}")
+    return rows.groupby("model_name")["accuracy_pct"].mean()
+
+
+def by_model(acc: pd.Series) -> pd.Series:
+    """Accuracy per registry name (mean over the rows of one model: dropout/optimizer variants)."""
+    return acc.groupby(level="model_name").mean()
+
+
+def report(table: pd.DataFrame, short: str, long: str, metric: str, label: str) -> None:
+    print(f"{metric} (%) of {len(table)} models: {short} (short) vs {long} (long)")
+    print(table.round(2).to_string())
+    print(f"spearman({label}): {spearman(table['short'], table['long']):.2f}")
+
+
 def compare(short: pd.Series, long: pd.Series, models: list[str] | None) -> pd.DataFrame:
     both = pd.concat({"short": short, "long": long}, axis=1, join="inner").dropna()
     if models:
@@ -57,22 +83,25 @@ def compare(short: pd.Series, long: pd.Series, models: list[str] | None) -> pd.D
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="sqlite:///results/dse.db", help="results store URL")
+    ap.add_argument("--long-store", help="store URL of the longer study (default: --store)")
     ap.add_argument("--short", default="cpu-quick", help="the default-budget study")
     ap.add_argument("--long", required=True, help="the study with the longer budget (same models)")
     ap.add_argument("--metric", default="test_acc", choices=["test_acc", "best_val_acc", "final_test_acc"])
     ap.add_argument("--models", nargs="*", help="registry names to compare (default: every model in both)")
+    ap.add_argument("--paper-table", type=int, help="also compare the short study with this table of the paper")
     args = ap.parse_args(argv)
     try:
-        store = Store(args.store, create=False)
-        table = compare(study_accuracy(store, args.short, args.metric),
-                        study_accuracy(store, args.long, args.metric), args.models)
+        short_store = Store(args.store, create=False)
+        long_store = Store(args.long_store, create=False) if args.long_store else short_store
+        short = study_accuracy(short_store, args.short, args.metric)
+        if args.paper_table is not None:
+            paper = compare(by_model(short), paper_accuracy(args.paper_table), args.models)
+            report(paper, args.short, f"paper Table {args.paper_table}", args.metric, "default vs paper")
+        table = compare(short, study_accuracy(long_store, args.long, args.metric), args.models)
     except DSEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rho = spearman(table["short"], table["long"])
-    print(f"{args.metric} (%) of {len(table)} models: {args.short} (short) vs {args.long} (long)")
-    print(table.round(2).to_string())
-    print(f"spearman(default vs longer): {rho:.2f}")
+    report(table, args.short, args.long, args.metric, "default vs longer")
     return 0
 
 
