@@ -64,6 +64,11 @@ def test_smoke_study_fills_store_and_restart_trains_nothing(tmp_path, tiny_image
         row = df[df.identity == t.user_attrs["identity"]].iloc[0]
         assert t.value == pytest.approx(row.best_val_acc)
         assert t.params["dropout"] == pytest.approx(row.dropout)
+    for t in done:  # one trial number: the store keeps the number the dashboard shows
+        assert df[df.identity == t.user_attrs["identity"]].iloc[0].optuna_trial_number == t.number
+    # before training: the estimate from the calibration; after each trial: the study's progress
+    assert "estimated wall time:" in r.stderr and "for 5 trials on 1 worker" in r.stderr
+    assert "study: 5 of 5 trials finished" in r.stderr
     epochs = Store(f"sqlite:///{db}").epochs(study="table4-smoke")
     assert len(epochs) == 5  # smoke budget: 1 epoch each
     assert len(study.trials) == 5  # the rerun added nothing
