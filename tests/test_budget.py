@@ -93,8 +93,10 @@ def test_each_default_row_gets_what_the_weakest_model_needed(default_plan):
 
 
 def test_paper_budget_keeps_the_paper_recipe():
-    for p in plan_grid(compose(["experiment=table3", "budget=paper"])):
+    for p in [*plan_grid(compose(["experiment=table3", "budget=paper"])),
+              *plan_grid(compose(["experiment=cpu", "budget=paper"]))]:
         assert p.trial.optimizer["schedule"] == "step" and p.trial.trainer["epochs"] == 200
+        assert p.trial.optimizer["lr"] is None  # the paper's lr per optimizer, not the quick budget's peak
         assert p.trial.data["subset_size"] is None and p.trial.data["test_size"] is None
 
 

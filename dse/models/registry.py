@@ -314,7 +314,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 @dataclass(frozen=True)
 class PaperRow:
-    """One row of the paper's Tables 1-7 (as in the paper's CSVs, shipped in experiments/paper_tables/), with its size in MB."""
+    """One row of the paper's Tables 1-7 (as in its CSVs, shipped in experiments/paper_tables/), with its size in
+    MB."""
 
     table: str
     model: str
@@ -432,7 +433,8 @@ def paper_spec(
 
 
 # The paper's Tables 1-7 (model, resolution, width, size MB[, dropout, note]); same as the CSVs in
-# experiments/paper_tables and the paper's own folder beside the repository (tests check that they agree). Kept here so the package needs no data path.
+# experiments/paper_tables and the paper's own folder beside the repository (tests check that they agree). Kept
+# here so the package needs no data path.
 _PAPER_ROWS_RAW: tuple[tuple, ...] = (
     ("table1", "SqueezeNet-v1.0 (baseline)", None, None, 3.013),
     ("table1", "SqueezeNet-v1.1", None, None, 2.961),
