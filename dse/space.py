@@ -95,7 +95,11 @@ class TrialConfig:
 
         trainer = dict(self.trainer)
         board = trainer.pop("tensorboard_dir", None)  # a root: each trial writes into <root>/<identity[:16]>
-        board = str(Path(board) / self.identity[:16]) if board else None
+        if board:  # a relative root is the repository's, like every other path of a study
+            from dse.common import REPO
+
+            root = Path(board).expanduser()
+            board = str((root if root.is_absolute() else REPO / root) / self.identity[:16])
         return TrainConfig(**trainer, seed=self.seed, checkpoint_dir=checkpoint_dir, tensorboard_dir=board)
 
 

@@ -253,8 +253,17 @@ def test_trainer_keys_reach_fit_without_changing_trial_identity() -> None:
     assert fast.identity == plain.identity  # speed and logging knobs: the same trial
     train = fast.train_config("ckpt")
     assert (train.fast_path, train.gpu_memory_fraction) == ("graph", 0.25)
-    assert train.tensorboard_dir == str(Path("results/tb") / fast.identity[:16])
+    from dse.common import REPO
+
+    assert train.tensorboard_dir == str(REPO / "results/tb" / fast.identity[:16])  # relative: the repository's
     assert plain.train_config(None).tensorboard_dir is None
+
+
+def test_logger_group_turns_tensorboard_on() -> None:
+    from dse.config import compose
+
+    assert compose([]).trainer.tensorboard_dir is None
+    assert compose(["logger=tensorboard"]).trainer.tensorboard_dir == "results/tensorboard"
 
 
 def test_compile_mode_plumbing(tiny_bundle, monkeypatch) -> None:
