@@ -150,17 +150,19 @@ def test_sigkill_mid_trial_then_rerun_completes_every_trial_once(tmp_path, tiny_
 
 def test_ctrl_c_marks_the_trial_and_the_rerun_finishes(tmp_path, tiny_imagefolder):
     db, ckpt = tmp_path / "c.db", tmp_path / "ckpt"
-    cmd = sweep_cmd(db, ckpt, tiny_imagefolder, "trainer.epochs=4")
+    # 10 epochs of ~1 s: a trial runs long enough that a loaded machine's polling still catches it mid-way
+    cmd = sweep_cmd(db, ckpt, tiny_imagefolder, "trainer.epochs=10", "study.estimate=false")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline:
-        time.sleep(0.2)
+    while time.time() < deadline and p.poll() is None:
+        time.sleep(0.1)
         try:
             if db.exists() and any(r[1] == "running" and r[2] >= 1 for r in store_rows(db)):
                 break
         except sqlite3.OperationalError:
             continue
+    assert p.poll() is None, "the study finished before a trial could be interrupted"
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err[-2000:]
