@@ -163,7 +163,7 @@ def test_hydra_command_line(tmp_path):
     py = [sys.executable, "-m", "dse.sweep"]
     h = run([*py, "--help"])
     assert h.returncode == 0 and "== Config groups ==" in h.stdout
-    assert "experiment: custom, dse, paper" in h.stdout and "storage: postgres, sqlite" in h.stdout
+    assert "experiment: cpu, cpu_gpu, custom, dse, paper" in h.stdout and "storage: postgres, sqlite" in h.stdout
     cfg = run([*py, "--cfg", "job", "experiment=table3", "trainer.epochs=7"])
     assert cfg.returncode == 0 and "epochs: 7" in cfg.stdout and "experiment: table3" in cfg.stdout
     info = run([*py, "--info", "searchpath"])

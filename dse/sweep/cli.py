@@ -101,6 +101,9 @@ def sweep(cfg: DictConfig) -> int:
 
     setup_logging(bool(cfg.verbose))
     signal.signal(signal.SIGTERM, _on_term)
+    # Ctrl-C / kill -INT stop the worker cleanly even when it was started with SIGINT ignored (a shell's
+    # background job inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler of its own)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         check(cfg)
         plan = make_plan(cfg, check_data=not cfg.dry_run)  # a dry run downloads nothing
@@ -150,7 +153,7 @@ def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
              ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "empty")
     if worker.queue.waiting():
         worker.preflight()  # a bad device or folder is said once, before any calibration or training
-        print_estimate(cfg, worker.queue, worker.base, int(cfg.workers))
+        print_estimate(cfg, worker.queue, worker.base, int(cfg.workers), worker.only)
     if int(cfg.workers) > 1:
         from hydra.core.hydra_config import HydraConfig
 

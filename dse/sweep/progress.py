@@ -32,15 +32,17 @@ def fmt_duration(seconds: float) -> str:
     return f"{s} s"
 
 
-def print_estimate(cfg: DictConfig, queue: Any, base: dict[str, Any], workers: int) -> float | None:
+def print_estimate(cfg: DictConfig, queue: Any, base: dict[str, Any], workers: int,
+                   only: set[str] | None = None) -> float | None:
     """Log the estimated wall time of the waiting trials on this machine (None when off or nothing waits).
-    ``base``: the resolved config as a dict (this machine's data root, device, threads)."""
+    ``base``: the resolved config as a dict (this machine's data root, device, threads); ``only``: the identities
+    this machine can run (None: all)."""
     if not cfg.study.estimate:
         return None
     from dse.calibrate import estimate_study
     from dse.space import TrialConfig
 
-    rows = queue.waiting()
+    rows = [r for r in queue.waiting() if only is None or r.identity in only]
     if not rows:
         return None
     configs = [TrialConfig.from_dict(json.loads(r.config_json)).on_this_machine(base["data"], base["trainer"])
