@@ -33,7 +33,7 @@ test-fast: $(STAMP)  ## unit tests only
 test-e2e: $(STAMP)  ## end-to-end tests only
 	$(BIN)/python -m pytest -m e2e $(ARGS)
 
-sweep: $(STAMP)  ## the main job: the default (quick) study into results/dse.db; pass more overrides with ARGS="..."
+sweep: $(STAMP)  ## the main job: the default CPU study (cpu-quick) into results/dse.db; pass more overrides with ARGS="..."
 	$(BIN)/python -m dse.sweep $(ARGS)
 
 dry-run: $(STAMP)  ## list the planned trials of a study without training (ARGS="experiment=table3")
@@ -57,7 +57,7 @@ bench-pack: $(STAMP)  ## several sweep workers on this machine vs the reference 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check dse tests bench
 
-dashboard: $(STAMP)  ## optuna-dashboard on http://127.0.0.1:8080 (store: STORAGE=URL, else $$DSE_STORAGE_URL, else results/dse.db)
+dashboard: $(STAMP)  ## optuna-dashboard on http://127.0.0.1:8080 (store: STORAGE=URL, else DSE_STORAGE_URL, else results/dse.db)
 	$(BIN)/python -c 'import sys, optuna_dashboard; from dse.store import resolve_url; \
 	  optuna_dashboard.run_server(resolve_url(sys.argv[1] or None), host="127.0.0.1", port=8080)' "$${STORAGE:-}"
 
