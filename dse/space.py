@@ -310,20 +310,6 @@ def plan_grid(cfg: DictConfig) -> list[PlannedTrial]:
     return list(planned.values())
 
 
-def grid_distributions(plan: list[PlannedTrial]) -> dict[str, Any]:
-    """One categorical distribution per parameter over every value the plan uses (stable across workers)."""
-    import optuna
-
-    keys: dict[str, set[Any]] = {}
-    for p in plan:
-        for k, v in p.params.items():
-            keys.setdefault(k, set()).add(v)
-    def order(x: Any) -> tuple[bool, str, Any]:  # None last; numbers and strings never compared to each other
-        return (x is None, type(x).__name__, x if x is not None else 0)
-
-    return {k: optuna.distributions.CategoricalDistribution(sorted(vs, key=order)) for k, vs in keys.items()}
-
-
 # -- sample mode -----------------------------------------------------------------------------------------------
 _SPEC_KEYS = {"type", "choices", "low", "high", "step", "log"}
 
@@ -423,5 +409,5 @@ def space_fingerprint(cfg: DictConfig, plan: list[PlannedTrial] | None) -> str:
 
 
 __all__ = ["PlannedTrial", "TrialConfig", "asdict", "check_constraints", "dashboard_params", "depths_str",
-           "grid_distributions", "parse_depths", "plan_grid", "resolve_trial", "space_fingerprint", "suggest",
+           "parse_depths", "plan_grid", "resolve_trial", "space_fingerprint", "suggest",
            "validate_sample_space"]
