@@ -36,9 +36,10 @@ from dse.train import OptimConfig, TrainConfig, fast_path_mode, fit, resolve_dev
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: evaluation timed on one probe batch
 CIFAR_TRAIN_IMAGES = 50_000  # the official CIFAR-10/100 training set
 CIFAR_TEST_IMAGES = 10_000
+PROBE_EVAL_IMAGES = 128  # evaluation images per probe epoch (one batch)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Calibration:
     warmup_seconds: float
     key: dict[str, Any]
     cached: bool = False
+    warmup_epoch_seconds: float = 0.0  # the first probe epoch in all (what dse.autotune compares to abandon)
 
     def trial_seconds(self, epochs: int, train_images: int, eval_images: int) -> float:
         return self.warmup_seconds + epochs * (train_images / self.train_img_per_s + eval_images / self.eval_img_per_s)
@@ -70,6 +72,9 @@ def device_name(device: torch.device) -> str:
 
 
 def calibration_key(spec: ModelSpec, train: TrainConfig, optim: OptimConfig) -> dict[str, Any]:
+    """Everything a calibration's speed depends on. `train` must be concrete (no "auto": dse.autotune resolves
+    it first). The device name carries the core count; the threads per process and the cores imply how many
+    workers shared the machine while it was measured (dse.probe measures with the study's workers side by side)."""
     device = resolve_device(train.device)
     return {
         "version": CACHE_VERSION,
@@ -77,7 +82,7 @@ def calibration_key(spec: ModelSpec, train: TrainConfig, optim: OptimConfig) -> 
         "device": device_name(device),
         "precision": train.precision,
         "batch_size": train.batch_size,
-        "eval_batch_size": train.eval_batch_size,
+        "eval_batch_size": probe_eval_batch(train),
         "threads": train.threads or torch.get_num_threads(),
         "channels_last": train.channels_last,
         "fast_path": fast_path_mode(train, optim, device),
@@ -91,37 +96,79 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DSE_CACHE_DIR") or Path.home() / ".cache" / "dse").expanduser() / "calibration"
 
 
+def default_steps(device: torch.device) -> int:
+    """Batches per probe epoch: the CPU needs one warm-up batch and times the second epoch; a CUDA graph needs
+    dse.fastpath.WARMUP_STEPS eager batches plus the capture inside the first epoch."""
+    return 8 if device.type == "cuda" else 2
+
+
+def probe_eval_batch(train: TrainConfig) -> int:
+    """Evaluation images of a probe (one batch): evaluation speed per image hardly depends on the batch beyond
+    this size on a CPU, and a 1,000-image forward pass of a 12 M-MAC model costs seconds."""
+    return min(train.eval_batch_size, PROBE_EVAL_IMAGES)
+
+
+def cache_path(key: dict[str, Any], cache_dir: str | os.PathLike | None = None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / f"{_digest(key)}.json"
+
+
+def load_cached(key: dict[str, Any], cache_dir: str | os.PathLike | None = None) -> Calibration | None:
+    """The cached calibration of `key`, or None (absent, damaged: warned, or of another key)."""
+    path = cache_path(key, cache_dir)
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        if d["key"] == key:
+            return Calibration(d["train_img_per_s"], d["eval_img_per_s"], d["warmup_seconds"], key, cached=True,
+                               warmup_epoch_seconds=float(d.get("warmup_epoch_seconds", 0.0)))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring unreadable calibration %s (%s); measuring again", path, e)
+    return None
+
+
+def save(cal: Calibration, cache_dir: str | os.PathLike | None = None) -> None:
+    d = {**asdict(cal), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write(cache_path(cal.key, cache_dir), json.dumps(d, indent=1))
+
+
 def calibrate(
     spec: ModelSpec,
     train: TrainConfig,
     optim: OptimConfig | None = None,
     *,
-    steps: int = 8,
+    steps: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     refresh: bool = False,
 ) -> Calibration:
-    """The speeds of `spec` trained with `train` (and `optim`: default the paper's SGD) on train.device; from the
-    cache when a measurement with the same key exists (unless `refresh`), else measured on `steps` batches and
-    cached. A damaged cache file is measured again."""
+    """The speeds of `spec` trained with `train` (concrete settings) and `optim` (default the paper's SGD) on
+    train.device, measured in this process; from the cache when a measurement with the same key exists (unless
+    `refresh`), else measured on `steps` batches per epoch and cached. A damaged cache file is measured again.
+    dse.autotune measures in child processes instead (crash-safe, several side by side)."""
+    optim = optim or OptimConfig()
+    steps = default_steps(resolve_device(train.device)) if steps is None else steps
     if not isinstance(steps, int) or steps < 2:
         raise ConfigError(f"calibration steps={steps!r} must be an integer >= 2 (batches timed)")
-    optim = optim or OptimConfig()
     key = calibration_key(spec, train, optim)
-    path = Path(cache_dir or default_cache_dir()) / f"{_digest(key)}.json"
-    if path.is_file() and not refresh:
-        try:
-            d = json.loads(path.read_text())
-            if d["key"] == key:
-                return Calibration(d["train_img_per_s"], d["eval_img_per_s"], d["warmup_seconds"], key, cached=True)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring unreadable calibration %s (%s); measuring again", path, e)
-    cal = _measure(spec, train, optim, steps, key)
-    atomic_write(path, json.dumps({**asdict(cal), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+    cal = None if refresh else load_cached(key, cache_dir)
+    if cal is None:
+        cal = from_measurement(_measure(spec, train, optim, steps), key)
+        save(cal, cache_dir)
     return cal
 
 
-def _measure(spec: ModelSpec, train: TrainConfig, optim: OptimConfig, steps: int, key: dict[str, Any]) -> Calibration:
-    n_train, n_eval = steps * train.batch_size, train.eval_batch_size
+class Abandoned(Exception):  # noqa: N818 - not an error: the candidate was too slow to be worth timing further
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"warm-up epoch took {seconds:.2f} s")
+        self.seconds = seconds
+
+
+def measure(spec: ModelSpec, train: TrainConfig, optim: OptimConfig, steps: int,
+            abandon_after_s: float | None = None) -> dict[str, float]:
+    """Two probe epochs of `steps` batches through `fit` on random pixels: {train_img_per_s, eval_img_per_s,
+    warmup_seconds, warmup_epoch_seconds}. Raises Abandoned after the first epoch when it took longer than
+    `abandon_after_s` seconds."""
+    n_train, n_eval = steps * train.batch_size, probe_eval_batch(train)
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n_train + n_eval, 3, 32, 32), dtype=torch.uint8, generator=gen)
     labels = torch.arange(n_train + n_eval) % spec.num_classes
@@ -137,18 +184,34 @@ def _measure(spec: ModelSpec, train: TrainConfig, optim: OptimConfig, steps: int
         source="calibration:random-uint8",
         fingerprint="calibration",
     )
-    timed = replace(train, epochs=2, checkpoint_dir=None, tensorboard_dir=None, progress="none", resume=False)
+    timed = replace(train, epochs=2, eval_batch_size=n_eval, checkpoint_dir=None, tensorboard_dir=None,
+                    progress="none", resume=False)
+
+    def check(m: Any) -> None:
+        first = m.train_seconds + m.warmup_seconds + m.eval_seconds
+        if m.epoch == 1 and abandon_after_s is not None and first > abandon_after_s:
+            raise Abandoned(first)
+
     # a step's time does not depend on the learning rate (same kernels), but a trial's own lr may diverge on
     # random pixels and end the probe: time it with a small one (lr is not part of the cache key either)
-    r = fit(spec, probe, replace(optim, lr=1e-4), timed)
-    steady = r.epochs[1]
-    warmup = r.epochs[0].train_seconds + r.warmup_seconds - steady.train_seconds  # epoch 1's extra time
-    return Calibration(
-        train_img_per_s=n_train / steady.train_seconds,
-        eval_img_per_s=n_eval / max(steady.eval_seconds, 1e-9),
-        warmup_seconds=max(warmup, 0.0),
-        key=key,
-    )
+    r = fit(spec, probe, replace(optim, lr=1e-4), timed, on_epoch=check)
+    first, steady = r.epochs
+    warmup = first.train_seconds + r.warmup_seconds - steady.train_seconds  # epoch 1's extra time
+    return {
+        "train_img_per_s": n_train / max(steady.train_seconds, 1e-9),
+        "eval_img_per_s": n_eval / max(steady.eval_seconds, 1e-9),
+        "warmup_seconds": max(warmup, 0.0),
+        "warmup_epoch_seconds": first.train_seconds + r.warmup_seconds + first.eval_seconds,
+    }
+
+
+def from_measurement(m: dict[str, float], key: dict[str, Any]) -> Calibration:
+    return Calibration(m["train_img_per_s"], m["eval_img_per_s"], m["warmup_seconds"], key,
+                       warmup_epoch_seconds=m.get("warmup_epoch_seconds", 0.0))
+
+
+def _measure(spec: ModelSpec, train: TrainConfig, optim: OptimConfig, steps: int) -> dict[str, float]:
+    return measure(spec, train, optim, steps)
 
 
 def _digest(key: dict[str, Any]) -> str:

@@ -80,13 +80,13 @@ class TrainerConf:
     batch_size: int = 128
     eval_batch_size: int = 1000
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | amp
-    channels_last: bool = False
+    precision: str = "fp32"  # fp32 | bf16 | amp | auto (measured on this machine: dse.autotune)
+    channels_last: Any = False  # true | false | auto
     compile: bool = False
     deterministic: bool = False
     progress: str = "auto"  # auto | bar | log | none
     threads: int | None = None
-    fast_path: str = "auto"  # auto | graph | compile | eager (dse.fastpath)
+    fast_path: str = "auto"  # auto | graph | compile | eager (dse.fastpath; auto: measured with the others)
     gpu_memory_fraction: float | None = None  # per-worker cap on the CUDA device's memory, in (0, 1]
     tensorboard_dir: str | None = None  # TensorBoard event files, one subfolder per trial (None: off)
 
@@ -173,7 +173,7 @@ class Config:
     budget: str = MISSING  # name of the budget preset (smoke | quick | paper)
     dry_run: bool = False  # list the planned trials with their cheap facts; train nothing
     max_trials: int | None = None  # stop each worker after so many trials (the study's budget is global)
-    workers: int = 1  # worker processes on this host, spread over the visible GPUs, CPU threads split
+    workers: Any = 1  # worker processes on this host (an integer, or auto: measured), over the GPUs, threads split
     retry_failed: bool = False  # put the study's failed trials back in the queue
     verbose: bool = False  # tracebacks and debug logging
     replica: int = 0  # tells copies of one worker apart, e.g. -m replica='range(16)' through a Hydra launcher
@@ -249,7 +249,10 @@ def check(cfg: DictConfig) -> None:
          f"seconds > storage.heartbeat_interval ({s.heartbeat_interval}): the lease must outlive a renewal"),
         (s.retries >= 0, f"storage.retries={s.retries}", "an integer >= 0"),
         (s.backoff >= 0, f"storage.backoff={s.backoff}", "seconds >= 0"),
-        (cfg.workers >= 1, f"workers={cfg.workers}", "an integer >= 1"),
+        (cfg.workers == "auto" or isinstance(cfg.workers, int) and not isinstance(cfg.workers, bool)
+         and cfg.workers >= 1, f"workers={cfg.workers!r}", "an integer >= 1, or auto"),
+        (cfg.trainer.channels_last in (True, False, "auto"), f"trainer.channels_last={cfg.trainer.channels_last!r}",
+         "true, false, auto"),
         (cfg.max_trials is None or cfg.max_trials >= 1, f"max_trials={cfg.max_trials}", "an integer >= 1 or null"),
         (cfg.study.poll_seconds > 0, f"study.poll_seconds={cfg.study.poll_seconds}", "seconds > 0"),
         (cfg.search.mode in ("grid", "sample"), f"search.mode={cfg.search.mode!r}", "grid, sample"),

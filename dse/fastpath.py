@@ -25,11 +25,15 @@ Evaluation stays eager in eval mode at the static eval batch size (dse.train.eva
 counts accumulate on the device and the host reads them once per split, so it never waits per batch.
 
 Warm-up (graph capture, compilation) is timed apart (`TrainStep.warmup_seconds`) and is not part of the seconds
-per epoch. Reuse across trials of one worker process: cuDNN's autotuning results are process-wide; compiled code
-is kept while consecutive trials share an architecture, batch and precision (`compile_model`) and is dropped with
-`torch.compiler.reset()` when the architecture changes, so no more than one architecture's code accumulates. A
-CUDA graph is bound to the addresses of one model's tensors, so each trial captures its own (a fraction of a
-second of the warm-up; the eager warm-up steps before the capture are ordinary training steps).
+per epoch. Reuse across trials of one worker process: cuDNN's autotuning results are process-wide. A CUDA graph
+is bound to the addresses of one model's tensors, so each trial captures its own (a fraction of a second of the
+warm-up; the eager warm-up steps before the capture are ordinary training steps). fast_path=compile releases its
+code and CUDA graph trees when a trial ends (`release_compiled`): they hold the finished model's memory pool.
+
+Devices: the graph is captured with the trial's device current and on a stream of that device, so a worker on
+cuda:3 captures its own work (a capture on another device's stream records an empty graph). A capture or
+compilation that fails for any reason falls back to eager for the rest of the trial, logged once (`_fall_back`):
+a trial never fails because the fast path did.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -168,17 +173,34 @@ def portable_state_dict(opt: torch.optim.Optimizer) -> dict[str, Any]:
     return sd
 
 
-_COMPILED: dict[str, Any] = {"key": None}
-
-
-def compile_model(model: nn.Module, key: tuple) -> Callable[[torch.Tensor], torch.Tensor]:
-    """torch.compile(model, mode="reduce-overhead"); Dynamo's compiled code is reset first when `key` (model spec,
-    batch, precision, memory format) differs from the previous call's, so code of one architecture at a time is
-    kept and trials of the same architecture reuse it without recompiling."""
-    if _COMPILED["key"] is not None and _COMPILED["key"] != key:
-        torch.compiler.reset()
-    _COMPILED["key"] = key
+def compile_model(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile(model, mode="reduce-overhead"): Inductor code run through CUDA graph trees."""
     return torch.compile(model, mode="reduce-overhead")
+
+
+def release_compiled() -> None:
+    """Drop this process's compiled code and its CUDA graph trees after a trial of fast_path=compile.
+
+    The graph trees hold a memory pool and the static addresses of the finished trial's parameters; a worker
+    that kept them would grow with every trial. torch.compiler.reset() frees them (it resets the graph trees
+    with the code caches); the next trial of the same architecture recompiles from Inductor's on-disk cache,
+    which is much faster than a first compilation."""
+    torch.compiler.reset()
+
+
+@contextlib.contextmanager
+def side_stream(device: torch.device) -> Iterator[None]:
+    """On CUDA: run the block on a fresh stream of `device` that waits for, and is waited on by, the current
+    one (the warm-up a capture needs); elsewhere: nothing."""
+    if device.type != "cuda":
+        yield
+        return
+    main = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        yield
+    main.wait_stream(side)
 
 
 def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
@@ -229,6 +251,7 @@ class TrainStep:
         self.warm_steps = 0
         self.warmup_seconds = 0.0  # capture / compilation time, seconds (not training)
         self._compiled_once = False
+        self.fell_back: str | None = None  # why a capture or compilation failed (the step then runs eagerly)
 
     def reset_epoch(self) -> None:
         """Zero the epoch's accumulators in place (a captured graph adds into these very tensors)."""
@@ -257,7 +280,10 @@ class TrainStep:
             self.graph.replay()
             return
         if full and self.capture:
-            self._warm_up_or_capture(x, y)
+            try:
+                self._warm_up_or_capture(x, y)
+            except Exception as e:  # noqa: BLE001 - any capture error: this trial goes on eagerly
+                self._fall_back("capture", e, x, y)
             return
         # once a graph owns the gradient tensors they are zeroed in place: its kernels keep their addresses
         self.opt.zero_grad(set_to_none=self.graph is None)
@@ -265,10 +291,30 @@ class TrainStep:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
             if not self._compiled_once:
                 self._compiled_once = True
-                self._timed_warmup(lambda: self._step(self.step_model, x, y))
+                try:
+                    self._timed_warmup(lambda: self._step(self.step_model, x, y))
+                except Exception as e:  # noqa: BLE001 - any compilation error: this trial goes on eagerly
+                    self._fall_back("compilation", e, x, y)
                 return
             self._step(self.step_model, x, y)
             return
+        self._step(self.model, x, y)
+
+    def _fall_back(self, what: str, e: Exception, x: torch.Tensor, y: torch.Tensor) -> None:
+        """A failed capture or compilation: log once, train this batch and the rest of the trial eagerly.
+
+        A capture records kernels without running them, and a compilation fails while tracing, before the
+        optimizer steps, so the batch has not been trained: it is trained now. The optimizer's capturable or
+        fused variant and the lr tensor work eagerly as well, so the trial's arithmetic is unchanged."""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _log_once(f"fallback:{what}:{first}", "CUDA graph %s failed (%s: %s); this trial trains eagerly", what,
+                  type(e).__name__, first[:200])
+        self.fell_back = f"{what} failed: {first[:200]}"
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.graph, self.static, self.capture, self.mode = None, None, False, "eager"
+        self.step_model = self.model
+        self.opt.zero_grad(set_to_none=True)
         self._step(self.model, x, y)
 
     def _timed_warmup(self, work: Callable[[], None]) -> None:
@@ -282,12 +328,9 @@ class TrainStep:
 
     def _warm_up_or_capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.warm_steps < WARMUP_STEPS:  # ordinary training steps, on a side stream as the capture needs
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                self.opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
+            with side_stream(self.device):
                 self._step(self.model, x, y)
-            torch.cuda.current_stream(self.device).wait_stream(side)
             self.warm_steps += 1
             return
         self.static = (x.clone(), y.clone())  # clone keeps channels_last
@@ -295,8 +338,16 @@ class TrainStep:
         self.graph.replay()  # capturing records the step without running it: run it for this batch
 
     def _capture(self) -> None:
+        """Capture one step on a stream of the trial's own device (made current first): a graph captured on
+        another device's stream would record nothing, and every replay would silently do nothing."""
         self.opt.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph's memory pool
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._step(self.model, *self.static)
+        with torch.cuda.device(self.device), warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            graph = torch.cuda.CUDAGraph()
+            stream = torch.cuda.Stream(self.device)
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                self._step(self.model, *self.static)
+        empty = [w for w in said if "graph is empty" in str(w.message).lower()]
+        if empty:  # replays would do nothing: train eagerly instead (the caller falls back)
+            raise RuntimeError(f"the captured CUDA graph is empty ({str(empty[0].message).splitlines()[0]})")
         self.graph = graph

@@ -126,6 +126,11 @@ class TrialRow(Base):
     sec_per_epoch: Mapped[float | None] = mapped_column(Float)
     device: Mapped[str | None] = mapped_column(String(120))
     precision: Mapped[str | None] = mapped_column(String(16))
+    # the settings that ran (auto ones as decided on that machine): compare speeds only like for like
+    threads: Mapped[int | None] = mapped_column(Integer)
+    fast_path: Mapped[str | None] = mapped_column(String(16))  # graph | compile | eager
+    memory_format: Mapped[str | None] = mapped_column(String(16))  # nchw | channels_last
+    warmup_seconds: Mapped[float | None] = mapped_column(Float)  # capture / compilation, not in sec_per_epoch
     torch_version: Mapped[str | None] = mapped_column(String(40))
     git_commit: Mapped[str | None] = mapped_column(String(64))
     host: Mapped[str | None] = mapped_column(String(200))

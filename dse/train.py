@@ -159,7 +159,9 @@ class TrainConfig:
     """How to train: epochs, batch size, device and speed knobs, checkpoints, progress display.
 
     device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N". precision: "fp32", "bf16" (autocast to
-    bfloat16; fast on CPUs with AMX/AVX512-BF16 and on Ampere+ GPUs) or "amp" (CUDA float16 autocast + GradScaler).
+    bfloat16; fast on CPUs with AMX/AVX512-BF16 and on Ampere+ GPUs, 3x slower on CPUs without) or "amp" (CUDA
+    float16 autocast + GradScaler). precision="auto" and channels_last="auto" are decided by measurement on this
+    machine (dse.autotune.resolve) before `fit`, which takes concrete values only.
     threads: CPU threads for this fit (None: env DSE_THREADS, else PyTorch's default, one per core). With several
     workers or other load on the machine use cores // workers: an OpenMP thread that loses its core makes every
     op wait (measured 10-30x slower with 2 threads on 2 shared cores). checkpoint_dir: where last.pt and
@@ -177,7 +179,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     device: str = "auto"
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | str = False
     compile: bool = False
     seed: int = 0
     deterministic: bool = False
@@ -205,8 +207,10 @@ class TrainConfig:
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
         ):
             raise ConfigError(f"train.device={self.device!r} is unknown; allowed: auto, cpu, cuda, cuda:N, mps")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"train.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise ConfigError(f"train.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}, auto")
+        if self.channels_last not in (True, False, "auto"):
+            raise ConfigError(f"train.channels_last={self.channels_last!r} is unknown; allowed: true, false, auto")
         if self.progress not in PROGRESS:
             raise ConfigError(f"train.progress={self.progress!r} is unknown; allowed: {', '.join(PROGRESS)}")
         if not _int(self.seed) or self.seed < 0:
@@ -268,6 +272,7 @@ class TrialResult:
     threads: int = 0  # CPU threads used by the training ops (timings compare like for like only at equal threads)
     fast_path: str = "eager"  # the mode that ran: graph, compile or eager (dse.fastpath)
     warmup_seconds: float = 0.0  # capture / compilation seconds of this fit, not in sec_per_epoch
+    channels_last: bool = False  # the memory format that ran (NCHW when False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -435,12 +440,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------------------------------------- fit
 def resolve_device(name: str) -> torch.device:
-    """ "auto" -> cuda if available, else cpu; anything else as given (ConfigError if unavailable)."""
+    """ "auto" -> cuda if available, else cpu; "cuda" -> the current CUDA device with its index (cuda:0 unless
+    set otherwise); anything else as given (ConfigError if unavailable)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use device=auto or cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={name!r} but CUDA is not available here; use device=auto or cpu")
+        # always indexed: set_per_process_memory_fraction, set_device and the capture stream need the index
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device={name!r} but this machine has {torch.cuda.device_count()} GPUs "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"train.device={name!r} but MPS is not available here; use device=auto or cpu")
     return dev
@@ -469,6 +482,7 @@ def _env_threads() -> int:
 def _runtime(train: TrainConfig, device: torch.device) -> Iterator[None]:
     """Threads, determinism and cuDNN autotuning for the duration of one fit; restored afterwards."""
     prev_threads = torch.get_num_threads()
+    prev_device = torch.cuda.current_device() if device.type == "cuda" else None
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_bench, prev_cudnn_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
@@ -481,12 +495,18 @@ def _runtime(train: TrainConfig, device: torch.device) -> Iterator[None]:
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         elif device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuning pays off after one batch
+        if device.type == "cuda":
+            # the trial's GPU is the current one: streams, captures and allocations without an explicit device
+            # go there (a worker on cuda:3 would otherwise capture on cuda:0's stream: an empty graph)
+            torch.cuda.set_device(device)
         if device.type == "cuda" and train.gpu_memory_fraction is not None:
             # several workers per GPU: each allocates at most this share (an allocation beyond it is an OOM error)
             torch.cuda.set_per_process_memory_fraction(train.gpu_memory_fraction, device)
         yield
     finally:
         torch.set_num_threads(prev_threads)
+        if prev_device is not None:
+            torch.cuda.set_device(prev_device)
         torch.use_deterministic_algorithms(prev_det)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev_bench, prev_cudnn_det
 
@@ -596,6 +616,10 @@ def _check_inputs(spec: ModelSpec, data: DataBundle, optim: OptimConfig, train: 
         raise ConfigError(
             f"fit needs an OptimConfig and a TrainConfig, got {type(optim).__name__} and {type(train).__name__}"
         )
+    for name in ("precision", "channels_last"):
+        if getattr(train, name) == "auto":
+            raise ConfigError(f"train.{name}='auto' must be decided before fit: dse.autotune.resolve(spec, optim, "
+                              "train) measures it on this machine")
     device = resolve_device(train.device)
     if train.precision == "amp" and device.type != "cuda":
         raise ConfigError(f"train.precision='amp' needs CUDA (device is {device}); use bf16 or fp32")
@@ -677,8 +701,7 @@ def _make_trainer(
     scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "amp")
     step_model = None
     if mode == "compile":
-        key = (spec.to_dict().__repr__(), train.batch_size, train.precision, train.channels_last, str(device))
-        step_model = fastpath.compile_model(model, key)
+        step_model = fastpath.compile_model(model)
     step = fastpath.TrainStep(
         model,
         nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing),
@@ -918,6 +941,8 @@ def fit(
         finally:
             progress.close()
             board.close()
+            if mode == "compile":
+                fastpath.release_compiled()
 
     assert best is not None  # epochs >= 1 and either trained or resumed with history
     last = history[-1]
@@ -938,8 +963,9 @@ def fit(
         best_checkpoint=str(best_path) if best_path is not None and best_path.exists() else None,
         resumed_from_epoch=resumed_from,
         threads=used_threads,
-        fast_path=mode,
+        fast_path=tr.step.mode,  # eager when a capture or compilation failed and the trial fell back
         warmup_seconds=float(sum(h.warmup_seconds for h in history)),
+        channels_last=bool(train.channels_last),
     )
 
 

@@ -1,8 +1,10 @@
 """End to end on the real CIFAR-10 JPEG copy: decode, split, train Shallow SqueezeNext-06-0.4x, checkpoint.
 
 Data: $DSE_DATA_DIR, else ../shared/data/cifar10-jpg beside the repository (skipped with the reason when absent).
-Budget: under ~2 minutes on 2 CPU cores (10,000 training images x 3 epochs, bf16 + channels_last, 1 thread:
-the fastest options measured on this CPU for this model, see bench/bench_train.py). Run: `make test-e2e` or
+Budget: about 2 minutes on 2 CPU cores (10,000 training images x 3 epochs, float32, NCHW, 1 thread). float32 and
+the default memory format are fixed on purpose: they are safe and reasonably fast on every CPU of the pool, while
+bf16 is 3x slower on CPUs without native bf16 (AMD Zen 3) and channels_last crashed one of them (see
+dse/autotune.py); which settings are fastest is the probe's business, not this test's. Run: `make test-e2e` or
 `pytest -m e2e -s tests/test_e2e_train.py` (-s prints the per-epoch accuracies).
 """
 
@@ -35,7 +37,7 @@ def run(tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("e2e-ckpt")
     spec = spec_from_name("shallow_sqnxt_06_0_4x")
     train = TrainConfig(
-        epochs=3, precision="bf16", channels_last=True, threads=1, checkpoint_dir=str(ckpt), progress="log"
+        epochs=3, precision="fp32", channels_last=False, threads=1, checkpoint_dir=str(ckpt), progress="log"
     )
     result = fit(spec, bundle, OptimConfig(lr=0.05, schedule="none"), train)
     for m in result.epochs:
@@ -70,5 +72,5 @@ def test_best_checkpoint_reproduces_test_accuracy(run) -> None:
     bundle, r = run
     model, spec = load_model(r.best_checkpoint)
     assert spec.name == "shallow_sqnxt_06_0_4x"
-    _, acc = evaluate(model, bundle, "test", 1000, precision="bf16")
-    assert abs(acc - r.test_acc) < 0.5  # bf16 evaluation; channels_last vs contiguous may flip a few images
+    _, acc = evaluate(model, bundle, "test", 1000, precision="fp32")
+    assert abs(acc - r.test_acc) < 0.2  # float32 both times: at most a rounding-level flip of an image or two

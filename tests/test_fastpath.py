@@ -271,10 +271,54 @@ def test_compile_mode_plumbing(tiny_bundle, monkeypatch) -> None:
     # with the model standing in for its compiled version: the first full step is timed as warm-up, the partial
     # batch goes through the uncompiled model, the numbers are the eager ones
     keys = []
-    monkeypatch.setattr(fastpath, "compile_model", lambda model, key: keys.append(key) or model)
+    monkeypatch.setattr(fastpath, "compile_model", lambda model: keys.append(model) or model)
+    monkeypatch.setattr(fastpath, "release_compiled", lambda: keys.append("released"))
     eager = fit(SPEC, tiny_bundle, OptimConfig(), quick(fast_path="eager"))
     compiled = fit(SPEC, tiny_bundle, OptimConfig(), quick(fast_path="compile"))
-    assert compiled.fast_path == "compile" and len(keys) == 1
+    assert compiled.fast_path == "compile" and len(keys) == 2 and keys[-1] == "released"
     assert compiled.epochs[0].warmup_seconds > 0 and compiled.epochs[1].warmup_seconds == 0
     assert compiled.warmup_seconds == compiled.epochs[0].warmup_seconds
     assert numbers(compiled) == numbers(eager)
+
+
+# -------------------------------------------------------------------------------- a failed capture falls back
+def test_a_failing_capture_falls_back_to_eager_logged_once(tiny_bundle, monkeypatch, caplog) -> None:
+    # the graph mode's step with capture on, on the CPU: the warm-up steps run, then the capture fails (injected,
+    # as a capture error on a GPU would); the trial goes on eagerly and its numbers are the eager run's
+    def failing_capture(self) -> None:
+        raise RuntimeError("injected capture failure\nsecond line")
+
+    monkeypatch.setattr(fastpath.TrainStep, "_capture", failing_capture)
+    monkeypatch.setattr(dse.train, "fast_path_mode", lambda *a: "graph")
+    real_step = fastpath.TrainStep
+
+    def capturing(*a, **kw):
+        kw["capture"] = True
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(fastpath, "TrainStep", capturing)
+    fastpath._LOGGED.clear()
+    with caplog.at_level(logging.WARNING, logger="dse.fastpath"):
+        fell = fit(SPEC, tiny_bundle, OptimConfig(schedule="cosine"), quick(batch_size=16))
+        fit(SPEC, tiny_bundle, OptimConfig(schedule="cosine"), quick(batch_size=16))
+    said = [r.message for r in caplog.records if "capture failed" in r.message]
+    assert len(said) == 1 and "injected capture failure" in said[0] and "second line" not in said[0]
+    assert fell.fast_path == "eager"  # what ran is recorded
+    monkeypatch.setattr(fastpath, "TrainStep", real_step)
+    monkeypatch.setattr(dse.train, "fast_path_mode", lambda *a: "graph")
+    uncaptured = fit(SPEC, tiny_bundle, OptimConfig(schedule="cosine"), quick(batch_size=16))
+    assert_close(numbers(fell), numbers(uncaptured), rel=1e-4)  # every batch trained once, none skipped
+
+
+def test_a_failing_compilation_falls_back_to_eager(tiny_bundle, monkeypatch) -> None:
+    class Broken(torch.nn.Module):  # stands in for a compiled model whose first call fails to compile
+        def forward(self, x):
+            raise RuntimeError("injected compilation failure")
+
+    monkeypatch.setattr(fastpath, "compile_model", lambda model: Broken())
+    released = []
+    monkeypatch.setattr(fastpath, "release_compiled", lambda: released.append(True))
+    r = fit(SPEC, tiny_bundle, OptimConfig(), quick(fast_path="compile"))
+    eager = fit(SPEC, tiny_bundle, OptimConfig(), quick(fast_path="eager"))
+    assert r.fast_path == "eager" and released == [True]
+    assert numbers(r) == numbers(eager)

@@ -368,3 +368,41 @@ def test_lists_from_yaml_are_accepted() -> None:
     c = OptimConfig(betas=[0.8, 0.99], step_epochs=[0.3, 0.6, 0.9])
     assert c.betas == (0.8, 0.99) and c.step_epochs == (0.3, 0.6, 0.9) and hash(c)
     assert c.to_dict()["betas"] == [0.8, 0.99]
+
+
+# ------------------------------------------------------------------------------------- CUDA devices, on the CPU
+def test_cuda_devices_are_always_indexed(monkeypatch) -> None:
+    from dse.train import resolve_device
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("auto") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"cuda:7.*4 GPUs \(cuda:0..cuda:3\)"):
+        resolve_device("cuda:7")
+
+
+def test_runtime_makes_the_trial_device_current_and_caps_it_by_index(monkeypatch) -> None:
+    # torch.cuda.set_per_process_memory_fraction raises ValueError for a device without an index, and a graph
+    # captured while another device is current records nothing: both need the indexed, current device
+    import dse.train as T
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", torch.device(d))))
+
+    def fraction(f, device):
+        if torch.device(device).index is None:
+            raise ValueError("Expected a cuda device with a specified index")
+        calls.append(("fraction", f, torch.device(device)))
+
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", fraction)
+    train = TrainConfig(device="cpu", gpu_memory_fraction=0.25)
+    with T._runtime(train, torch.device("cuda", 3)):
+        assert calls == [("set_device", torch.device("cuda", 3)), ("fraction", 0.25, torch.device("cuda", 3))]
+    assert calls[-1] == ("set_device", torch.device("cuda", 0))  # the caller's current device restored

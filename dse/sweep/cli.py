@@ -17,7 +17,7 @@ import sys
 import traceback
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dse.config import CONF_DIR, check, register_configs
 from dse.errors import DSEError
@@ -142,7 +142,7 @@ def store_url(cfg: DictConfig) -> str:
 def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
     """Open the study, queue the plan, run the workers here (one in this process, or ``workers`` children)."""
     from dse import store as st
-    from dse.sweep.progress import print_estimate
+    from dse.sweep.tune import tune_study
     from dse.sweep.worker import Worker
 
     worker = Worker(cfg, plan, url)
@@ -153,7 +153,10 @@ def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
              ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "empty")
     if worker.queue.waiting():
         worker.preflight()  # a bad device or folder is said once, before any calibration or training
-        print_estimate(cfg, worker.queue, worker.base, int(cfg.workers), worker.only)
+        tune_study(cfg, worker.queue, worker.base, worker.only)  # workers=auto, auto settings, the estimate
+    if cfg.workers == "auto":  # nothing waits here: this process only waits for others' running trials
+        cfg.workers = 1
+    worker.base = OmegaConf.to_container(cfg, resolve=True)  # the threads just decided
     if int(cfg.workers) > 1:
         from hydra.core.hydra_config import HydraConfig
 

@@ -60,7 +60,8 @@ def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None) -> t
     results = ctx.SimpleQueue()
     procs = []
     for i in range(n):
-        child = OmegaConf.merge(cfg, {"trainer": worker_overrides(cfg, i, n, gpus), "workers": 1})
+        # workers stays n: the children's study progress packs the trials left onto all of them
+        child = OmegaConf.merge(cfg, {"trainer": worker_overrides(cfg, i, n, gpus)})
         args = (OmegaConf.to_container(child, resolve=True), plan, url, i, run_dir, results)
         procs.append(ctx.Process(target=_child, args=args, name=f"dse-worker-{i}"))
     for p in procs:

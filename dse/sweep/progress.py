@@ -1,21 +1,20 @@
 """How far the study is and how long it will take: the estimate before training, the study bar during it.
 
-Before training, each architecture still queued is calibrated once (a few timed batches through the same `fit`,
-cached on disk by dse.calibrate), and the queued trials are packed onto the workers: that is the estimated wall
-time printed before the first trial. During the run, a study bar (trial k of N, ETA from the trials finished so
-far) sits above the trial's own batch bar on a terminal; elsewhere (a log file, a SLURM job, workers=N children)
-it is one plain line per finished trial.
+Before training, dse.sweep.tune calibrates each architecture still queued (cached on disk by dse.calibrate) and
+prints the estimated wall time. During the run, a study bar (trial k of N, ETA) sits above the trial's own batch
+bar on a terminal; elsewhere (a log file, a SLURM job, workers=N children) it is one plain line per finished
+trial. The ETA packs the calibrated times of the trials left onto the workers, scaled by how far this run's
+finished trials were from their own estimates, so it corrects itself as trials finish; without calibrations it
+is this run's pace per trial.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
-
-from omegaconf import DictConfig
 
 from dse import store as st
 
@@ -32,39 +31,17 @@ def fmt_duration(seconds: float) -> str:
     return f"{s} s"
 
 
-def print_estimate(cfg: DictConfig, queue: Any, base: dict[str, Any], workers: int,
-                   only: set[str] | None = None) -> float | None:
-    """Log the estimated wall time of the waiting trials on this machine (None when off or nothing waits).
-    ``base``: the resolved config as a dict (this machine's data root, device, threads); ``only``: the identities
-    this machine can run (None: all)."""
-    if not cfg.study.estimate:
-        return None
-    from dse.calibrate import estimate_study
-    from dse.space import TrialConfig
-
-    rows = [r for r in queue.waiting() if only is None or r.identity in only]
-    if not rows:
-        return None
-    configs = [TrialConfig.from_dict(json.loads(r.config_json)).on_this_machine(base["data"], base["trainer"])
-               for r in rows]
-    t0 = time.perf_counter()
-    try:
-        seconds = estimate_study(configs, workers)
-    except Exception as e:  # noqa: BLE001 - an estimate is a courtesy: the trials say the real error themselves
-        log.warning("no wall-time estimate: %s", str(e).strip().splitlines()[0] if str(e).strip() else type(e))
-        return None
-    log.info("estimated wall time: %s for %d trials on %d worker%s (calibration %.0f s, cached per architecture "
-             "and device)", fmt_duration(seconds), len(rows), workers, "s" * (workers != 1), time.perf_counter() - t0)
-    return seconds
-
-
 class StudyProgress:
-    """Trial k of N for the whole study (every worker's trials count), with an ETA from this run's pace."""
+    """Trial k of N for the whole study (every worker's trials count), with a self-correcting ETA."""
 
-    def __init__(self, queue: Any, total: int, workers: int, mode: str = "auto") -> None:
-        """mode: trainer.progress (auto = a bar on a terminal, bar, log, none = log lines for the study)."""
+    def __init__(self, queue: Any, total: int, workers: int, mode: str = "auto",
+                 estimate_of: Callable[[Any], float | None] | None = None) -> None:
+        """mode: trainer.progress (auto = a bar on a terminal, bar, log, none = log lines for the study);
+        estimate_of(row): the calibrated seconds of a trial row, or None (dse.sweep.tune.cached_estimate)."""
         self.queue, self.total, self.workers = queue, total, max(1, workers)
+        self.estimate_of = estimate_of
         self.start, self.done_here = time.monotonic(), 0
+        self.spent = self.expected = 0.0  # seconds of this run's finished trials, and what they were estimated
         self.done_before = self.finished()
         self.bar = None
         if mode == "bar" or (mode == "auto" and sys.stderr.isatty() and workers == 1):
@@ -79,14 +56,37 @@ class StudyProgress:
         return sum(counts.get(s, 0) for s in st.TERMINAL)
 
     def eta(self, done: int) -> float | None:
-        """Seconds left at this run's pace (this worker's trials per second, times the workers), or None."""
+        """Seconds left: the calibrated times of the trials left (running ones at half), scaled by this run's
+        actual / estimated ratio, packed onto the workers; else this run's pace per trial; None before any."""
+        left = self._left_estimates()
+        if left is not None:
+            from dse.calibrate import lpt_makespan
+
+            ratio = self.spent / self.expected if self.expected > 0 else 1.0
+            return lpt_makespan([ratio * s for s in left], self.workers) if left else 0.0
         if self.done_here == 0:
             return None
         per_trial = (time.monotonic() - self.start) / self.done_here / self.workers
         return max(0, self.total - done) * per_trial
 
-    def trial_done(self) -> None:
+    def _left_estimates(self) -> list[float] | None:
+        if self.estimate_of is None:
+            return None
+        out = []
+        for row in self.queue.unfinished_rows():
+            s = self.estimate_of(row)
+            if s is None:
+                return None
+            out.append(s / 2 if row.status == st.RUNNING else s)
+        return out
+
+    def trial_done(self, row: Any = None, seconds: float | None = None) -> None:
+        """One trial of this worker finished (`row`, after `seconds` of wall time: they correct the ETA)."""
         self.done_here += 1
+        if row is not None and seconds is not None and self.estimate_of is not None:
+            est = self.estimate_of(row)
+            if est:
+                self.spent, self.expected = self.spent + seconds, self.expected + est
         done = self.finished()
         eta = self.eta(done)
         if self.bar is not None:

@@ -175,6 +175,10 @@ class Queue:
 
         return self.store.retry(go, "counting trials")
 
+    def unfinished_rows(self) -> list[TrialRow]:
+        """Trials still to do or being done by someone."""
+        return self._rows(TrialRow.status.in_((*CLAIMABLE, st.RUNNING)))
+
     def unfinished(self, only: set[str] | None = None) -> int:
         """Trials still to do or being done by someone (of ``only`` when given)."""
         cond = [TrialRow.status.in_((*CLAIMABLE, st.RUNNING))]

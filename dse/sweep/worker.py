@@ -23,6 +23,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from sqlalchemy.exc import SQLAlchemyError
 
+from dse import autotune
 from dse import store as st
 from dse.common import REPO
 from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError, EnvironmentFault
@@ -31,6 +32,7 @@ from dse.sweep.plan import StudyPlan, git_commit, row_fields
 from dse.sweep.progress import StudyProgress
 from dse.sweep.queue import Lease, Queue
 from dse.sweep.record import Record
+from dse.sweep.tune import CachedEstimates
 
 log = logging.getLogger("dse.sweep")
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr", "train_seconds",
@@ -118,7 +120,8 @@ class Worker:
         """Train trials until the study has none left for this worker (or max_trials)."""
         max_trials = self.cfg.max_trials
         total = len(self.plan.runnable) if self.plan.mode == "grid" else int(self.cfg.search.n_trials)
-        progress = StudyProgress(self.queue, total, int(self.cfg.workers), str(self.cfg.trainer.progress))
+        progress = StudyProgress(self.queue, total, int(self.cfg.workers), str(self.cfg.trainer.progress),
+                                 estimate_of=CachedEstimates(self.base))
         try:
             self._loop(max_trials, progress)
         finally:
@@ -130,8 +133,9 @@ class Worker:
         while max_trials is None or self.result.trained < max_trials:
             row = self.next_trial()
             if row is not None:
+                t0 = time.monotonic()
                 self.run_one(row)
-                progress.trial_done()
+                progress.trial_done(row, time.monotonic() - t0)
             elif not self.cfg.study.wait_for_running or self.queue.unfinished(self.only) == 0:
                 break
             else:  # others' trials are running: wait, so that a lost worker's trial is retried
@@ -220,7 +224,8 @@ class Worker:
             if self.record.report(row, epoch, acc, curve) and epoch < epochs:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val acc {acc:.2f} %)")
 
-        train_cfg = tcfg.train_config(str(ckpt))
+        optim = tcfg.optim_config()
+        train_cfg = autotune.resolve(tcfg.model, optim, tcfg.train_config(str(ckpt)))  # auto: as measured here
         try:
             data = load_data(tcfg.data_config(), device=_device_of(train_cfg.device))
         except (DatasetNotFoundError, CorruptDatasetError, OSError) as e:
@@ -229,13 +234,15 @@ class Worker:
         self.store.update_trial(row.id, data_source=data.source, train_images=n_train,
                                 data_fraction=n_train / data.train_pool if data.train_pool else 1.0,
                                 test_images=int(data.test_x.shape[0]))
-        return fit(tcfg.model, data, tcfg.optim_config(), train_cfg, on_epoch=on_epoch)
+        return fit(tcfg.model, data, optim, train_cfg, on_epoch=on_epoch)
 
     def complete(self, row: st.TrialRow, r: Any, ckpt: Path) -> None:
         if not self.queue.finish(row.id, st.COMPLETE, fail_reason=None, best_val_acc=r.best_val_acc,
                                  final_val_acc=r.final_val_acc, test_acc=r.test_acc, final_test_acc=r.final_test_acc,
                                  best_epoch=r.best_epoch, epochs_done=len(r.epochs), sec_per_epoch=r.sec_per_epoch,
                                  device=r.device, precision=r.precision, torch_version=r.torch_version,
+                                 threads=r.threads, fast_path=r.fast_path, warmup_seconds=r.warmup_seconds,
+                                 memory_format="channels_last" if r.channels_last else "nchw",
                                  checkpoint_path=r.best_checkpoint):
             log.warning("trial t%d finished after its lease ran out; another worker has it now", row.id)
             return

@@ -1,0 +1,474 @@
+"""`auto` settings, chosen by measurement on the machine at hand: precision, memory format, fast path, workers.
+
+Which settings train fastest depends on the machine, not on the code: bf16 autocast is 1.4x faster than float32
+for Shallow SqueezeNext-06-0.4x on a CPU with AVX-512 BF16 or AMX, and 3x slower for 06-0.9x on an AMD Zen 3,
+which has neither; channels_last helps wide convolutions and hurts the 8-64-channel BatchNorms of this design
+space; two one-thread workers beat one two-thread worker on a loaded 2-core machine and can lose on a quiet one.
+So `trainer.precision=auto`, `trainer.channels_last=auto`, `trainer.fast_path=auto` and `workers=auto` are decided
+by a short probe on this machine (dse.probe: the real `fit`, two tiny epochs on random pixels, in child
+processes), side by side:
+
+* per *cost class* (MACs per image in factors of 2: 0.25-0.5 M, 0.5-1 M, 1-2 M, ...), on the class's cheapest
+  architecture of the study, every candidate setting the request leaves open: float32 / bf16 x NCHW /
+  channels_last, and on CUDA the whole step as a CUDA graph or eager. torch.compile is never a candidate: its
+  compilation (about a minute per architecture on a GPU) costs more than the probe may; ask for it by name.
+  The first candidate (float32, NCHW) is timed first; a later one whose warm-up epoch is ABANDON_RATIO times
+  slower is not timed further.
+* The fastest candidate that is numerically safe wins: a setting that crashed the probe process on this
+  machine is never used on it again (float32 channels_last did, on one CPU: see dse.probe), and bf16 wins
+  only when it is BF16_MARGIN faster than the best float32 setting (it rounds activations to 8 bits of
+  mantissa: a tie goes to float32). The margin is wide on purpose: where bf16 pays (AMX, AVX-512 BF16, GPUs)
+  it is 1.4x or more, and where it does not (AMD Zen 3) it is within noise of float32 for the smallest
+  networks and 2-3x slower for the rest, so a narrow margin would flip between neighbouring widths.
+* workers x threads (CPU): the heaviest class's representative is trained by 1, 2, ... cores processes side
+  by side with cores // workers threads each; the most images per second in all wins. On CUDA: one worker per
+  visible GPU (not measured here; several per GPU need MPS and a memory cap, see the README).
+
+Decisions are cached as JSON under <DSE_CACHE_DIR or ~/.cache/dse>/autotune, keyed by the device (CPU model and
+core count, or GPU name), PyTorch version, cost class, batch size, threads per worker and the request, and
+logged in one line when made. The calibrations they measured are the study estimate's (dse.calibrate), so the
+probe is not paid twice. Trials record the settings that ran (precision, memory format, fast path, threads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dse import calibrate as cal
+from dse.common import atomic_write
+from dse.errors import ConfigError
+from dse.fastpath import graph_blocker
+from dse.models import ModelSpec, model_facts
+from dse.probe import Job, ProbePool
+from dse.train import OptimConfig, TrainConfig, resolve_device
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+BF16_MARGIN = 1.25  # bf16 must train >= 25 % more images per second than the best float32 setting
+ABANDON_RATIO = 1.25  # a candidate whose warm-up epoch is 1.25x the first candidate's is not timed further
+SAFE = ("fp32", False, "eager")  # what runs when nothing could be measured: float32, NCHW, eager
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One candidate: precision, memory format and fast path."""
+
+    precision: str
+    channels_last: bool
+    fast_path: str
+
+    def label(self) -> str:
+        return f"{self.precision} {'channels_last' if self.channels_last else 'nchw'} {self.fast_path}"
+
+    def apply(self, train: TrainConfig) -> TrainConfig:
+        return replace(train, precision=self.precision, channels_last=self.channels_last, fast_path=self.fast_path)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One architecture to run with one request: the model, its optimizer and trainer config (threads set)."""
+
+    spec: ModelSpec
+    optim: OptimConfig
+    train: TrainConfig
+
+    @property
+    def macs(self) -> int:
+        return model_facts(self.spec).macs
+
+
+def is_auto(train: TrainConfig) -> bool:
+    """Whether `train` leaves precision or memory format to the probe (fast_path=auto alone is the rule of
+    dse.fastpath.choose unless a probe runs anyway)."""
+    return train.precision == "auto" or train.channels_last == "auto"
+
+
+def cost_class(macs: int) -> int:
+    """Factor-of-2 MAC buckets: 0 = 1-2 M MACs per image, -1 = 0.5-1 M, 1 = 2-4 M ... (the fastest setting
+    changes with a network's width: neighbours in MACs share it; a bucket of 4x was too coarse for bf16 on Zen 3)."""
+    return max(-8, math.floor(math.log2(max(macs, 1) / 1e6)))
+
+
+def class_label(c: int) -> str:
+    return f"{2.0 ** c:g}-{2.0 ** (c + 1):g} M MACs"
+
+
+def candidates(train: TrainConfig, optim: OptimConfig, device: torch.device) -> list[Setting]:
+    """The settings the request leaves open on `device`, the safe baseline first."""
+    if train.precision == "auto":
+        precisions = ["fp32", "bf16"]
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            precisions = ["fp32"]
+    else:
+        precisions = [train.precision]
+    layouts = [False, True] if train.channels_last == "auto" else [bool(train.channels_last)]
+    paths = [train.fast_path]
+    if train.fast_path == "auto":
+        paths = ["eager"]
+        if device.type == "cuda":
+            paths = ["graph", "eager"]
+    out = []
+    for p in precisions:
+        for cl in layouts:
+            for fp in paths:
+                if fp == "graph" and graph_blocker(optim.name, optim.schedule, optim.momentum, p):
+                    continue  # dse.fastpath would train it eagerly anyway: the eager candidate covers it
+                out.append(Setting(p, cl, fp))
+    return out
+
+
+def choose(measured: dict[Setting, dict[str, Any]], unsafe: set[str]) -> Setting:
+    """The fastest safe setting among probe results; bf16 only with BF16_MARGIN over float32."""
+    ok = {s: r["train_img_per_s"] for s, r in measured.items() if r.get("ok") and s.label() not in unsafe}
+    if not ok:
+        return Setting(*SAFE)
+    best32 = max((s for s in ok if s.precision == "fp32"), key=ok.get, default=None)
+    other = max((s for s in ok if s.precision != "fp32"), key=ok.get, default=None)
+    if other is not None and (best32 is None or ok[other] >= BF16_MARGIN * ok[best32]):
+        return other
+    return best32
+
+
+# -------------------------------------------------------------------------------------------- the cache on disk
+def cache_root() -> Path:
+    return Path(os.environ.get("DSE_CACHE_DIR") or Path.home() / ".cache" / "dse").expanduser() / "autotune"
+
+
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _threads(train: TrainConfig) -> int:
+    return int(train.threads or torch.get_num_threads())
+
+
+def decision_key(item: Item) -> dict[str, Any]:
+    """What a decision depends on: machine, PyTorch, cost class, batch, threads, the request (and on CUDA,
+    whether the optimizer can be captured)."""
+    device = resolve_device(item.train.device)
+    t = item.train
+    key = {"version": VERSION, "device": cal.device_name(device), "torch": str(torch.__version__),
+           "cost_class": cost_class(item.macs), "batch_size": t.batch_size, "threads": _threads(t),
+           "requested": [t.precision, t.channels_last, t.fast_path]}
+    if device.type == "cuda":
+        key["graph_blocker"] = graph_blocker(item.optim.name, item.optim.schedule, item.optim.momentum, "fp32")
+    return key
+
+
+def _unsafe_path(train: TrainConfig) -> Path:
+    device = resolve_device(train.device)
+    who = {"device": cal.device_name(device), "torch": str(torch.__version__), "threads": _threads(train)}
+    return cache_root() / f"unsafe-{_digest(who)}.json"
+
+
+def unsafe_settings(train: TrainConfig) -> set[str]:
+    """Settings that crashed a probe process on this machine (with this many threads)."""
+    try:
+        return set(json.loads(_unsafe_path(train).read_text()))
+    except (OSError, ValueError):
+        return set()
+
+
+def mark_unsafe(train: TrainConfig, label: str) -> None:
+    atomic_write(_unsafe_path(train), json.dumps(sorted(unsafe_settings(train) | {label})))
+
+
+def load_decision(key: dict[str, Any]) -> Setting | None:
+    path = cache_root() / f"{_digest(key)}.json"
+    try:
+        d = json.loads(path.read_text())
+        return Setting(**d["choice"]) if d["key"] == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_decision(key: dict[str, Any], choice: Setting, rep: ModelSpec, line: str) -> None:
+    d = {"key": key, "choice": asdict(choice), "representative": rep.name, "line": line,
+         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write(cache_root() / f"{_digest(key)}.json", json.dumps(d, indent=1))
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def job_for(item: Item, setting: Setting | None = None, abandon_after_s: float | None = None) -> Job:
+    train = setting.apply(item.train) if setting else item.train
+    device = resolve_device(train.device)
+    key = cal.calibration_key(item.spec, train, item.optim)
+    return Job(key=json.dumps(key, sort_keys=True), spec=item.spec.to_dict(), train=_train_dict(train),
+               optim=item.optim.to_dict(), steps=cal.default_steps(device), abandon_after_s=abandon_after_s)
+
+
+def _train_dict(train: TrainConfig) -> dict[str, Any]:
+    d = train.to_dict()
+    d.update(checkpoint_dir=None, tensorboard_dir=None, progress="none")
+    return d
+
+
+def _calibration(job: Job, result: dict[str, Any]) -> cal.Calibration | None:
+    """A successful probe result as a calibration (saved to the estimate's cache), else None."""
+    if not result.get("ok"):
+        return None
+    c = cal.from_measurement(result, json.loads(job.key))
+    cal.save(c)
+    return c
+
+
+class Tuner:
+    """Decides `auto` settings for many architectures at once with a pool of probe processes, and calibrates
+    every architecture for the study estimate with the settings it will run. `say` prints progress lines."""
+
+    def __init__(self, processes: int, threads: int, say: Callable[[str], None] = log.info) -> None:
+        self.processes, self.threads, self.say = processes, threads, say
+        self._pool: ProbePool | None = None
+
+    @property
+    def pool(self) -> ProbePool:
+        if self._pool is None:
+            self._pool = ProbePool(self.processes, self.threads)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def resolve_all(self, items: Sequence[Item]) -> dict[Item, TrainConfig]:
+        """Concrete trainer settings for every item (probing the cost classes not decided yet)."""
+        groups: dict[str, list[Item]] = {}
+        for it in items:
+            if is_auto(it.train):
+                groups.setdefault(json.dumps(decision_key(it), sort_keys=True), []).append(it)
+        reps = {k: min(g, key=lambda i: i.macs) for k, g in groups.items()}
+        todo = {k: rep for k, rep in reps.items() if load_decision(json.loads(k)) is None}
+        if todo:
+            self._decide(todo)
+        out = {}
+        for it in items:
+            choice = load_decision(decision_key(it)) if is_auto(it.train) else None
+            out[it] = finalize(it, choice)
+        return out
+
+    def _decide(self, reps: dict[str, Item]) -> None:
+        """Probe every candidate of every class in `reps` (first candidates first, then the rest with the
+        abandon threshold the first one set), then decide and log one line per class."""
+        device = resolve_device(next(iter(reps.values())).train.device)
+        cands = {k: candidates(it.train, it.optim, device) for k, it in reps.items()}
+        measured: dict[str, dict[Setting, dict]] = {k: {} for k in reps}
+        first = {k: c[0] for k, c in cands.items()}
+        self._probe({k: [(first[k], None)] for k in reps}, reps, measured)
+        rest = {}
+        for k, c in cands.items():
+            base = measured[k].get(first[k], {})
+            limit = ABANDON_RATIO * base["warmup_epoch_seconds"] if base.get("ok") and "warmup_epoch_seconds" \
+                in base else None
+            rest[k] = [(s, limit) for s in c[1:]]
+        self._probe(rest, reps, measured)
+        for k, it in reps.items():
+            unsafe = unsafe_settings(it.train)
+            choice = choose(measured[k], unsafe)
+            line = decision_line(it, choice, measured[k], unsafe)
+            save_decision(json.loads(k), choice, it.spec, line)
+            self.say(line)
+
+    def _probe(self, plan: dict[str, list[tuple[Setting, float | None]]], reps: dict[str, Item],
+               measured: dict[str, dict[Setting, dict]]) -> None:
+        jobs, back = [], {}
+        for k, pairs in plan.items():
+            for setting, limit in pairs:
+                job = job_for(reps[k], setting, limit)
+                hit = cal.load_cached(json.loads(job.key))
+                if hit is not None:  # measured before (e.g. by the workers probe)
+                    measured[k][setting] = {"ok": True, "train_img_per_s": hit.train_img_per_s,
+                                            "warmup_epoch_seconds": hit.warmup_epoch_seconds}
+                    continue
+                jobs.append(job)
+                back[job.key] = (k, setting)
+        for key, result in self.pool.run(jobs).items():
+            k, setting = back[key]
+            measured[k][setting] = result
+            if result.get("crashed"):
+                mark_unsafe(reps[k].train, setting.label())
+            _calibration(next(j for j in jobs if j.key == key), result)
+
+    def calibrate_all(self, resolved: dict[Item, TrainConfig]) -> dict[Item, cal.Calibration]:
+        """A calibration for every item with its resolved settings: cached ones read, the rest measured side by
+        side on the pool, one line per architecture as each finishes."""
+        out, jobs, back = {}, [], {}
+        for it, train in resolved.items():
+            job = job_for(Item(it.spec, it.optim, train))
+            hit = cal.load_cached(json.loads(job.key))
+            if hit is not None:
+                out[it] = hit
+            elif job.key not in back:
+                jobs.append(job)
+                back[job.key] = [it]
+            else:
+                back[job.key].append(it)
+        jobs.sort(key=lambda j: -model_facts(ModelSpec.from_dict(j.spec)).macs)  # longest first: packs best
+        done = [0]
+
+        def line(job: Job, result: dict[str, Any]) -> None:
+            done[0] += 1
+            it = back[job.key][0]
+            c = _calibration(job, result)
+            what = (f"{c.train_img_per_s:,.0f} img/s training, {c.eval_img_per_s:,.0f} evaluating" if c else
+                    f"not measured ({result.get('error')})")
+            self.say(f"calibrated {done[0]}/{len(jobs)}: {it.spec.display_name}: {what}")
+            for other in back[job.key]:
+                if c is not None:
+                    out[other] = c
+
+        if jobs:
+            self.say(f"calibrating {len(jobs)} architecture{'s' * (len(jobs) != 1)} on {self.processes} "
+                     f"process{'es' * (self.processes != 1)} x {self.threads} thread{'s' * (self.threads != 1)} "
+                     "(cached per machine)")
+            self.pool.run(jobs, on_result=line)
+        return out
+
+
+def finalize(item: Item, choice: Setting | None) -> TrainConfig:
+    """`item.train` with the decided setting in place of "auto" (fields given explicitly are kept)."""
+    t = item.train
+    if choice is None:
+        return t
+    return replace(t, precision=choice.precision if t.precision == "auto" else t.precision,
+                   channels_last=choice.channels_last if t.channels_last == "auto" else t.channels_last,
+                   fast_path=choice.fast_path if t.fast_path == "auto" else t.fast_path)
+
+
+def decision_line(item: Item, choice: Setting, measured: dict[Setting, dict], unsafe: set[str]) -> str:
+    parts = []
+    for s, r in measured.items():
+        if r.get("ok"):
+            parts.append(f"{s.label()} {r['train_img_per_s']:,.0f} img/s")
+        elif r.get("crashed") or s.label() in unsafe:
+            parts.append(f"{s.label()} unsafe ({r.get('error', 'crashed here before')})")
+        else:
+            parts.append(f"{s.label()} {r.get('error', 'failed')}")
+    device = resolve_device(item.train.device)
+    return (f"auto settings for {class_label(cost_class(item.macs))} ({item.spec.display_name}, "
+            f"{_threads(item.train)} thread{'s' * (_threads(item.train) != 1)}, {cal.device_name(device)}): "
+            f"{choice.label()}; measured side by side: {'; '.join(parts)}")
+
+
+_SAID: set[str] = set()
+
+
+def resolve(spec: ModelSpec, optim: OptimConfig, train: TrainConfig) -> TrainConfig:
+    """`train` with its `auto` fields decided for `spec` on this machine: from the cache, else probed now
+    (one probe process with this trial's threads). What `fit` needs before it runs."""
+    if not is_auto(train):
+        return train
+    train = replace(train, threads=_threads(train))
+    item = Item(spec, optim, train)
+    key = decision_key(item)
+    choice = load_decision(key)
+    if choice is None:
+        tuner = Tuner(1, _threads(train))
+        try:
+            return tuner.resolve_all([item])[item]
+        except Exception as e:  # noqa: BLE001 - no probe process here (e.g. no fork): the safe setting trains
+            log.warning("auto settings could not be measured (%s); training %s", str(e).strip()[:200],
+                        Setting(*SAFE).label())
+            return finalize(item, Setting(*SAFE))
+        finally:
+            tuner.close()
+    digest = _digest(key)
+    if digest not in _SAID:
+        _SAID.add(digest)
+        log.info("auto settings for %s (cached for this machine): %s", class_label(cost_class(item.macs)),
+                 choice.label())
+    return finalize(item, choice)
+
+
+# ------------------------------------------------------------------------------------------ workers x threads
+def worker_candidates(cores: int) -> list[tuple[int, int]]:
+    """(workers, threads each) pairs that fill the cores: 1 x cores, 2 x cores/2, ..., cores x 1 (at most 4)."""
+    ws = sorted({1, 2, max(1, cores // 2), cores} & set(range(1, cores + 1)))
+    return [(w, cores // w) for w in ws]
+
+
+def choose_workers(items: Sequence[Item], cores: int, say: Callable[[str], None] = log.info
+                   ) -> tuple[int, int, Tuner | None]:
+    """(workers, threads per worker, the probe pool to reuse) for a CPU study of `items`: the heaviest cost
+    class's cheapest architecture trained by every candidate number of processes side by side."""
+    cands = worker_candidates(cores)
+    if len(cands) == 1 or not items:
+        return cands[-1][0], cands[-1][1], None
+    rep = _heaviest(items)
+    best, kept, rates = None, None, []
+    for w, t in cands:
+        train = replace(rep.train, threads=t)
+        setting = Setting(*SAFE) if is_auto(train) else None
+        probe = Item(rep.spec, rep.optim, finalize(Item(rep.spec, rep.optim, train), setting))
+        key = {"version": VERSION, "kind": "workers", "calibration": cal.calibration_key(
+            probe.spec, probe.train, probe.optim), "workers": w}
+        rate = _cached_rate(key)
+        tuner = None
+        if rate is None:
+            tuner = Tuner(w, t, say)
+            job = job_for(probe)
+            results = [r for r in tuner.pool.run([replace(job, key=f"{i}") for i in range(w)]).values() if r["ok"]]
+            rate = sum(r["train_img_per_s"] for r in results)
+            _save_rate(key, rate)
+            if len(results) == w:  # the representative's calibration at this shape, for the estimate
+                _calibration(job, {k: sum(r[k] for r in results) / w for k in results[0] if k != "ok"} | {"ok": 1})
+        rates.append(f"{w} x {t} thread{'s' * (t != 1)} {rate:,.0f} img/s")
+        if best is None or rate > best[2]:
+            if kept is not None:
+                kept.close()
+            best, kept = (w, t, rate), tuner
+        elif tuner is not None:
+            tuner.close()
+    say(f"workers=auto: {best[0]} worker{'s' * (best[0] != 1)} x {best[1]} thread{'s' * (best[1] != 1)} "
+        f"({rep.spec.display_name} trained side by side, images per second in all: {'; '.join(rates)})")
+    return best[0], best[1], kept
+
+
+def _heaviest(items: Sequence[Item]) -> Item:
+    """The cheapest architecture of the cost class holding most of the study's MACs."""
+    load: dict[int, int] = {}
+    for it in items:
+        load[cost_class(it.macs)] = load.get(cost_class(it.macs), 0) + it.macs
+    heavy = max(load, key=load.get)
+    return min((it for it in items if cost_class(it.macs) == heavy), key=lambda i: i.macs)
+
+
+def _cached_rate(key: dict[str, Any]) -> float | None:
+    try:
+        d = json.loads((cache_root() / f"workers-{_digest(key)}.json").read_text())
+        return float(d["img_per_s"]) if d["key"] == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _save_rate(key: dict[str, Any], rate: float) -> None:
+    atomic_write(cache_root() / f"workers-{_digest(key)}.json", json.dumps({"key": key, "img_per_s": rate}))
+
+
+def check_workers(value: Any) -> None:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return
+    raise ConfigError(f"workers={value!r} is not allowed; allowed: an integer >= 1, or auto")
+
+
+def items_of(trials: Iterable[Any], threads: int | None) -> list[Item]:
+    """dse.space.TrialConfig's as Items with `threads` per worker."""
+    out = []
+    for tc in trials:
+        train = tc.train_config(None)
+        out.append(Item(tc.model, tc.optim_config(), replace(train, threads=threads or train.threads)))
+    return out
+
+
+__all__ = ["Item", "Setting", "Tuner", "candidates", "choose", "choose_workers", "cost_class", "resolve"]

@@ -1,0 +1,193 @@
+"""dse.autotune and dse.probe: the choice from given timings, the candidates a request leaves open, the cache key
+and its hit (no probe), workers x threads, and real probe processes (a result, a process killed mid-probe)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dse import autotune as A
+from dse import calibrate as C
+from dse.errors import ConfigError
+from dse.models import spec_from_name
+from dse.probe import Job, ProbePool
+from dse.train import OptimConfig, TrainConfig
+
+FP32, FP32_CL = A.Setting("fp32", False, "eager"), A.Setting("fp32", True, "eager")
+BF16, BF16_CL = A.Setting("bf16", False, "eager"), A.Setting("bf16", True, "eager")
+AUTO = TrainConfig(device="cpu", precision="auto", channels_last="auto", threads=1, batch_size=16,
+                   eval_batch_size=16, progress="none")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def ok(img_per_s: float) -> dict:
+    return {"ok": True, "train_img_per_s": img_per_s, "warmup_epoch_seconds": 1.0}
+
+
+def test_choice_from_given_timings() -> None:
+    # bf16 must beat the best float32 setting by the margin; a tie or a small win goes to float32
+    assert A.choose({FP32: ok(100), BF16: ok(100 * A.BF16_MARGIN - 1)}, set()) == FP32
+    assert A.choose({FP32: ok(100), BF16: ok(100 * A.BF16_MARGIN + 1)}, set()) == BF16
+    assert A.choose({FP32: ok(100), FP32_CL: ok(130), BF16: ok(140)}, set()) == FP32_CL  # 140 < 1.25 x 130
+    # a setting that crashed here is never chosen, however fast it looked elsewhere; failures are skipped
+    assert A.choose({FP32: ok(100), FP32_CL: ok(200)}, {FP32_CL.label()}) == FP32
+    assert A.choose({FP32: {"ok": False, "crashed": True}, BF16: {"ok": False, "error": "abandoned"},
+                     FP32_CL: ok(50)}, set()) == FP32_CL
+    assert A.choose({FP32: {"ok": False, "error": "x"}}, set()) == A.Setting(*A.SAFE)  # nothing measured
+
+
+def test_candidates_left_open_by_the_request() -> None:
+    cpu = torch.device("cpu")
+    assert A.candidates(AUTO, OptimConfig(), cpu) == [FP32, FP32_CL, BF16, BF16_CL]  # the safe baseline first
+    assert A.candidates(replace(AUTO, precision="fp32"), OptimConfig(), cpu) == [FP32, FP32_CL]
+    assert A.candidates(replace(AUTO, channels_last=False), OptimConfig(), cpu) == [FP32, BF16]
+    # an explicit value wins: nothing left to measure
+    assert not A.is_auto(replace(AUTO, precision="bf16", channels_last=True))
+    assert A.finalize(A.Item(spec_from_name("shallow_sqnxt_06_0_4x"), OptimConfig(), replace(AUTO, precision="bf16")),
+                      FP32_CL).precision == "bf16"
+
+
+def test_cost_classes_are_factor_two_buckets() -> None:
+    assert [A.cost_class(m) for m in (430_000, 570_000, 870_000, 1_680_000, 5_070_000, 12_400_000)] == \
+        [-2, -1, -1, 0, 2, 3]
+    assert A.class_label(-1) == "0.5-1 M MACs"
+
+
+def test_decision_key_and_cache_hit_without_a_probe(monkeypatch, caplog) -> None:
+    a = A.Item(spec_from_name("shallow_sqnxt_06_0_15x"), OptimConfig(), AUTO)
+    b = A.Item(spec_from_name("shallow_sqnxt_06_0_2x"), OptimConfig(), AUTO)  # same class
+    key = A.decision_key(a)
+    assert key == A.decision_key(b)
+    assert key["device"] == C.device_name(torch.device("cpu")) and key["torch"] == str(torch.__version__)
+    assert key["threads"] == 1 and key["batch_size"] == 16 and key["cost_class"] == -1
+    assert A.decision_key(replace(a, train=replace(AUTO, threads=2))) != key
+    assert A.decision_key(A.Item(spec_from_name("shallow_sqnxt_06_0_9x"), OptimConfig(), AUTO)) != key
+
+    A.save_decision(key, BF16, a.spec, "line")
+    monkeypatch.setattr(A, "Tuner", lambda *a, **k: pytest.fail("a cached decision must not probe"))
+    with caplog.at_level(logging.INFO, logger="dse.autotune"):
+        t = A.resolve(b.spec, b.optim, b.train)
+        A.resolve(b.spec, b.optim, b.train)
+    assert (t.precision, t.channels_last, t.fast_path) == ("bf16", False, "eager")
+    assert sum("cached for this machine" in r.message for r in caplog.records) == 1  # said once per process
+    # a damaged decision file is no decision
+    path = next(p for p in A.cache_root().glob("*.json") if "workers" not in p.name)
+    path.write_text("{nope")
+    assert A.load_decision(key) is None
+
+
+def test_fit_refuses_auto_that_was_not_decided(tiny_bundle) -> None:
+    from dse.train import fit
+
+    with pytest.raises(ConfigError, match="precision='auto' must be decided before fit"):
+        fit(spec_from_name("shallow_sqnxt_06_0_125x"), tiny_bundle, OptimConfig(), AUTO)
+
+
+def test_worker_candidates_fill_the_cores() -> None:
+    assert A.worker_candidates(1) == [(1, 1)]
+    assert A.worker_candidates(2) == [(1, 2), (2, 1)]
+    assert A.worker_candidates(16) == [(1, 16), (2, 8), (8, 2), (16, 1)]
+    A.check_workers("auto")
+    A.check_workers(3)
+    with pytest.raises(ConfigError, match="workers='many'.*integer >= 1, or auto"):
+        A.check_workers("many")
+
+
+def test_choose_workers_picks_the_most_images_per_second(monkeypatch) -> None:
+    rates = {1: 300.0, 2: 200.0}  # per process: 1 x 2 threads = 300 img/s, 2 x 1 thread = 400 img/s in all
+
+    class FakePool:
+        def __init__(self, processes, threads):
+            self.processes = processes
+
+        def run(self, jobs, on_result=None):
+            return {j.key: {**ok(rates[self.processes]), "eval_img_per_s": 1.0, "warmup_seconds": 0.0}
+                    for j in jobs}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(A, "ProbePool", FakePool)
+    items = [A.Item(spec_from_name(n), OptimConfig(), AUTO) for n in ("shallow_sqnxt_06_0_2x", "shallow_sqnxt_06_0_9x")]
+    lines = []
+    w, t, tuner = A.choose_workers(items, 2, lines.append)
+    assert (w, t) == (2, 1) and tuner is not None and tuner.processes == 2
+    assert "2 workers x 1 thread" in lines[0] and "400 img/s" in lines[0] and "300 img/s" in lines[0]
+    # cached: the next study on this machine decides without probing
+    monkeypatch.setattr(A, "ProbePool", lambda *a: pytest.fail("cached"))
+    assert A.choose_workers(items, 2, lines.append)[:2] == (2, 1)
+
+
+# ------------------------------------------------------------------------------------------ real probe processes
+def small_job(key: str, name: str = "shallow_sqnxt_06_0_125x", **train) -> Job:
+    t = replace(AUTO, **{"precision": "fp32", "channels_last": False, **train})
+    return Job(key=key, spec=spec_from_name(name).to_dict(), train=A._train_dict(t), optim=OptimConfig().to_dict())
+
+
+def test_probe_process_measures_and_survives_a_killed_server() -> None:
+    with ProbePool(1, 1) as pool:
+        first = pool.run([small_job("a")])["a"]
+        assert first["ok"] and first["train_img_per_s"] > 0 and first["eval_img_per_s"] > 0
+        victim = pool.servers[0].proc
+
+        def kill_when_busy() -> None:  # a real death mid-probe, as a crashing kernel would cause
+            while pool.servers[0].job is None:
+                time.sleep(0.01)
+            victim.kill()
+
+        killer = threading.Thread(target=kill_when_busy)
+        killer.start()
+        died = pool.run([small_job("b", "shallow_sqnxt_06_0_9x", batch_size=64)])["b"]
+        killer.join()
+        assert died["ok"] is False and died["crashed"] and "signal 9" in died["error"]
+        assert pool.servers[0].proc is not victim  # replaced: the next probe runs
+        assert pool.run([small_job("c")])["c"]["ok"]
+
+
+def test_probe_reports_a_setting_this_machine_cannot_run() -> None:
+    with ProbePool(1, 1) as pool:
+        r = pool.run([small_job("amp", precision="amp")])["amp"]
+    assert r["ok"] is False and "amp" in r["error"] and not r.get("crashed")
+
+
+def test_tuner_decides_logs_and_calibrates_with_crashes_marked_unsafe(monkeypatch) -> None:
+    real_run = ProbePool.run
+
+    def run(self, jobs, on_result=None):  # the channels_last probes "crash": as float32 channels_last did on Zen 3
+        jobs = list(jobs)
+        crash = [j for j in jobs if j.train["channels_last"] and j.train["precision"] == "fp32"]
+        out = real_run(self, [j for j in jobs if j not in crash], on_result)
+        for j in crash:
+            out[j.key] = {"ok": False, "crashed": True, "error": "the probe process died (signal 11)"}
+        return out
+
+    monkeypatch.setattr(ProbePool, "run", run)
+    lines: list[str] = []
+    items = [A.Item(spec_from_name(n), OptimConfig(), AUTO) for n in ("shallow_sqnxt_06_0_125x", "shallow_sqnxt_06_0_2x")]
+    tuner = A.Tuner(2, 1, say=lines.append)
+    try:
+        resolved = tuner.resolve_all(items)
+        cals = tuner.calibrate_all(resolved)
+    finally:
+        tuner.close()
+    decided = [ln for ln in lines if ln.startswith("auto settings for")]
+    assert len(decided) == 2 and all("fp32 channels_last eager unsafe" in ln for ln in decided)
+    assert all(not t.channels_last or t.precision != "fp32" for t in resolved.values())
+    assert A.unsafe_settings(AUTO) == {FP32_CL.label()}
+    assert set(cals) == set(items) and all(c.train_img_per_s > 0 for c in cals.values())
+    # what was measured is in the caches: a second tuner decides and calibrates from them
+    again = A.Tuner(2, 1, say=lines.append)
+    monkeypatch.setattr(ProbePool, "__init__", lambda *a: pytest.fail("all cached"))
+    assert again.resolve_all(items) == resolved and set(again.calibrate_all(resolved)) == set(items)
+    assert json.loads(next(A.cache_root().glob("unsafe-*.json")).read_text()) == [FP32_CL.label()]
