@@ -11,7 +11,10 @@ export DSE_DATA_DIR ?= $(SHARED_DATA)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-fast test-e2e sweep tables bench bench-gpu bench-pack lint dashboard dry-run deploy clean
+.PHONY: help venv test test-fast test-e2e sweep tables bench bench-gpu bench-pack bench-settings gpu-kit gpu-check \
+	lint dashboard dry-run deploy clean
+# The GPU machine has no .venv and no network: gpu-check runs with its python3 (after `source .gpu-kit/setup.sh`)
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +53,17 @@ bench: $(STAMP)  ## benchmarks: training core vs reference pipeline, tables on a
 
 bench-gpu: $(STAMP)  ## one CUDA GPU: authors' pipeline vs fit eager vs fit fast, 1-16 processes, paper-study hours
 	$(BIN)/python bench/bench_gpu.py $(ARGS)
+
+bench-settings: $(STAMP)  ## every candidate speed setting of the default study's rows side by side, and what auto picks
+	$(BIN)/python bench/bench_settings.py $(ARGS)
+
+gpu-kit: $(STAMP)  ## stage ../shared/gpu-kit into .gpu-kit (+ pytest wheels for the GPU machine's Python 3.12)
+	bash ../shared/gpu-kit/stage
+	$(BIN)/pip download -q -d .gpu-kit/wheels --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 pytest==9.2.0 pytest-timeout==2.4.0
+
+gpu-check:  ## on a GPU machine (source .gpu-kit/setup.sh first): the CUDA checks, one summary file, < 8 min
+	$(GPU_PY) bench/gpu_check.py $(ARGS)
 
 bench-pack: $(STAMP)  ## several sweep workers on this machine vs the reference pipeline, trials one by one (< 3 min)
 	$(BIN)/python bench/bench_pack.py $(ARGS)

@@ -5,15 +5,20 @@ Per model (Shallow SqueezeNext-06-0.4x, -21-0.2x, -14-1.5x, SqueezeNext-23-1x), 
             DataLoader(batch 128, shuffle, num_workers=2), `.cuda()` per batch, fp32, `.item()` per step
             (bench/bench_train.py's reference loop);
   eager     dse.train.fit, fast_path=eager, fp32;
-  fast      dse.train.fit with trainer=gpu's settings (the whole step in one CUDA graph, bf16, channels_last).
+  fast      dse.train.fit with trainer=gpu's settings: precision, memory format and fast path `auto`, decided
+            by dse.autotune's probe on this GPU (the line it logs says what it measured).
 Printed: seconds per 45,000-image epoch beside the paper's (experiments/paper_tables/*.csv), images/s, the ratio
 to the authors' pipeline, warm-up seconds, and the fraction of the GPU's peak (3 x forward MACs x 2 FLOP per
 image x images/s over the peak of the precision from PEAK_TFLOPS by device name). Then 1, 4, 8 and 16 concurrent
 processes each training 06-0.4x with the fast path (gpu_memory_fraction = 1 / processes): aggregate images/s.
-Last, the estimated hours of the paper study (`experiment=paper budget=paper`) from dse.calibrate's per-
-architecture measurements on this GPU, packed onto the best process count.
+Last, the estimated hours of the paper study (`experiment=paper budget=paper`): --study-sample architectures
+spread over the study's MACs are calibrated on this GPU (dse.calibrate, cached), seconds per training image are
+fitted against MACs and layers (least squares) for the rest, and the trials are packed onto the best process
+count (`--study-sample 0` calibrates every architecture: minutes).
 
-`make bench-gpu`. Without CUDA it prints one line saying so and exits 0.
+`make bench-gpu`: by default 10,000 training images per epoch (seconds per epoch are scaled to 45,000), 1, 4
+and 8 processes, 12 calibrated architectures: a few minutes on one GPU. `--long`: 45,000 images, 16 processes
+too, every architecture calibrated. Without CUDA it prints one line saying so and exits 0.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 MODELS = ("shallow_sqnxt_06_0_4x", "shallow_sqnxt_21_0_2x", "sqnxt_23_1x", "shallow_sqnxt_14_1_5x")
-CONCURRENCY = (1, 4, 8, 16)
+CONCURRENCY = (1, 4, 8)
+LONG_CONCURRENCY = (1, 4, 8, 16)
+SHORT_IMAGES = 10_000  # training images per epoch by default (enough for a steady state on a GPU)
 EPOCH_IMAGES = 45_000  # a training epoch of the search (50,000 minus 5,000 validation images)
 BATCH = 128
 #: Dense peak TFLOP/s by a substring of torch.cuda.get_device_name (vendor data sheets, SXM parts where both
@@ -122,18 +129,20 @@ def authors_run(spec, bundle, epochs: int) -> float:
 
 
 def fit_run(spec, bundle, epochs: int, fast: bool, memory_fraction: float | None = None) -> dict:
+    from dse.autotune import resolve
     from dse.train import OptimConfig, TrainConfig, fit
 
-    if fast:  # trainer=gpu
-        train = TrainConfig(epochs=epochs, batch_size=BATCH, device="cuda", precision="bf16", channels_last=True,
-                            fast_path="graph", progress="none", gpu_memory_fraction=memory_fraction)
+    if fast:  # trainer=gpu: every speed setting measured by dse.autotune on this GPU
+        train = TrainConfig(epochs=epochs, batch_size=BATCH, device="cuda", precision="auto", channels_last="auto",
+                            fast_path="auto", progress="none", gpu_memory_fraction=memory_fraction)
+        train = resolve(spec, OptimConfig(), train)
     else:
         train = TrainConfig(epochs=epochs, batch_size=BATCH, device="cuda", precision="fp32", fast_path="eager",
                             progress="none")
     r = fit(spec, bundle, OptimConfig(), train)
     steady = min(m.train_seconds for m in r.epochs[1:] or r.epochs)
     return {"images_per_s": len(bundle.train_y) / steady, "warmup": r.warmup_seconds, "mode": r.fast_path,
-            "precision": train.precision}
+            "precision": r.precision, "channels_last": r.channels_last}
 
 
 def child(args) -> None:
@@ -157,30 +166,70 @@ def concurrent_run(n: int, images: int, epochs: int) -> float:
     return sum(json.loads(o.strip().splitlines()[-1])["images_per_s"] for o in outs)
 
 
-def paper_study_seconds(workers: int, slowdown: float) -> tuple[int, float]:
-    """(trials, seconds) of experiment=paper budget=paper with trainer=gpu on `workers` concurrent processes:
-    dse.calibrate's per-architecture speeds on this GPU (one process alone), trials packed longest-first, each
-    process `slowdown` times slower than alone (measured: workers x one process's rate / the aggregate rate)."""
-    from functools import partial
-
-    from dse.calibrate import calibrate, estimate_study
+def paper_study_seconds(workers: int, slowdown: float, sample: int) -> tuple[int, int, float]:
+    """(trials, architectures calibrated, seconds) of experiment=paper budget=paper with trainer=gpu on `workers`
+    concurrent processes, each `slowdown` times slower than alone (workers x one process's rate / the aggregate
+    rate). `sample` architectures spread over the MACs are calibrated (0: all); the others' seconds per training
+    and per evaluation image come from a least-squares fit on MACs and layers of the calibrated ones."""
+    from dse.autotune import resolve
+    from dse.calibrate import calibrate, lpt_makespan, trial_images
     from dse.config import compose
+    from dse.models import model_facts
     from dse.space import plan_grid
 
-    plan = [p for p in plan_grid(compose(["experiment=paper", "budget=paper", "trainer=gpu"])) if not p.rejected]
-    cal = partial(calibrate, steps=4)  # ~200 distinct architecture x optimizer pairs: a few seconds each
-    return len(plan), estimate_study([p.trial for p in plan], workers, calibrate_fn=cal) * slowdown
+    plan = [p.trial for p in plan_grid(compose(["experiment=paper", "budget=paper", "trainer=gpu"])) if not p.rejected]
+    specs = sorted({t.model for t in plan}, key=lambda s: model_facts(s).macs)
+    chosen = specs if sample <= 0 or sample >= len(specs) else [specs[round(i * (len(specs) - 1) / (sample - 1))]
+                                                                for i in range(sample)]
+    optim0 = plan[0].optim_config()
+    measured = {}
+    for spec in chosen:
+        train = resolve(spec, optim0, plan[0].train_config(None))
+        c = calibrate(spec, train, optim0)
+        measured[spec] = (1 / c.train_img_per_s, 1 / c.eval_img_per_s, c.warmup_seconds)
+    predict = per_image_model(measured)
+    durations = []
+    for t in plan:
+        per_train, per_eval, warm = measured.get(t.model) or predict(t.model)
+        n_train, n_eval = trial_images(t.data)
+        durations.append(warm + int(t.trainer["epochs"]) * (n_train * per_train + n_eval * per_eval))
+    return len(plan), len(chosen), lpt_makespan(durations, workers) * slowdown
+
+
+def features(spec) -> list[float]:
+    """What a step's time on a GPU grows with: a fixed cost, the arithmetic (MACs) and the layers (launches)."""
+    from dse.models import build_model, model_facts
+
+    layers = sum(1 for m in build_model(spec).modules() if not list(m.children()))
+    return [1.0, model_facts(spec).macs / 1e6, float(layers)]
+
+
+def per_image_model(measured: dict):
+    """Least squares of (train s/image, eval s/image, warm-up s) on `features` over the calibrated specs."""
+    import numpy as np
+
+    specs = list(measured)
+    a = np.array([features(s) for s in specs])
+    coef = np.linalg.lstsq(a, np.array([measured[s] for s in specs]), rcond=None)[0]  # (3 features, 3 outputs)
+    floor = np.array([min(v[i] for v in measured.values()) for i in range(3)])
+
+    def predict(spec) -> tuple[float, float, float]:
+        return tuple(np.maximum(np.array(features(spec)) @ coef, floor))
+
+    return predict
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=EPOCH_IMAGES, help="training images per epoch")
+    ap.add_argument("--images", type=int, default=SHORT_IMAGES, help="training images per epoch")
+    ap.add_argument("--long", action="store_true", help="45,000 images, 16 processes too, every architecture")
+    ap.add_argument("--study-sample", type=int, default=12, help="architectures calibrated for the study (0: all)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs per run (the fastest one is reported)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument(
         "--no-study",
         action="store_true",
-        help="skip the paper-study estimate (it calibrates ~200 architecture x optimizer pairs: minutes; cached)",
+        help="skip the paper-study estimate",
     )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-fraction", type=float, default=None, help=argparse.SUPPRESS)
@@ -191,6 +240,9 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    concurrency = CONCURRENCY
+    if args.long:
+        args.images, args.study_sample, concurrency = EPOCH_IMAGES, 0, LONG_CONCURRENCY
     from dse.data import DataConfig, load_data
     from dse.models import model_facts, spec_from_name
 
@@ -209,18 +261,20 @@ def main() -> None:
         for label, fast in (("eager", False), ("fast", True)):
             r = fit_run(spec, bundle.to("cuda"), args.epochs, fast)
             frac = peak_fraction(facts.macs, r["images_per_s"], peak_flops(name, r["precision"]))
-            print(fmt_row(label, r["images_per_s"], ref, frac, r["warmup"]) + f"  ({r['mode']}, {r['precision']})",
-                  flush=True)
+            layout = "channels_last" if r["channels_last"] else "nchw"
+            print(fmt_row(label, r["images_per_s"], ref, frac, r["warmup"]) +
+                  f"  ({r['mode']}, {r['precision']}, {layout})", flush=True)
     rates = {}
-    for n in CONCURRENCY:
+    for n in concurrency:
         rates[n] = concurrent_run(n, min(args.images, 10_000), args.epochs)
         print(f"  {n:2d} concurrent 06-0.4x processes: {rates[n]:8.0f} images/s in all "
-              f"({rates[n] / rates[CONCURRENCY[0]]:.2f}x one process)", flush=True)
+              f"({rates[n] / rates[concurrency[0]]:.2f}x one process)", flush=True)
     if not args.no_study:
         best = max(rates, key=rates.get)
-        trials, seconds = paper_study_seconds(best, best * rates[1] / rates[best])
+        trials, calibrated, seconds = paper_study_seconds(best, best * rates[1] / rates[best], args.study_sample)
         print(f"paper study (experiment=paper budget=paper, {trials} trials, trainer=gpu) on {best} process(es): "
-              f"{study_hours(seconds)} estimated from per-architecture calibration on this GPU")
+              f"{study_hours(seconds)} estimated ({calibrated} architectures calibrated on this GPU, the rest "
+              "fitted on MACs and layers)")
 
 
 if __name__ == "__main__":

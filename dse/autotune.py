@@ -8,11 +8,12 @@ So `trainer.precision=auto`, `trainer.channels_last=auto`, `trainer.fast_path=au
 by a short probe on this machine (dse.probe: the real `fit`, two tiny epochs on random pixels, in child
 processes), side by side:
 
-* per *cost class* (MACs per image in factors of 2: 0.25-0.5 M, 0.5-1 M, 1-2 M, ...), on the class's cheapest
-  architecture of the study, every candidate setting the request leaves open: float32 / bf16 x NCHW /
-  channels_last, and on CUDA the whole step as a CUDA graph or eager. torch.compile is never a candidate: its
-  compilation (about a minute per architecture on a GPU) costs more than the probe may; ask for it by name.
-  The first candidate (float32, NCHW) is timed first; a later one whose warm-up epoch is ABANDON_RATIO times
+* per *cost class* (MACs per image in factors of 4: 0.25-1 M, 1-4 M, 4-16 M, ...), on the class's cheapest
+  architecture of the study, the candidate settings the request leaves open: float32 / bf16 x NCHW /
+  channels_last, and on CUDA the whole step as a CUDA graph or eager, one dimension at a time (Chain).
+  torch.compile is never a candidate: its compilation (about a minute per architecture on a GPU) costs more
+  than the probe may; ask for it by name.
+  The baseline (float32, NCHW) is timed first; a later candidate whose warm-up epoch is ABANDON_RATIO times
   slower is not timed further.
 * The fastest candidate that is numerically safe wins: a setting that crashed the probe process on this
   machine is never used on it again (float32 channels_last did, on one CPU: see dse.probe), and bf16 wins
@@ -20,8 +21,9 @@ processes), side by side:
   mantissa: a tie goes to float32). The margin is wide on purpose: where bf16 pays (AMX, AVX-512 BF16, GPUs)
   it is 1.4x or more, and where it does not (AMD Zen 3) it is within noise of float32 for the smallest
   networks and 2-3x slower for the rest, so a narrow margin would flip between neighbouring widths.
-* workers x threads (CPU): the heaviest class's representative is trained by 1, 2, ... cores processes side
-  by side with cores // workers threads each; the most images per second in all wins. On CUDA: one worker per
+* workers x threads (CPU): the study's typical architecture (nearest the geometric mean of its MACs) is
+  trained by 1, 2, ... cores processes side by side with cores // workers threads each; the most images per
+  second in all wins. On CUDA: one worker per
   visible GPU (not measured here; several per GPU need MPS and a memory cap, see the README).
 
 Decisions are cached as JSON under <DSE_CACHE_DIR or ~/.cache/dse>/autotune, keyed by the device (CPU model and
@@ -96,13 +98,13 @@ def is_auto(train: TrainConfig) -> bool:
 
 
 def cost_class(macs: int) -> int:
-    """Factor-of-2 MAC buckets: 0 = 1-2 M MACs per image, -1 = 0.5-1 M, 1 = 2-4 M ... (the fastest setting
-    changes with a network's width: neighbours in MACs share it; a bucket of 4x was too coarse for bf16 on Zen 3)."""
-    return max(-8, math.floor(math.log2(max(macs, 1) / 1e6)))
+    """Factor-of-4 MAC buckets: 0 = 1-4 M MACs per image, -1 = 0.25-1 M, 1 = 4-16 M ... (the fastest setting
+    changes with a network's width: neighbours in MACs share it)."""
+    return max(-4, math.floor(math.log(max(macs, 1) / 1e6, 4)))
 
 
 def class_label(c: int) -> str:
-    return f"{2.0 ** c:g}-{2.0 ** (c + 1):g} M MACs"
+    return f"{4.0 ** c:g}-{4.0 ** (c + 1):g} M MACs"
 
 
 def candidates(train: TrainConfig, optim: OptimConfig, device: torch.device) -> list[Setting]:
@@ -224,6 +226,51 @@ def _calibration(job: Job, result: dict[str, Any]) -> cal.Calibration | None:
     return c
 
 
+class Chain:
+    """The probes of one cost class, one dimension at a time: the baseline (float32, NCHW, and on CUDA the graph
+    when it can run), then the other precision at the baseline's layout, then the other memory format at the
+    better precision, then the other fast path at the better of those. Each later probe is abandoned when its
+    warm-up epoch takes ABANDON_RATIO times the baseline's. Three or four probes instead of every combination,
+    and the slow ones cut short: most of the probe's time is the slow candidates."""
+
+    def __init__(self, item: Item, cands: list[Setting]) -> None:
+        self.item, self.cands = item, cands
+        self.measured: dict[Setting, dict[str, Any]] = {}
+        self.running: set[Setting] = set()
+
+    def done(self, setting: Setting, result: dict[str, Any]) -> None:
+        self.running.discard(setting)
+        self.measured[setting] = result
+
+    def best(self) -> Setting:
+        return choose(self.measured, set()) if self.measured else self.cands[0]
+
+    def ready(self) -> list[tuple[Setting, float | None]]:
+        """The next probe to run ([] while one runs or when the chain is complete)."""
+        if self.running or not self.cands:
+            return []
+        base = self.cands[0]
+        if base not in self.measured:
+            return self._start(base, None)
+        r = self.measured[base]
+        limit = ABANDON_RATIO * r["warmup_epoch_seconds"] if r.get("ok") and r.get("warmup_epoch_seconds") else None
+        best = self.best()
+        for field in ("precision", "channels_last", "fast_path"):
+            for s in self.cands:
+                if s not in self.measured and _differs_only_in(s, best, field):
+                    return self._start(s, limit)
+        return []
+
+    def _start(self, s: Setting, limit: float | None) -> list[tuple[Setting, float | None]]:
+        self.running.add(s)
+        return [(s, limit)]
+
+
+def _differs_only_in(a: Setting, b: Setting, field: str) -> bool:
+    return getattr(a, field) != getattr(b, field) and all(
+        getattr(a, f) == getattr(b, f) for f in ("precision", "channels_last", "fast_path") if f != field)
+
+
 class Tuner:
     """Decides `auto` settings for many architectures at once with a pool of probe processes, and calibrates
     every architecture for the study estimate with the settings it will run. `say` prints progress lines."""
@@ -259,46 +306,39 @@ class Tuner:
         return out
 
     def _decide(self, reps: dict[str, Item]) -> None:
-        """Probe every candidate of every class in `reps` (first candidates first, then the rest with the
-        abandon threshold the first one set), then decide and log one line per class."""
+        """Probe the cost classes in `reps` side by side on the pool, each class as a chain (Chain), then decide
+        and log one line per class."""
         device = resolve_device(next(iter(reps.values())).train.device)
-        cands = {k: candidates(it.train, it.optim, device) for k, it in reps.items()}
-        measured: dict[str, dict[Setting, dict]] = {k: {} for k in reps}
-        first = {k: c[0] for k, c in cands.items()}
-        self._probe({k: [(first[k], None)] for k in reps}, reps, measured)
-        rest = {}
-        for k, c in cands.items():
-            base = measured[k].get(first[k], {})
-            limit = ABANDON_RATIO * base["warmup_epoch_seconds"] if base.get("ok") and "warmup_epoch_seconds" \
-                in base else None
-            rest[k] = [(s, limit) for s in c[1:]]
-        self._probe(rest, reps, measured)
-        for k, it in reps.items():
-            unsafe = unsafe_settings(it.train)
-            choice = choose(measured[k], unsafe)
-            line = decision_line(it, choice, measured[k], unsafe)
-            save_decision(json.loads(k), choice, it.spec, line)
-            self.say(line)
+        chains = {k: Chain(it, candidates(it.train, it.optim, device)) for k, it in reps.items()}
+        jobs: dict[str, tuple[Chain, Setting]] = {}
 
-    def _probe(self, plan: dict[str, list[tuple[Setting, float | None]]], reps: dict[str, Item],
-               measured: dict[str, dict[Setting, dict]]) -> None:
-        jobs, back = [], {}
-        for k, pairs in plan.items():
-            for setting, limit in pairs:
-                job = job_for(reps[k], setting, limit)
-                hit = cal.load_cached(json.loads(job.key))
-                if hit is not None:  # measured before (e.g. by the workers probe)
-                    measured[k][setting] = {"ok": True, "train_img_per_s": hit.train_img_per_s,
-                                            "warmup_epoch_seconds": hit.warmup_epoch_seconds}
-                    continue
-                jobs.append(job)
-                back[job.key] = (k, setting)
-        for key, result in self.pool.run(jobs).items():
-            k, setting = back[key]
-            measured[k][setting] = result
+        def next_job() -> Job | None:
+            for chain in chains.values():
+                for setting, limit in chain.ready():
+                    job = job_for(chain.item, setting, limit)
+                    hit = cal.load_cached(json.loads(job.key))
+                    if hit is not None:  # measured before (e.g. by the workers probe)
+                        chain.done(setting, {"ok": True, "train_img_per_s": hit.train_img_per_s,
+                                             "warmup_epoch_seconds": hit.warmup_epoch_seconds})
+                        continue
+                    jobs[job.key] = (chain, setting)
+                    return job
+            return None
+
+        def on_result(job: Job, result: dict[str, Any]) -> None:
+            chain, setting = jobs[job.key]
             if result.get("crashed"):
-                mark_unsafe(reps[k].train, setting.label())
-            _calibration(next(j for j in jobs if j.key == key), result)
+                mark_unsafe(chain.item.train, setting.label())
+            _calibration(job, result)
+            chain.done(setting, result)
+
+        self.pool.run(next_job, on_result)
+        for k, chain in chains.items():
+            unsafe = unsafe_settings(chain.item.train)
+            choice = choose(chain.measured, unsafe)
+            line = decision_line(chain.item, choice, chain.measured, unsafe)
+            save_decision(json.loads(k), choice, chain.item.spec, line)
+            self.say(line)
 
     def calibrate_all(self, resolved: dict[Item, TrainConfig]) -> dict[Item, cal.Calibration]:
         """A calibration for every item with its resolved settings: cached ones read, the rest measured side by
@@ -349,10 +389,14 @@ def finalize(item: Item, choice: Setting | None) -> TrainConfig:
 def decision_line(item: Item, choice: Setting, measured: dict[Setting, dict], unsafe: set[str]) -> str:
     parts = []
     for s, r in measured.items():
-        if r.get("ok"):
+        if r.get("ok") and s.label() in unsafe:
+            parts.append(f"{s.label()} {r['train_img_per_s']:,.0f} img/s but unsafe (it crashed another probe here)")
+        elif r.get("ok"):
             parts.append(f"{s.label()} {r['train_img_per_s']:,.0f} img/s")
-        elif r.get("crashed") or s.label() in unsafe:
-            parts.append(f"{s.label()} unsafe ({r.get('error', 'crashed here before')})")
+        elif r.get("crashed"):
+            parts.append(f"{s.label()} unsafe ({r.get('error')})")
+        elif s.label() in unsafe:
+            parts.append(f"{s.label()} unsafe (it crashed another probe here)")
         else:
             parts.append(f"{s.label()} {r.get('error', 'failed')}")
     device = resolve_device(item.train.device)
@@ -400,48 +444,48 @@ def worker_candidates(cores: int) -> list[tuple[int, int]]:
 
 def choose_workers(items: Sequence[Item], cores: int, say: Callable[[str], None] = log.info
                    ) -> tuple[int, int, Tuner | None]:
-    """(workers, threads per worker, the probe pool to reuse) for a CPU study of `items`: the heaviest cost
-    class's cheapest architecture trained by every candidate number of processes side by side."""
+    """(workers, threads per worker, the probe pool to reuse) for a CPU study of `items`: the study's typical
+    architecture (nearest the geometric mean of its MACs) trained by every candidate number of processes side by
+    side; the most images per second in all wins. All candidate pools start at once (their imports overlap)
+    and are timed one after another."""
     cands = worker_candidates(cores)
     if len(cands) == 1 or not items:
         return cands[-1][0], cands[-1][1], None
-    rep = _heaviest(items)
-    best, kept, rates = None, None, []
+    rep = typical(items)
+    probes, keys, rates, tuners = {}, {}, {}, {}
     for w, t in cands:
         train = replace(rep.train, threads=t)
-        setting = Setting(*SAFE) if is_auto(train) else None
-        probe = Item(rep.spec, rep.optim, finalize(Item(rep.spec, rep.optim, train), setting))
-        key = {"version": VERSION, "kind": "workers", "calibration": cal.calibration_key(
-            probe.spec, probe.train, probe.optim), "workers": w}
-        rate = _cached_rate(key)
-        tuner = None
-        if rate is None:
-            tuner = Tuner(w, t, say)
-            job = job_for(probe)
-            results = [r for r in tuner.pool.run([replace(job, key=f"{i}") for i in range(w)]).values() if r["ok"]]
-            rate = sum(r["train_img_per_s"] for r in results)
-            _save_rate(key, rate)
-            if len(results) == w:  # the representative's calibration at this shape, for the estimate
-                _calibration(job, {k: sum(r[k] for r in results) / w for k in results[0] if k != "ok"} | {"ok": 1})
-        rates.append(f"{w} x {t} thread{'s' * (t != 1)} {rate:,.0f} img/s")
-        if best is None or rate > best[2]:
-            if kept is not None:
-                kept.close()
-            best, kept = (w, t, rate), tuner
-        elif tuner is not None:
+        probes[w] = Item(rep.spec, rep.optim, finalize(Item(rep.spec, rep.optim, train),
+                                                       Setting(*SAFE) if is_auto(train) else None))
+        keys[w] = {"version": VERSION, "kind": "workers", "workers": w,
+                   "calibration": cal.calibration_key(probes[w].spec, probes[w].train, probes[w].optim)}
+        rates[w] = _cached_rate(keys[w])
+        if rates[w] is None:
+            tuners[w] = Tuner(w, t, say)
+            tuners[w].pool  # noqa: B018 - starts its processes now, so every pool imports in parallel
+    for w, tuner in tuners.items():
+        job = job_for(probes[w])
+        results = [r for r in tuner.pool.run([replace(job, key=f"{i}") for i in range(w)]).values() if r["ok"]]
+        rates[w] = sum(r["train_img_per_s"] for r in results)
+        _save_rate(keys[w], rates[w])
+        if len(results) == w:  # the representative's calibration at this shape, for the estimate
+            _calibration(job, {k: sum(r[k] for r in results) / w for k in results[0] if k != "ok"} | {"ok": 1})
+    best = max(rates, key=rates.get)
+    for w, tuner in tuners.items():
+        if w != best:
             tuner.close()
-    say(f"workers=auto: {best[0]} worker{'s' * (best[0] != 1)} x {best[1]} thread{'s' * (best[1] != 1)} "
-        f"({rep.spec.display_name} trained side by side, images per second in all: {'; '.join(rates)})")
-    return best[0], best[1], kept
+    t = cores // best
+    said = "; ".join(f"{w} x {cores // w} thread{'s' * (cores // w != 1)} {r:,.0f} img/s" for w, r in rates.items())
+    say(f"workers=auto: {best} worker{'s' * (best != 1)} x {t} thread{'s' * (t != 1)} ({rep.spec.display_name} "
+        f"trained side by side, images per second in all: {said})")
+    return best, t, tuners.get(best)
 
 
-def _heaviest(items: Sequence[Item]) -> Item:
-    """The cheapest architecture of the cost class holding most of the study's MACs."""
-    load: dict[int, int] = {}
-    for it in items:
-        load[cost_class(it.macs)] = load.get(cost_class(it.macs), 0) + it.macs
-    heavy = max(load, key=load.get)
-    return min((it for it in items if cost_class(it.macs) == heavy), key=lambda i: i.macs)
+def typical(items: Sequence[Item]) -> Item:
+    """The architecture nearest the geometric mean of the study's MACs per image (its typical trial)."""
+    logs = [math.log(max(it.macs, 1)) for it in items]
+    centre = sum(logs) / len(logs)
+    return min(items, key=lambda it: (abs(math.log(max(it.macs, 1)) - centre), it.macs))
 
 
 def _cached_rate(key: dict[str, Any]) -> float | None:

@@ -13,8 +13,9 @@ caller's, for two reasons:
 
 `ProbePool(processes, threads)` keeps that many servers alive (`python -m dse.probe --serve`), each with
 `threads` intra-op threads, and hands out jobs as they become free. The protocol is one JSON object per line:
-a job on stdin, its result on stdout (nothing else is written there, and each server has one job at a time, so a
-line is always whole and never waits in a buffer).
+"ready" once the imports are done (read before any job is sent), then a job on stdin, its result on stdout
+(nothing else is written there, and each server has one job at a time, so a line is always whole and never waits
+in a buffer).
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ class ProbePool:
     def __init__(self, processes: int, threads: int) -> None:
         self.threads = threads
         self.servers = [self._start() for _ in range(max(1, processes))]
+        self._ready = False
+
+    def wait_ready(self) -> None:
+        """Block until every server has imported PyTorch (they start in parallel): a probe timed while other
+        servers are still importing would measure their start-up too."""
+        for s in self.servers:
+            s.proc.stdout.readline()  # "ready" (or end-of-file: the first job then reports the crash)
+        self._ready = True
 
     def _start(self) -> _Server:
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONPATH": _pythonpath()}
@@ -75,15 +84,30 @@ class ProbePool:
                                 text=True, bufsize=1, env=env, cwd=str(REPO))
         return _Server(proc)
 
-    def run(self, jobs: Iterable[Job], on_result: Callable[[Job, dict[str, Any]], None] | None = None
-            ) -> dict[str, dict[str, Any]]:
-        pending, results = list(jobs), {}
+    def run(self, jobs: Iterable[Job] | Callable[[], Job | None],
+            on_result: Callable[[Job, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+        """Run `jobs` (a list, or a function returning the next job that is ready, None when none is: it is
+        asked again after each result, so `on_result` can make new jobs ready) on the free servers."""
+        if not self._ready:
+            self.wait_ready()
+        if callable(jobs):
+            next_job = jobs
+        else:
+            queue = list(jobs)
+
+            def next_job() -> Job | None:
+                return queue.pop(0) if queue else None
+
+        results: dict[str, dict[str, Any]] = {}
         sel = selectors.DefaultSelector()
         try:
-            while pending or any(s.job for s in self.servers):
+            while True:
                 for s in self.servers:
-                    if s.job is None and pending:
-                        self._send(s, pending.pop(0), sel)
+                    job = next_job() if s.job is None else None
+                    if job is not None:
+                        self._send(s, job, sel)
+                if not any(s.job for s in self.servers):
+                    break
                 events = sel.select(timeout=5)
                 for ev, _ in events:
                     self._receive(ev.data, sel, results, on_result)
@@ -119,6 +143,7 @@ class ProbePool:
 
     def _replace(self, s: _Server) -> None:
         fresh = self._start()
+        fresh.proc.stdout.readline()  # "ready": its imports are not timed as part of the next probe
         s.proc, s.started = fresh.proc, fresh.started
 
     def _reap_hung(self, sel: selectors.BaseSelector, results: dict, on_result: Callable | None) -> None:
@@ -159,6 +184,7 @@ def serve(threads: int) -> None:
     from dse.train import OptimConfig, TrainConfig
 
     torch.set_num_threads(threads)
+    print("ready", flush=True)  # read once by the pool before it sends the first job
     for line in sys.stdin:
         job = json.loads(line)
         try:

@@ -65,3 +65,42 @@ def test_bench_pack_study_is_the_planned_trials(tmp_path: Path) -> None:
     assert bench_pack.parse_settings("1x2, 2x1") == [(1, 2), (2, 1)]
     with pytest.raises(SystemExit, match="2by1"):
         bench_pack.parse_settings("2by1")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit")
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--out", str(tmp_path / "gc")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and not (tmp_path / "gc").exists()
+    assert r.stdout.strip().splitlines() == [
+        "gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing checked"
+    ]
+
+
+def test_gpu_check_sections_fit_in_eight_minutes() -> None:
+    import gpu_check
+
+    assert sum(limit for _, limit in gpu_check.SECTIONS) <= 8 * 60
+    assert {name for name, _ in gpu_check.SECTIONS} == {"tests", "capture", "nosync", "fraction", "bench", "sweep"}
+    assert len(gpu_check.TABLE6) == 9 and set(gpu_check.UNCAPTURABLE) <= set(gpu_check.TABLE6)
+
+
+def test_gpu_check_summary_table(tmp_path: Path) -> None:
+    import gpu_check
+
+    text = gpu_check.summary(tmp_path, [("tests", "passed", 12.3, []), ("sweep", "FAILED", 40.0, ["a: failed"])],
+                             "NVIDIA H200, torch 2.11")
+    assert (tmp_path / "summary.md").read_text() == text
+    assert "| tests | passed | 12 | - |" in text and "| sweep | FAILED | 40 | a: failed |" in text
+
+
+def test_paper_study_per_image_model_fits_macs_and_layers() -> None:
+    from dse.models import spec_from_name
+
+    specs = [spec_from_name(n) for n in ("shallow_sqnxt_06_0_2x", "shallow_sqnxt_06_0_6x", "shallow_sqnxt_12_0_4x",
+                                         "shallow_sqnxt_21_0_2x", "sqnxt_23_1x")]
+    truth = {s: (1e-6 * (5 + 2 * f[1] + 0.1 * f[2]), 1e-7 * (5 + f[1]), 1.0)
+             for s in specs for f in [bench_gpu.features(s)]}
+    predict = bench_gpu.per_image_model(dict(list(truth.items())[:4]))  # fitted on four, predicts the fifth
+    got, want = predict(specs[-1]), truth[specs[-1]]
+    assert got[0] == pytest.approx(want[0], rel=1e-6) and got[1] == pytest.approx(want[1], rel=1e-6)
