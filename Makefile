@@ -11,8 +11,7 @@ export DSE_DATA_DIR ?= $(SHARED_DATA)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-fast test-e2e sweep tables bench bench-gpu bench-pack bench-settings gpu-kit gpu-check \
-	lint dashboard dry-run deploy clean
+.PHONY: help venv test test-fast test-e2e sweep tables bench bench-gpu bench-pack bench-settings gpu-kit gpu-check lint dashboard dry-run deploy clean
 # The GPU machine has no .venv and no network: gpu-check runs with its python3 (after `source .gpu-kit/setup.sh`)
 GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 

@@ -174,7 +174,8 @@ def test_tuner_decides_logs_and_calibrates_with_crashes_marked_unsafe(monkeypatc
 
     monkeypatch.setattr(ProbePool, "run", run)
     lines: list[str] = []
-    items = [A.Item(spec_from_name(n), OptimConfig(), AUTO) for n in ("shallow_sqnxt_06_0_125x", "shallow_sqnxt_06_0_2x")]
+    names = ("shallow_sqnxt_06_0_125x", "shallow_sqnxt_06_0_2x")
+    items = [A.Item(spec_from_name(n), OptimConfig(), AUTO) for n in names]
     tuner = A.Tuner(2, 1, say=lines.append)
     try:
         resolved = tuner.resolve_all(items)

@@ -52,11 +52,15 @@ class Queue:
 
     # -- claiming ---------------------------------------------------------------------------------------------
     def claim(self, only: set[str] | None = None) -> TrialRow | None:
-        """Take the oldest claimable trial (of ``only``, identities, when given); None when there is none."""
+        """Take the costliest claimable trial (MACs per image x epochs; the oldest among equals) of ``only``
+        (identities) when given; None when there is none. Longest first: N workers sharing the queue then finish
+        together (longest-processing-time packing, what the study estimate assumes), instead of one worker
+        starting the largest trial when the others are nearly done."""
         cond = [TrialRow.study == self.study, TrialRow.status.in_(CLAIMABLE)]
         if only is not None:
             cond.append(TrialRow.identity.in_(sorted(only)))
-        oldest = select(TrialRow.id).where(*cond).order_by(TrialRow.id).limit(1).scalar_subquery()
+        cost = (TrialRow.macs * TrialRow.epochs).desc()
+        oldest = select(TrialRow.id).where(*cond).order_by(cost, TrialRow.id).limit(1).scalar_subquery()
         stmt = (update(TrialRow).where(TrialRow.id == oldest, TrialRow.status.in_(CLAIMABLE))
                 .values(status=st.RUNNING, worker=self.worker, host=self.host, attempts=TrialRow.attempts + 1,
                         lease_until=self.now(self.lease), heartbeat_at=self.now(), started_at=st._now(),
