@@ -10,6 +10,7 @@ need no scheduler: they stop before anything is submitted.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -89,15 +90,18 @@ def output(t: dict[str, str]) -> str:
     return Path(t["StdOut"]).read_text()
 
 
-def pg(sql: str, **params) -> list[tuple]:
-    from sqlalchemy import create_engine, text
+@functools.cache
+def engine():
+    from sqlalchemy import create_engine
 
-    eng = create_engine(PG_URL)
-    try:
-        with eng.connect() as c:
-            return [tuple(r) for r in c.execute(text(sql), params).fetchall()]
-    finally:
-        eng.dispose()
+    return create_engine(PG_URL)
+
+
+def pg(sql: str, **params) -> list[tuple]:
+    from sqlalchemy import text
+
+    with engine().connect() as c:
+        return [tuple(r) for r in c.execute(text(sql), params).fetchall()]
 
 
 def trials(study: str) -> list[tuple]:
@@ -107,7 +111,7 @@ def trials(study: str) -> list[tuple]:
 
 
 def victim_after_one_epoch(study: str, timeout: float = 120) -> tuple[int, str]:
-    """(trial id, SLURM job id of the task training it) as soon as a trial has finished an epoch but not all."""
+    """(trial id, the array task training it) as soon as a trial has finished an epoch but not all."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -119,18 +123,17 @@ def victim_after_one_epoch(study: str, timeout: float = 120) -> tuple[int, str]:
             job = slurm_job_of(int(worker.rsplit(":", 1)[1]))
             if job:
                 return trial_id, job
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise AssertionError(f"no trial of {study} finished an epoch within {timeout} s: {trials(study)}")
 
 
 def slurm_job_of(pid: int) -> str | None:
-    """The job (an array task's own id) a process on this node belongs to: `scontrol listpids`."""
+    """The array task (``<array job>_<task>``) a process on this node belongs to. `scontrol listpids` gives the
+    task's own job id, which for the last task equals the array's id: scancel must get the task's name."""
     r = subprocess.run(["scontrol", "listpids"], capture_output=True, text=True, timeout=30)
-    for line in r.stdout.splitlines()[1:]:
-        cols = line.split()
-        if cols and cols[0] == str(pid):
-            return cols[1]
-    return None
+    own = next((cols[1] for cols in map(str.split, r.stdout.splitlines()[1:]) if cols and cols[0] == str(pid)), None)
+    q = subprocess.run(["squeue", "-h", "-o", "%A %i"], capture_output=True, text=True, timeout=30)
+    return next((name for raw, name in map(str.split, q.stdout.splitlines()) if raw == own), None)
 
 
 def trained_by(out: str) -> int:
@@ -163,10 +166,10 @@ def _replicas(tmp: Path) -> list[str]:
 
 def _two_tasks_one_victim(tmp_path: Path, data: Path, signal: str) -> tuple[str, int, str, dict]:
     """Two 2-epoch trials on two tasks; `scancel --batch --signal=<signal>` to the task of the first trial to
-    finish an epoch. (study, its trial id, the victim's job id, the tasks' fields at the end)."""
+    finish an epoch. (study, its trial id, the victim as <array job>_<task>, every task's fields at the end)."""
     study = f"slurm-{signal.lower()}-{uuid.uuid4().hex[:8]}"
-    # 2,000 images: epoch 2 lasts seconds, so the signal lands mid-trial
-    job = sbatch(tmp_path, job_env(tmp_path, data), "1-2", *TINY, "data.subset_size=2000", "trainer.epochs=2",
+    # 1,000 images: epoch 2 lasts a second or two, time enough for the signal (polled every 0.1 s) to land mid-trial
+    job = sbatch(tmp_path, job_env(tmp_path, data), "1-2", *TINY, "data.subset_size=1000", "trainer.epochs=2",
                  f"study.name={study}", grid([0.1, 0.2]))
     trial_id, victim = victim_after_one_epoch(study)
     subprocess.run(["scancel", "--batch", f"--signal={signal}", victim], check=True, timeout=30)
@@ -180,7 +183,7 @@ def _resumed_by_the_other(study: str, trial_id: int, victim: str, ts: dict) -> s
     check_agreement(study, 2)
     rows = {r[0]: r for r in trials(study)}
     assert rows[trial_id][2] == 2 and rows[trial_id][3:] == (2, 2), rows  # attempt 2; 2 epochs, one row each
-    other = next(t for t in ts.values() if t["JobId"] != victim)
+    other = next(t for i, t in ts.items() if i != victim.split("_")[1])
     assert (other["JobState"], other["ExitCode"]) == ("COMPLETED", "0:0"), ts
     out = output(other)
     assert re.search(rf"trial t{trial_id} \(attempt 2\).*resuming after epoch 1", out), out[-3000:]
@@ -192,7 +195,7 @@ def test_preempted_task_hands_its_trial_over(tmp_path, real_cifar10):
     """SIGTERM to a task mid-trial (what preemption and `#SBATCH --signal=B:TERM@120` deliver): its trial is
     marked interrupted, the task exits 130, the other task resumes the trial from epoch 1 and finishes it."""
     study, trial_id, victim, ts = _two_tasks_one_victim(tmp_path, real_cifar10, "TERM")
-    v = next(t for t in ts.values() if t["JobId"] == victim)
+    v = ts[victim.split("_")[1]]
     assert (v["JobState"], v["ExitCode"]) == ("FAILED", "130:0"), ts
     assert "interrupted: the running trial is marked 'interrupted'" in output(v)
     _resumed_by_the_other(study, trial_id, victim, ts)
@@ -203,7 +206,7 @@ def test_killed_task_loses_its_trial_to_the_lease(tmp_path, real_cifar10):
     """SIGKILL to a task mid-trial (a lost node, the OOM killer): nothing marks the trial; its lease runs out
     (storage.grace_period=4 s), the other task re-queues it and resumes it from epoch 1."""
     study, trial_id, victim, ts = _two_tasks_one_victim(tmp_path, real_cifar10, "KILL")
-    v = next(t for t in ts.values() if t["JobId"] == victim)
+    v = ts[victim.split("_")[1]]
     assert v["JobState"] == "FAILED" and v["ExitCode"] == "0:9", ts  # killed by signal 9
     out = _resumed_by_the_other(study, trial_id, victim, ts)
     assert "lost its worker (lease expired); re-queued" in out
