@@ -212,18 +212,21 @@ def test_killed_task_loses_its_trial_to_the_lease(tmp_path, real_cifar10):
     assert "lost its worker (lease expired); re-queued" in out
 
 
+def submitit_sweep(tmp_path: Path, env: dict[str, str], study: str, replicas: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dse.sweep", "-m", "hydra/launcher=submitit_slurm", f"replica=range({replicas})",
+            "storage=postgres", f"study.checkpoint_dir={tmp_path / 'ckpt'}", "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", *TINY, f"study.name={study}", *extra]
+
+
 @cluster_test
 def test_submitit_launcher_runs_the_workers_as_slurm_jobs(tmp_path, real_cifar10):
     """`python -m dse.sweep -m hydra/launcher=submitit_slurm replica='range(2)' ...`: two SLURM jobs of one
-    study, each trial once, every result in the store and in Optuna."""
+    study, each trial once, every result in the store and in Optuna; the command exits 0 like its jobs."""
     from test_postgres import check_agreement
 
     study = f"slurm-submitit-{uuid.uuid4().hex[:8]}"
-    env = job_env(tmp_path, real_cifar10)
-    r = subprocess.run([sys.executable, "-m", "dse.sweep", "-m", "hydra/launcher=submitit_slurm", "replica=range(2)",
-                        "storage=postgres", f"study.checkpoint_dir={tmp_path / 'ckpt'}", "hydra.launcher.cpus_per_task=1",
-                        "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", *TINY, f"study.name={study}",
-                        grid([0.1, 0.2, 0.3, 0.4])], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(submitit_sweep(tmp_path, job_env(tmp_path, real_cifar10), study, 2, grid([0.1, 0.2, 0.3, 0.4])),
+                       cwd=REPO, env=job_env(tmp_path, real_cifar10), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     check_agreement(study, 4)
     logs = list(Path(os.environ["DSE_RUNS_DIR"]).rglob(".submitit/*_*/*_0_log.out"))
@@ -232,8 +235,9 @@ def test_submitit_launcher_runs_the_workers_as_slurm_jobs(tmp_path, real_cifar10
 
 @cluster_test
 def test_task_on_a_node_without_the_data_leaves_its_trials_queued(tmp_path, real_cifar10):
-    """The study is queued (here by this process, which has the data); a task whose node lacks it says so in one
-    line and exits 2; its trials stay queued for a node that has it, none failed."""
+    """The study is queued (here by this process, which has the data). An array task and a submitit job whose
+    node lacks it: the task says so in one line and exits 2, the submitting command exits 2 naming its job; the
+    trials stay queued for a node that has the data, none failed."""
     from dse.config import compose
     from dse.sweep.plan import make_plan
     from dse.sweep.worker import Worker
@@ -246,11 +250,17 @@ def test_task_on_a_node_without_the_data_leaves_its_trials_queued(tmp_path, real
     assert w.prepare() == 2
     empty = tmp_path / "no-data"
     empty.mkdir()
-    job = sbatch(tmp_path, job_env(tmp_path, empty), "1", *TINY, f"study.name={study}", grid([0.1, 0.2]))
+    env = job_env(tmp_path, empty)
+    job = sbatch(tmp_path, env, "1", *TINY, f"study.name={study}", grid([0.1, 0.2]))
+    r = subprocess.run(submitit_sweep(tmp_path, env, study, 1, grid([0.1, 0.2])), cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
     (t,) = wait_job(job, 1).values()
     assert (t["JobState"], t["ExitCode"]) == ("FAILED", "2:0"), t
     last = output(t).strip().splitlines()[-1]
     assert last.startswith(f"error: nothing to run for study {study}: 2 trials need CIFAR-10: not in {empty}"), last
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 SLURM jobs did not finish cleanly (job 0 "
+                                                        "exited 2)"), r.stderr[-3000:]
     assert [r[1:3] for r in trials(study)] == [("queued", 0)] * 2
 
 
