@@ -15,9 +15,11 @@ PORT="${DSE_SLURM_PORT:-46817}"   # slurmctld; slurmd listens on PORT + 1
 HOST="$(hostname -s)"
 export SLURM_CONF="$DIR/slurm.conf"
 
-stop() {  # only the daemons whose pid files are in our folder
+stop() {  # only the daemons whose pid files are in our folder, and only if that pid is still that daemon
+  local pid
   for d in slurmd slurmctld munged; do
-    if [ -f "$DIR/$d.pid" ] && kill "$(cat "$DIR/$d.pid")" 2>/dev/null; then echo "stopped $d"; fi
+    pid="$(cat "$DIR/$d.pid" 2>/dev/null || true)"
+    if [ -n "$pid" ] && [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = "$d" ] && kill "$pid"; then echo "stopped $d"; fi
     rm -f "$DIR/$d.pid"
   done
 }
@@ -77,9 +79,9 @@ write_env() {  # what the tests need: the clients' config, and the command that 
   } > "$ENV_FILE"
 }
 
-wait_idle() {  # seconds: the node registers within a few
+wait_idle() {  # the node registers within a few seconds (60 x 0.5 s at most); "$1": more states that will do
   for _ in $(seq 60); do
-    if sinfo -h -N -n "$HOST" -o %t 2>/dev/null | grep -qx idle; then return 0; fi
+    if sinfo -h -N -n "$HOST" -o %t 2>/dev/null | grep -qxE "idle${1:-}"; then return 0; fi
     sleep 0.5
   done
   echo "SLURM node $HOST did not become idle; see $DIR/slurmctld.log and $DIR/slurmd.log" >&2
@@ -89,10 +91,11 @@ wait_idle() {  # seconds: the node registers within a few
 
 if [ "${1:-}" = stop ]; then stop; exit 0; fi
 install
-if [ -f "$DIR/slurmctld.pid" ] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null && wait_idle; then
+if [ -f "$DIR/slurmctld.pid" ] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null && wait_idle "|mix|alloc"; then
   echo "SLURM already running ($SLURM_CONF)"; write_env; exit 0
 fi
 stop
+trap 'echo "SLURM did not start (logs in $DIR); stopping what was started" >&2; stop >&2' ERR
 rm -rf "$DIR"; mkdir -p "$DIR/state" "$DIR/spool"; chmod 0755 "$DIR"  # munged: its socket folder must be searchable by all
 dd if=/dev/urandom of="$DIR/munge.key" bs=1024 count=1 status=none; chmod 0400 "$DIR/munge.key"
 munged --key-file="$DIR/munge.key" --socket="$DIR/munge.socket" --pid-file="$DIR/munged.pid" \

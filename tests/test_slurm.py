@@ -229,8 +229,10 @@ def test_submitit_launcher_runs_the_workers_as_slurm_jobs(tmp_path, real_cifar10
                        cwd=REPO, env=job_env(tmp_path, real_cifar10), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     check_agreement(study, 4)
-    logs = list(Path(os.environ["DSE_RUNS_DIR"]).rglob(".submitit/*_*/*_0_log.out"))
+    runs = Path(os.environ["DSE_RUNS_DIR"])
+    logs = list(runs.rglob(".submitit/*_*/*_0_log.out"))
     assert len(logs) == 2 and sum(trained_by(f.read_text()) for f in logs) == 4, [f.read_text()[-500:] for f in logs]
+    assert sorted(f.read_text() for f in runs.glob("multirun-*/*/exit_code")) == ["0\n", "0\n"]  # from each node
 
 
 @cluster_test
