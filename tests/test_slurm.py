@@ -111,12 +111,12 @@ def trials(study: str) -> list[tuple]:
 
 
 def victim_after_one_epoch(study: str, timeout: float = 120) -> tuple[int, str]:
-    """(trial id, the array task training it) as soon as a trial has finished an epoch but not all."""
+    """(trial id, the array task training it) as soon as a trial has finished its first of two epochs."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             running = pg("select id, worker from dse_trials where study = :s and status = 'running' and "
-                         "epochs_done >= 1", s=study)
+                         "epochs_done = 1", s=study)
         except Exception:  # the first task has not created the tables yet
             running = []
         for trial_id, worker in running:
@@ -154,10 +154,10 @@ def test_array_job_trains_every_trial_once(tmp_path, real_cifar10):
     check_agreement(study, 4)
     assert all(r[2] == 1 for r in trials(study)), trials(study)
     assert sum(trained_by(output(t)) for t in ts.values()) == 4
-    assert {f"replica: {i}" for i in ("1", "2")} <= set(_replicas(tmp_path))
+    assert {f"replica: {i}" for i in ("1", "2")} <= set(_replicas())
 
 
-def _replicas(tmp: Path) -> list[str]:
+def _replicas() -> list[str]:
     """The replica of each task's run, from the run folders Hydra wrote (.hydra/config.yaml)."""
     runs = Path(os.environ["DSE_RUNS_DIR"])
     return [line for f in runs.rglob(".hydra/config.yaml") for line in f.read_text().splitlines()
@@ -212,7 +212,8 @@ def test_killed_task_loses_its_trial_to_the_lease(tmp_path, real_cifar10):
     assert "lost its worker (lease expired); re-queued" in out
 
 
-def submitit_sweep(tmp_path: Path, env: dict[str, str], study: str, replicas: int, *extra: str) -> list[str]:
+def submitit_sweep(tmp_path: Path, study: str, replicas: int, *extra: str) -> list[str]:
+    """The submitit command as the README gives it (one CPU and 2 GB per job on this cluster)."""
     return [sys.executable, "-m", "dse.sweep", "-m", "hydra/launcher=submitit_slurm", f"replica=range({replicas})",
             "storage=postgres", f"study.checkpoint_dir={tmp_path / 'ckpt'}", "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", *TINY, f"study.name={study}", *extra]
@@ -225,8 +226,8 @@ def test_submitit_launcher_runs_the_workers_as_slurm_jobs(tmp_path, real_cifar10
     from test_postgres import check_agreement
 
     study = f"slurm-submitit-{uuid.uuid4().hex[:8]}"
-    r = subprocess.run(submitit_sweep(tmp_path, job_env(tmp_path, real_cifar10), study, 2, grid([0.1, 0.2, 0.3, 0.4])),
-                       cwd=REPO, env=job_env(tmp_path, real_cifar10), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(submitit_sweep(tmp_path, study, 2, grid([0.1, 0.2, 0.3, 0.4])), cwd=REPO,
+                       env=job_env(tmp_path, real_cifar10), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     check_agreement(study, 4)
     runs = Path(os.environ["DSE_RUNS_DIR"])
@@ -254,7 +255,7 @@ def test_task_on_a_node_without_the_data_leaves_its_trials_queued(tmp_path, real
     empty.mkdir()
     env = job_env(tmp_path, empty)
     job = sbatch(tmp_path, env, "1", *TINY, f"study.name={study}", grid([0.1, 0.2]))
-    r = subprocess.run(submitit_sweep(tmp_path, env, study, 1, grid([0.1, 0.2])), cwd=REPO, env=env,
+    r = subprocess.run(submitit_sweep(tmp_path, study, 1, grid([0.1, 0.2])), cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
     (t,) = wait_job(job, 1).values()
     assert (t["JobState"], t["ExitCode"]) == ("FAILED", "2:0"), t
@@ -263,7 +264,7 @@ def test_task_on_a_node_without_the_data_leaves_its_trials_queued(tmp_path, real
     assert r.returncode == 2, r.stderr[-3000:]
     assert r.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 SLURM jobs did not finish cleanly (job 0 "
                                                         "exited 2)"), r.stderr[-3000:]
-    assert [r[1:3] for r in trials(study)] == [("queued", 0)] * 2
+    assert [row[1:3] for row in trials(study)] == [("queued", 0)] * 2
 
 
 # -- bad input: one line each, before anything is submitted or trained (no scheduler needed) ----------------------
@@ -289,6 +290,7 @@ def test_recipe_refuses_a_sqlite_store(tmp_path):
 
 
 def submitit(tmp_path: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
+    """The submitit command with nothing about the store unless given: it must stop before submitting."""
     e = {k: v for k, v in os.environ.items() if k != "DSE_STORAGE_URL"}
     e.update(env)
     return subprocess.run([sys.executable, "-m", "dse.sweep", "-m", "hydra/launcher=submitit_slurm",
