@@ -89,11 +89,13 @@ def hydra_error_line(e: BaseException) -> str:
     return head or type(e).__name__
 
 
-def _job(cfg: DictConfig) -> None:
-    """One Hydra job (one study). Never raises: the exit code goes to ``_runs``."""
+def _job(cfg: DictConfig) -> int | None:
+    """One Hydra job (one study). Never raises: the exit code goes to ``_runs`` and is returned (a SLURM job of
+    the submitit launcher reports it to the submitting host: dse/sweep/cluster.py)."""
     if 130 in _runs:  # -m after Ctrl-C: do not start the next study
-        return
+        return None
     _runs.append(sweep(cfg))
+    return _runs[-1]
 
 
 def sweep(cfg: DictConfig) -> int:
