@@ -38,7 +38,7 @@ def cmd(study: str, ckpt: Path, data: Path, *extra: str) -> list[str]:
             f"data.root={data}", "data.val_size=50", "data.subset_size=null", "trainer.eval_batch_size=200",
             f"+search.blocks.single.grid={{model.width: {WIDTHS}, model.dropout: {DROPOUTS}}}",
             "storage.heartbeat_interval=1", "storage.grace_period=4", "study.poll_seconds=0.5", "pruner=none",
-            "trainer.progress=log", *extra]
+            "trainer.progress=log", "study.estimate=false", *extra]  # the estimate: tests/test_sweep.py
 
 
 def env() -> dict[str, str]:

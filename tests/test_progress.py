@@ -31,3 +31,25 @@ def test_log_mode_counts_every_workers_trials_and_gives_an_eta(caplog):
     # 100 s per trial of this worker, 2 workers: 50 s per trial, 6 left
     assert "study: 4 of 10 trials finished; ETA 5 min 00 s" in caplog.text
     p.close()
+
+
+class _Row:
+    def __init__(self, identity: str, status: str = st.QUEUED) -> None:
+        self.identity, self.status = identity, status
+
+
+def test_eta_from_calibrated_estimates_corrects_itself(caplog):
+    q = _Queue()
+    left = [_Row("a"), _Row("b"), _Row("c", st.RUNNING)]
+    q.unfinished_rows = lambda: left
+    estimates = {"done": 100.0, "a": 300.0, "b": 200.0, "c": 400.0}
+    p = StudyProgress(q, total=10, workers=2, mode="log", estimate_of=lambda r: estimates[r.identity])
+    # before any trial finished: the estimates as calibrated, packed on 2 workers (c running: half of it left)
+    assert p.eta(2) == 400.0  # 300 | 200 + 200
+    with caplog.at_level(logging.INFO, logger="dse.sweep"):
+        p.trial_done(_Row("done"), 150.0)  # it took 1.5x its estimate: the rest is scaled by 1.5
+    assert p.eta(2) == 600.0
+    assert "ETA 10 min 00 s" in caplog.text
+    estimates["a"] = None  # a trial without a calibration: back to this run's pace per trial
+    assert p.eta(2) is not None and p.eta(2) != 600.0
+    p.close()

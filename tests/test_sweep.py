@@ -23,8 +23,10 @@ from dse.store import Store
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sweep_cmd(db: Path, ckpt: Path, data: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dse.sweep", "experiment=table4", "budget=smoke",
+def sweep_cmd(db: Path, ckpt: Path, data: Path, *extra: str, estimate: bool = False) -> list[str]:
+    """The sweep on the tiny data; the estimate's calibration (a probe process per run) only where a test
+    looks at it, so the suite does not pay it in every sweep."""
+    return [sys.executable, "-m", "dse.sweep", "experiment=table4", "budget=smoke", f"study.estimate={estimate}",
             f"storage.url=sqlite:///{db}", f"study.checkpoint_dir={ckpt}", "data.dataset=imagefolder",
             f"data.root={data}", "data.val_size=50", "data.subset_size=null", "trainer.eval_batch_size=200",
             "storage.heartbeat_interval=1", "storage.grace_period=3", "study.poll_seconds=0.5",
@@ -47,7 +49,7 @@ def store_rows(db: Path) -> list[tuple]:
 
 def test_smoke_study_fills_store_and_restart_trains_nothing(tmp_path, tiny_imagefolder):
     db, ckpt = tmp_path / "s.db", tmp_path / "ckpt"
-    r = run(sweep_cmd(db, ckpt, tiny_imagefolder))
+    r = run(sweep_cmd(db, ckpt, tiny_imagefolder, estimate=True))
     assert r.returncode == 0, r.stderr[-3000:]
     rows = store_rows(db)
     assert len(rows) == 5 and {s for _, s, _, _ in rows} == {"complete"}
@@ -66,6 +68,10 @@ def test_smoke_study_fills_store_and_restart_trains_nothing(tmp_path, tiny_image
         assert t.params["dropout"] == pytest.approx(row.dropout)
     for t in done:  # one trial number: the store keeps the number the dashboard shows
         assert df[df.identity == t.user_attrs["identity"]].iloc[0].optuna_trial_number == t.number
+    # what ran is stored with every trial: compare speeds only like for like
+    for _, row in df.iterrows():
+        assert (row.precision, row.memory_format, row.fast_path) == ("fp32", "nchw", "eager")
+        assert row.threads >= 1 and row.warmup_seconds >= 0
     # before training: the estimate from the calibration; after each trial: the study's progress
     assert "estimated wall time:" in r.stderr and "for 5 trials on 1 worker" in r.stderr
     assert "study: 5 of 5 trials finished" in r.stderr
@@ -151,7 +157,7 @@ def test_sigkill_mid_trial_then_rerun_completes_every_trial_once(tmp_path, tiny_
 def test_ctrl_c_marks_the_trial_and_the_rerun_finishes(tmp_path, tiny_imagefolder):
     db, ckpt = tmp_path / "c.db", tmp_path / "ckpt"
     # 10 epochs of ~1 s: a trial runs long enough that a loaded machine's polling still catches it mid-way
-    cmd = sweep_cmd(db, ckpt, tiny_imagefolder, "trainer.epochs=10", "study.estimate=false")
+    cmd = sweep_cmd(db, ckpt, tiny_imagefolder, "trainer.epochs=10")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
@@ -268,6 +274,9 @@ def test_real_smoke_study_on_cifar10_jpg(tmp_path, real_cifar10):
     assert (df.data_source.str.contains("cifar10-jpg")).all()
     assert (df.test_images == 2000).all() and (df.train_images == 5000).all()
     assert (df.best_val_acc > 20).all(), df.best_val_acc.tolist()  # clearly above chance (10 %) in 2 epochs
+    # trainer=cpu_fast leaves precision and memory format to the probe: decided here, logged, stored as they ran
+    assert "auto settings for" in r.stderr and "estimated wall time:" in r.stderr
+    assert set(df.precision) <= {"fp32", "bf16"} and set(df.memory_format) <= {"nchw", "channels_last"}
 
 
 def test_expired_lease_is_requeued_and_resumed(tmp_path, tiny_imagefolder):

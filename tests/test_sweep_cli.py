@@ -33,7 +33,7 @@ def sweep(db: Path, data: Path, *extra: str) -> list[str]:
             f"study.checkpoint_dir={db.parent / 'ckpt'}", "data.dataset=imagefolder", f"data.root={data}",
             "data.val_size=50", "data.subset_size=null", "trainer.eval_batch_size=200", "pruner=none",
             "storage.heartbeat_interval=1", "storage.grace_period=5", "study.poll_seconds=0.3",
-            "trainer.progress=none", *extra]
+            "trainer.progress=none", "study.estimate=false", *extra]  # the estimate: tests/test_sweep.py
 
 
 def rows(db: Path) -> list[tuple]:
