@@ -31,6 +31,7 @@ from dse.sweep.plan import StudyPlan, git_commit, row_fields
 from dse.sweep.progress import StudyProgress
 from dse.sweep.queue import Lease, Queue
 from dse.sweep.record import Record
+from dse.sweep.stop import StopRequest
 
 log = logging.getLogger("dse.sweep")
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr", "train_seconds",
@@ -48,6 +49,7 @@ class RunResult:
     trained: int = 0
     failed: int = 0
     pruned: int = 0
+    interrupted: int = 0  # running trials this worker marked interrupted when a signal stopped it
 
 
 class Worker:
@@ -58,6 +60,7 @@ class Worker:
         self.only = {p.identity for p in plan.runnable} if plan.mode == "grid" and plan.missing_data else None
         self.result = RunResult()
         self.commit = git_commit()
+        self.stop = StopRequest()
 
     def open(self) -> None:
         """Open (and create, one worker at a time) our tables and the Optuna study."""
@@ -119,15 +122,18 @@ class Worker:
         max_trials = self.cfg.max_trials
         total = len(self.plan.runnable) if self.plan.mode == "grid" else int(self.cfg.search.n_trials)
         progress = StudyProgress(self.queue, total, int(self.cfg.workers), str(self.cfg.trainer.progress))
+        self.stop.install()  # SIGINT/SIGTERM: stop at the next safe point (dse/sweep/stop.py)
         try:
             self._loop(max_trials, progress)
         finally:
+            self.stop.restore()
             progress.close()
         self.record.record_pending()
         return self.result
 
     def _loop(self, max_trials: int | None, progress: StudyProgress) -> None:
         while max_trials is None or self.result.trained < max_trials:
+            self.stop.check()
             row = self.next_trial()
             if row is not None:
                 self.run_one(row)
@@ -135,7 +141,13 @@ class Worker:
             elif not self.cfg.study.wait_for_running or self.queue.unfinished(self.only) == 0:
                 break
             else:  # others' trials are running: wait, so that a lost worker's trial is retried
-                time.sleep(float(self.cfg.study.poll_seconds))
+                self._wait(float(self.cfg.study.poll_seconds))
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, in slices of 0.2 s so that a stop request is acted on without the whole wait."""
+        end = time.monotonic() + seconds
+        while not self.stop.requested and time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
     def next_trial(self) -> st.TrialRow | None:
         self.queue.requeue_expired()
@@ -191,7 +203,8 @@ class Worker:
         lease = Lease(self.queue, row.id, float(self.cfg.storage.heartbeat_interval))
         lease.start()
         try:
-            result = self.train(row, tcfg, ckpt, lease)
+            with self.stop.training():  # a signal stops the training at once; last.pt is written atomically
+                result = self.train(row, tcfg, ckpt, lease)
         except BaseException as e:  # noqa: BLE001 - every outcome is settled in the store, then re-raised or not
             lease.stop()
             self.settle(row, e)
@@ -253,7 +266,8 @@ class Worker:
             return
         if isinstance(e, KeyboardInterrupt):
             why = "interrupted (Ctrl-C or SIGTERM); the next claim resumes it from its last.pt"
-            self.queue.release(row.id, st.INTERRUPTED, why)
+            if self.queue.release(row.id, st.INTERRUPTED, why):
+                self.result.interrupted += 1
             self.record.note(row, "interrupted", why)  # sample mode: the dashboard says why it is still running
             raise e
         if isinstance(e, optuna.TrialPruned):
