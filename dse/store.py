@@ -45,6 +45,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from dse.common import REPO
 from dse.errors import DSEError
+from dse.faults import DiskFullError, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,16 @@ def resolve_url(url: str | None = None, *, url_env: str = "DSE_STORAGE_URL", pas
     return parsed.render_as_string(hide_password=False)
 
 
+def sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL (None for PostgreSQL, in-memory SQLite or an unparsable URL)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    db = parsed.database
+    return db if parsed.get_backend_name() == "sqlite" and db and db != ":memory:" else None
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the settings our workload needs (WAL + busy timeout on SQLite)."""
     try:
@@ -286,6 +297,10 @@ def with_retries(fn: Callable[[], T], *, what: str, retries: int = 5, backoff: f
         try:
             return fn()
         except Exception as e:
+            if disk_full(e):  # waiting does not free a disk: say it now, with where
+                file = sqlite_file(url)
+                raise DiskFullError(file, f"the results store could not write ({what})" if file else
+                                    f"the database server {redact(url)} has no room ({what})") from e
             outage = db_outage(e)
             if outage is None:
                 raise

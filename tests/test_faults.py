@@ -87,3 +87,101 @@ def test_signal_to_the_main_process_stops_every_worker(tmp_path, tiny_imagefolde
     assert "Traceback" not in err and "died" not in err
     trials = optuna.load_study(study_name="table4-smoke", storage=f"sqlite:///{db}").trials
     assert trials == []  # grid trials reach Optuna when finished: nothing was
+
+
+# -- 2. full disks -----------------------------------------------------------------------------------------------
+class TinyFs:
+    """A real file system of ``size`` (tmpfs, so root only), mounted at ``path``; ``grow`` resizes it."""
+
+    def __init__(self, path: Path, size: str) -> None:
+        self.path = path
+        path.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); needs root")
+
+    def grow(self, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    fs = TinyFs(tmp_path / "small", "64k")
+    try:
+        yield fs
+    finally:
+        fs.unmount()
+
+
+def test_full_checkpoint_disk_fails_nothing_and_the_same_command_carries_on(tmp_path, tiny_imagefolder, tiny_fs):
+    """study.checkpoint_dir on a 64 KB file system: torch.save's short write (its RuntimeError "unexpected pos")
+    is a full disk: one line with the path and the space left, exit 2, every trial still queued, nothing FAILED
+    in the store or in Optuna. Once the disk is larger the same command trains all of them."""
+    db = tmp_path / "c.db"
+    cmd = sweep(db, tiny_fs.path, tiny_imagefolder)
+    r = run(cmd)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: disk full: {tiny_fs.path}/table4-smoke/") and " free there)" in last, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "retry" not in r.stderr
+    assert {s for s, _, _ in rows(db)} == {"queued"}
+    assert optuna.load_study(study_name="table4-smoke", storage=f"sqlite:///{db}").trials == []
+    tiny_fs.grow("20m")
+    r = run(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {s for s, _, _ in rows(db)} == {"complete"}
+    states = [t.state for t in optuna.load_study(study_name="table4-smoke", storage=f"sqlite:///{db}").trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 5
+
+
+def fill(folder: Path) -> Path:
+    """Write a file into ``folder`` until its file system has no room left; the file, to remove later."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_full_store_disk_is_not_an_outage_and_no_epoch_is_lost(tmp_path, tiny_imagefolder):
+    """The SQLite store on a 4 MB file system that fills up mid-trial: "database or disk is full" is said once
+    with the store's path, without a retry, exit 2; nothing FAILED. After space is freed the same command
+    finishes every trial, and the epoch trained while the store could not write is in the store (from last.pt)."""
+    fs = TinyFs(tmp_path / "store", "4m")
+    try:
+        db = fs.path / "s.db"
+        cmd = sweep(db, tmp_path / "ckpt", tiny_imagefolder, "trainer.epochs=4", "storage.grace_period=3")
+        p = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: db.exists() and any(s == "running" and e >= 1 for s, e, _ in rows(db)), 240,
+                     "a trial to be mid-way")
+            filler = fill(fs.path)
+            out, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert p.returncode == 2, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"error: disk full: {db} (") and "results store could not write" in last, last
+        assert "database unavailable" not in err and "Traceback" not in err
+        filler.unlink()
+        statuses = [s for s, _, _ in rows(db)]
+        assert "failed" not in statuses and "complete" not in statuses, statuses
+        r = run(cmd)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "written to the store from" in r.stderr  # the epoch the full disk kept out came back from last.pt
+        with sqlite3.connect(db) as c:
+            got = c.execute("select t.status, t.epochs_done, (select group_concat(e.epoch) from dse_epochs e where "
+                            "e.trial_id = t.id order by e.epoch) from dse_trials t order by t.id").fetchall()
+        assert got == [("complete", 4, "1,2,3,4")] * 5, got
+        states = {t.state for t in optuna.load_study(study_name="table4-smoke", storage=f"sqlite:///{db}").trials}
+        assert states == {optuna.trial.TrialState.COMPLETE}
+    finally:
+        fs.unmount()

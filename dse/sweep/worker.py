@@ -9,7 +9,6 @@ so that fixing the cause and running the same command again carries on where it 
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import tempfile
@@ -26,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dse import store as st
 from dse.common import REPO
 from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError, EnvironmentFault
+from dse.faults import DiskFullError, disk_full, full_path, reason_is_disk_full
 from dse.space import TrialConfig, check_constraints, resolve_trial, suggest
 from dse.sweep.plan import StudyPlan, git_commit, row_fields
 from dse.sweep.progress import StudyProgress
@@ -88,9 +88,19 @@ class Worker:
         if self.cfg.retry_failed:
             n = self.queue.retry_failed()
             log.info("retry_failed=true: %d failed trial%s re-queued", n, "s" * (n != 1))
+        self.requeue_misread()
         self.queue.requeue_expired()
         self.record.record_pending()
         return new
+
+    def requeue_misread(self) -> None:
+        """Trials that older versions failed for a full disk (e.g. torch.save's "unexpected pos") never failed
+        themselves: back to the queue, before their result is recorded in Optuna as a FAIL."""
+        ids = [r.id for r in self.queue.failed() if reason_is_disk_full(r.fail_reason)]
+        n = self.queue.requeue_failed(ids, "re-queued: its failure was a full disk, not the trial's own")
+        if n:
+            log.info("%d trial%s that failed for a full disk re-queued (a fault of the machine, not of the trial)",
+                     n, "s" * (n != 1))
 
     def preflight(self) -> None:
         """Checks that would otherwise fail the first trial: the device exists, the checkpoint folder is writable."""
@@ -224,8 +234,10 @@ class Worker:
 
         def on_epoch(m: Any) -> None:
             md = m if isinstance(m, dict) else m.to_dict()
-            self.store.record_epoch(row.id, {k: md.get(k) for k in EPOCH_COLUMNS})
             epoch, acc = int(md["epoch"]), float(md["val_acc"])
+            if any(e not in curve for e in range(1, epoch)):  # resumed past epochs the store never got
+                self.catch_up(row, ckpt / "last.pt", curve, epoch)
+            self.store.record_epoch(row.id, {k: md.get(k) for k in EPOCH_COLUMNS})
             curve[epoch] = acc
             if lease.lost.is_set():
                 raise LeaseLost
@@ -243,6 +255,23 @@ class Worker:
                                 data_fraction=n_train / data.train_pool if data.train_pool else 1.0,
                                 test_images=int(data.test_x.shape[0]))
         return fit(tcfg.model, data, tcfg.optim_config(), train_cfg, on_epoch=on_epoch)
+
+    def catch_up(self, row: st.TrialRow, last: Path, curve: dict[int, float], epoch: int) -> None:
+        """Write the epochs before ``epoch`` that were trained while the store was out of reach (their last.pt
+        was written, their store record was not): from the history in last.pt, which fit has just rewritten with
+        this epoch. In order, so the store, Optuna's intermediate values, the pruner and the dashboard see the
+        whole curve once."""
+        from dse.train import load_checkpoint
+
+        history = {int(h["epoch"]): h for h in load_checkpoint(last).get("history", [])}
+        missing = [e for e in range(1, epoch) if e not in curve and e in history]
+        for e in missing:
+            self.store.record_epoch(row.id, {k: history[e].get(k) for k in EPOCH_COLUMNS})
+            curve[e] = float(history[e]["val_acc"])
+            self.record.intermediate(row, e, curve[e])
+        if missing:
+            log.info("trial t%d: epoch%s %s written to the store from %s (trained while the store was away)",
+                     row.id, "s" * (len(missing) > 1), ", ".join(map(str, missing)), last)
 
     def complete(self, row: st.TrialRow, r: Any, ckpt: Path) -> None:
         if not self.queue.finish(row.id, st.COMPLETE, fail_reason=None, best_val_acc=r.best_val_acc,
@@ -293,6 +322,10 @@ class Worker:
 def environment_fault(e: BaseException) -> str | None:
     """Why the machine (not the trial) is at fault, or None when the trial itself failed."""
     msg = _first_line(e)
+    if isinstance(e, DiskFullError):
+        return str(e)
+    if disk_full(e):  # whatever layer it surfaced in: torch.save, the data cache, SQLite, PostgreSQL
+        return str(DiskFullError(full_path(e)))
     if isinstance(e, EnvironmentFault):
         return str(e)
     if isinstance(e, DatasetNotFoundError | CorruptDatasetError):
@@ -304,11 +337,10 @@ def environment_fault(e: BaseException) -> str | None:
     if _is_oom(e):
         return None
     if isinstance(e, OSError):
-        full = e.errno == errno.ENOSPC
-        return f"{'disk full' if full else 'file system'}: {msg}"
+        return f"file system: {msg}"
     low = msg.lower()
-    if any(s in low for s in ("no space left", "file write failed", "permission denied")):
-        return f"disk full or not writable: {msg}"
+    if "permission denied" in low:
+        return f"not writable: {msg}"
     if any(s in low for s in ("invalid device ordinal", "no cuda gpus", "cuda driver", "cuda unavailable")):
         return f"device: {msg}"
     return None
