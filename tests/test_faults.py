@@ -185,3 +185,54 @@ def test_full_store_disk_is_not_an_outage_and_no_epoch_is_lost(tmp_path, tiny_im
         assert states == {optuna.trial.TrialState.COMPLETE}
     finally:
         fs.unmount()
+
+
+def test_a_trial_failed_for_a_full_disk_by_an_older_version_is_requeued_without_a_fail_record(tmp_path,
+                                                                                              tiny_imagefolder):
+    """What older versions stored for a full checkpoint disk (torch.save's RuntimeError text as the trial's own
+    failure) goes back to the queue at planning, before it reaches Optuna: no FAIL record for it; a real failure
+    stays failed."""
+    db = tmp_path / "m.db"
+    cmd = sweep(db, tmp_path / "ckpt", tiny_imagefolder)
+    assert run([*cmd, "max_trials=1"]).returncode == 0
+    misread = "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 60480 vs 60376"
+    real = "DivergedError: training diverged in epoch 1: training loss is nan"
+    with sqlite3.connect(db) as c:
+        for row_id, why in ((2, misread), (3, real)):
+            c.execute("update dse_trials set status='failed', fail_reason=?, attempts=1 where id=?", (why, row_id))
+    r = run(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 trial that failed for a full disk re-queued" in r.stderr
+    assert [s for s, _, _ in rows(db)] == ["complete", "complete", "failed", "complete", "complete"]
+    trials = optuna.load_study(study_name="table4-smoke", storage=f"sqlite:///{db}").trials
+    fails = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.user_attrs["store_trial_id"] for t in fails] == [3] and len(trials) == 5
+
+
+def _pg_disk_full() -> BaseException:
+    import psycopg.errors
+
+    return psycopg.errors.DiskFull('could not extend file "base/16384/2619": wrote only 4096 of 8192 bytes')
+
+
+def _sqlalchemy_wrapped(orig: BaseException) -> BaseException:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("INSERT INTO dse_epochs ...", {}, orig)
+
+
+@pytest.mark.parametrize(("make", "full"), [
+    (lambda: OSError(28, "No space left on device", "/x/last.pt"), True),
+    (lambda: OSError(122, "Disk quota exceeded", "/x/last.pt"), True),  # EDQUOT
+    (lambda: RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 60480 vs 60376"), True),
+    (lambda: RuntimeError("basic_ios::clear: iostream error"), True),
+    (lambda: _sqlalchemy_wrapped(sqlite3.OperationalError("database or disk is full")), True),
+    (_pg_disk_full, True),
+    (lambda: _sqlalchemy_wrapped(sqlite3.OperationalError("database is locked")), False),
+    (lambda: OSError(13, "Permission denied", "/x"), False),
+    (lambda: RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+])
+def test_every_shape_of_a_full_disk_is_one_fault(make, full):
+    from dse.faults import disk_full
+
+    assert disk_full(make()) is full
