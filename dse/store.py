@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -40,7 +41,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from dse.common import REPO
@@ -253,6 +254,40 @@ def sqlite_file(url: str) -> str | None:
     return db if parsed.get_backend_name() == "sqlite" and db and db != ":memory:" else None
 
 
+SQLITE_HEADER = b"SQLite format 3\0"  # the first 16 bytes of every SQLite database file
+DEFAULT_DIR = REPO / "results"  # the default store's folder: the only one a command creates by itself
+
+
+def check_sqlite_file(url: str, *, create: bool) -> None:
+    """StoreError (one line naming the path and what to do) for a SQLite path that cannot be the store: under a
+    regular file, a folder, in a folder that does not exist (a typo; only the default results/ is created), not
+    a database; or, unless ``create``, not there at all (reading commands never create a store)."""
+    file = sqlite_file(url)
+    if file is None:
+        return
+    p = Path(file)
+    above = next(a for a in p.parents if a.exists())  # "/" exists
+    if not above.is_dir():
+        raise StoreError(f"store path {p} is under {above}, which is a file, not a folder; point storage.url (or "
+                         "--db) at a file in a folder")
+    if p.is_dir():
+        raise StoreError(f"store path {p} is a folder; point storage.url (or --db) at a database file in it, "
+                         f"e.g. sqlite:///{p / 'dse.db'}")
+    if not p.exists():
+        if not create:
+            raise StoreError(f"no results store at {p}; run `python -m dse.sweep` first, or pass --db URL / set "
+                             "DSE_STORAGE_URL to the sweep's store")
+        if not p.parent.is_dir() and p.parent != DEFAULT_DIR:
+            raise StoreError(f"store path {p}: its folder does not exist (a typo?); create it (mkdir -p "
+                             f"{p.parent}) or fix storage.url")
+        return
+    with open(p, "rb") as f:
+        head = f.read(len(SQLITE_HEADER))
+    if head and head != SQLITE_HEADER:
+        raise StoreError(f"{p} is not a SQLite database (it does not start with SQLite's header); point "
+                         "storage.url (or --db) at a dse store, or move the file away")
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the settings our workload needs (WAL + busy timeout on SQLite)."""
     try:
@@ -286,6 +321,20 @@ def db_outage(e: BaseException) -> OperationalError | None:
     return None
 
 
+SQLITE_TRANSIENT = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: another process holds the lock; waiting helps
+
+
+def sqlite_may_pass(outage: OperationalError) -> bool:
+    """False for a SQLite error that waiting cannot cure (cannot open the file, read-only, I/O error): a local
+    file has no outages, only locks held by other processes. PostgreSQL's errors always may pass."""
+    code = getattr(outage.orig, "sqlite_errorcode", None)
+    return code is None or code & 0xFF in SQLITE_TRANSIENT  # the low byte is the primary code
+
+
+def _orig_line(e: OperationalError) -> str:
+    return str(e.orig).strip().splitlines()[0] if e.orig else str(e).splitlines()[0]
+
+
 def with_retries(fn: Callable[[], T], *, what: str, retries: int = 5, backoff: float = 0.5,
                  url: str = "") -> T:
     """Run ``fn``, retrying database outages (an OperationalError anywhere in the exception's chain, also when
@@ -304,10 +353,12 @@ def with_retries(fn: Callable[[], T], *, what: str, retries: int = 5, backoff: f
             outage = db_outage(e)
             if outage is None:
                 raise
+            if not sqlite_may_pass(outage):
+                raise StoreError(f"results store {sqlite_file(url)}: {_orig_line(outage)} ({what}); this is the "
+                                 "file's own state, not an outage (check its folder's permissions)") from e
             if attempt == retries:
-                msg = str(outage.orig).strip().splitlines()[0] if outage.orig else str(outage).splitlines()[0]
                 raise StoreError(f"{what}: database {redact(url)} unreachable after {retries + 1} attempts "
-                                 f"({msg})") from e
+                                 f"({_orig_line(outage)})") from e
             log.warning("%s: database unavailable (%s); retry %d/%d in %.1f s", what,
                         type(outage.orig).__name__ if outage.orig else "OperationalError", attempt + 1, retries,
                         delay)
@@ -325,8 +376,9 @@ def schema_lock(url: str) -> Iterator[None]:
         if not parsed.database or parsed.database == ":memory:":
             yield
             return
+        check_sqlite_file(url, create=True)
         lock_path = os.path.abspath(parsed.database) + ".lock"
-        os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+        os.makedirs(os.path.dirname(lock_path), exist_ok=True)  # only the default folder gets this far missing
         with open(lock_path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
             try:
@@ -358,9 +410,14 @@ class Store:
     def __init__(self, url: str, *, retries: int = 5, backoff: float = 0.5, create: bool = True) -> None:
         self.url = url
         self.retries, self.backoff = retries, backoff
+        check_sqlite_file(url, create=create)
         self.engine = make_engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        self._retry(lambda: self._init_schema(create), "opening the results store")
+        try:
+            self._retry(lambda: self._init_schema(create), "opening the results store")
+        except DatabaseError as e:  # a damaged file (its header is fine): not an outage, and not ours to repair
+            raise StoreError(f"results store {redact(url)} cannot be read ({str(e.orig or e).splitlines()[0]}); "
+                             "restore it from a backup or point storage.url (or --db) at another file") from e
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def retry(self, fn: Callable[[], T], what: str) -> T:

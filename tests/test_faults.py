@@ -126,7 +126,7 @@ def test_full_checkpoint_disk_fails_nothing_and_the_same_command_carries_on(tmp_
     r = run(cmd)
     assert r.returncode == 2, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: disk full: {tiny_fs.path}/table4-smoke/") and " free there)" in last, r.stderr[-2000:]
+    assert last.startswith(f"error: disk full: {tiny_fs.path}/table4-smoke/") and " free there)" in last, last
     assert "Traceback" not in r.stderr and "retry" not in r.stderr
     assert {s for s, _, _ in rows(db)} == {"queued"}
     assert optuna.load_study(study_name="table4-smoke", storage=f"sqlite:///{db}").trials == []
@@ -236,3 +236,45 @@ def test_every_shape_of_a_full_disk_is_one_fault(make, full):
     from dse.faults import disk_full
 
     assert disk_full(make()) is full
+
+
+# -- 5. store files ----------------------------------------------------------------------------------------------
+def _random_bytes(tmp: Path) -> Path:
+    p = tmp / "junk.db"
+    p.write_bytes(os.urandom(8192))
+    return p
+
+
+def _under_a_file(tmp: Path) -> Path:
+    (tmp / "afile").write_text("not a folder")
+    return tmp / "afile" / "dse.db"
+
+
+def _typo_folder(tmp: Path) -> Path:
+    return tmp / "no-such-dir" / "sub" / "dse.db"
+
+
+@pytest.mark.parametrize(("where", "needle"), [
+    (_random_bytes, "is not a SQLite database"),
+    (_under_a_file, "which is a file, not a folder"),
+    (_typo_folder, "does not exist"),
+])
+def test_a_store_path_that_cannot_be_a_store_is_one_line_for_every_command(tmp_path, tiny_imagefolder, where,
+                                                                           needle):
+    """The sweep, dse.tables and dse.deploy each say in one line what is wrong with the path and what to do; no
+    command creates a file or folder there (the reading ones never create a store at all)."""
+    db = where(tmp_path)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    url = f"sqlite:///{db}"
+    cmds = {"sweep": (sweep(url, tmp_path / "ckpt", tiny_imagefolder), 2),
+            "tables": ([sys.executable, "-m", "dse.tables", "--db", url, "--no-figures", "--out",
+                        str(tmp_path / "out")], 1),
+            "deploy": ([sys.executable, "-m", "dse.deploy", "--db", url, "--study", "table4-smoke", "--no-latency"],
+                       2)}
+    for name, (cmd, code) in cmds.items():
+        r = run(cmd)
+        err = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        expect = needle if name == "sweep" or where is not _typo_folder else "no results store at"
+        assert r.returncode == code and len(err) == 1 and str(db) in err[0] and expect in err[0], (name, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing created, not even the run's output
