@@ -198,6 +198,23 @@ def redact(url: str) -> str:
         return "<unparsable database URL>"
 
 
+def url_password(url: str | None) -> str | None:
+    """The password written inside a database URL, if any (what must never reach a file or a log)."""
+    if not url:
+        return None
+    try:
+        return make_url(url).password
+    except Exception:
+        return None
+
+
+def password_refusal(url: str, setting: str = "storage.url") -> StoreError:
+    """The error for a password inside a URL: where it would end up, and the two ways to pass it instead."""
+    return StoreError(f"{setting} {redact(url)} has a password in it, and the run folder's .hydra/*.yaml would keep "
+                      "it in plain text; give the URL without it and pass the password through $DSE_DB_PASSWORD or "
+                      "storage.password_file=PATH")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; persistent in the file

@@ -278,3 +278,37 @@ def test_a_store_path_that_cannot_be_a_store_is_one_line_for_every_command(tmp_p
         assert r.returncode == code and len(err) == 1 and str(db) in err[0] and expect in err[0], (name, r.stderr)
         assert "Traceback" not in r.stderr
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing created, not even the run's output
+
+
+# -- 6. secrets --------------------------------------------------------------------------------------------------
+LEAKY = "postgresql+psycopg://dse:hunter2@127.0.0.1:1/dse"
+
+
+def _from_command_line(tmp: Path) -> list[str]:
+    return [f"storage.url={LEAKY}"]
+
+
+def _from_a_config_file(tmp: Path) -> list[str]:
+    conf = tmp / "conf" / "storage"
+    conf.mkdir(parents=True)
+    text = (REPO / "conf" / "storage" / "postgres.yaml").read_text().replace("url: null", f"url: {LEAKY}")
+    (conf / "leaky.yaml").write_text(text)
+    return ["--config-dir", str(tmp / "conf"), "storage=leaky"]
+
+
+@pytest.mark.parametrize("given", [_from_command_line, _from_a_config_file])
+def test_a_password_inside_the_url_is_refused_and_kept_nowhere(tmp_path, tiny_imagefolder, given):
+    """Refused in one line that says how to pass it (DSE_DB_PASSWORD, storage.password_file), exit 2; nothing the
+    run writes (.hydra/config.yaml, hydra.yaml, overrides.yaml, sweep.log) holds it, nor its output."""
+    run_dir = tmp_path / "run"
+    cmd = sweep(tmp_path / "x.db", tmp_path / "ckpt", tiny_imagefolder, f"hydra.run.dir={run_dir}")
+    r = run([*cmd[:3], *given(tmp_path), *[a for a in cmd[3:] if not a.startswith("storage.url=")]])
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "has a password in it" in err[0], r.stderr
+    assert "DSE_DB_PASSWORD" in err[0] and "storage.password_file" in err[0]
+    assert "hunter2" not in r.stdout + r.stderr
+    written = [p for p in run_dir.rglob("*") if p.is_file()] if run_dir.exists() else []
+    assert all("hunter2" not in p.read_text() for p in written), written
+    if given is _from_a_config_file:  # Hydra wrote the run folder before the job ran: it was scrubbed
+        assert "***" in (run_dir / ".hydra" / "config.yaml").read_text()

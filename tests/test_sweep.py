@@ -231,9 +231,10 @@ def test_study_reused_with_other_space_is_refused_and_store_untouched(tmp_path, 
     assert store_rows(db) == before
 
 
-def test_unreachable_storage_is_a_clear_error(tmp_path, tiny_imagefolder):
+def test_unreachable_storage_is_a_clear_error(tmp_path, tiny_imagefolder, monkeypatch):
+    monkeypatch.setenv("DSE_DB_PASSWORD", "s3cret")  # inside the URL it is refused (tests/test_faults.py)
     r = run([*sweep_cmd(tmp_path / "x.db", tmp_path, tiny_imagefolder),
-             "storage.url=postgresql+psycopg://nobody:s3cret@127.0.0.1:1/nowhere", "storage.retries=1",
+             "storage.url=postgresql+psycopg://nobody@127.0.0.1:1/nowhere", "storage.retries=1",
              "storage.backoff=0.1"])
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]

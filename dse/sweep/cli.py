@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print one line instead of its report
     _runs.clear()
     try:
+        refuse_url_password(sys.argv[1:])
         return _main()
+    except DSEError as e:  # before Hydra writes a run folder: nothing of the secret is kept anywhere
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:  # called as a function (tests, notebooks): leave the caller's logging and argv as they were
         sys.argv = saved
         for h in root.handlers:
@@ -77,6 +81,36 @@ def _main() -> int:
             traceback.print_exc()
         return 2
     return max(_runs, default=0)
+
+
+def refuse_url_password(argv: list[str]) -> None:
+    """StoreError for a ``storage.url=`` override (also ``+``/``++``, and each value of a ``-m`` list) that has
+    a password inside: Hydra would write it to the run folder's config.yaml, hydra.yaml and overrides.yaml."""
+    from dse.store import password_refusal, url_password
+
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key == "storage.url" and value:
+            for url in (value, *value.split(",")):
+                if url_password(url.strip("'\"")):
+                    raise password_refusal(url.strip("'\""))
+
+
+def scrub_run_folder(secret: str) -> None:
+    """Replace ``secret`` by *** in every file Hydra wrote for this run (a URL with a password that came from a
+    config file rather than the command line)."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    folders = [Path(hc.runtime.output_dir) / str(hc.output_subdir or ".hydra"), Path(hc.sweep.dir)]
+    for f in (f for d in folders if d.is_dir() for f in d.glob("*.yaml")):
+        text = f.read_text()
+        if secret in text:
+            f.write_text(text.replace(secret, "***"))
 
 
 def hydra_error_line(e: BaseException) -> str:
@@ -115,6 +149,7 @@ def sweep(cfg: DictConfig) -> int:
     # KeyboardInterrupt handler of its own)
     install_raise_once()
     try:
+        refuse_config_password(cfg)
         check(cfg)
         plan = make_plan(cfg, check_data=not cfg.dry_run)  # a dry run downloads nothing
         if cfg.dry_run:
@@ -133,6 +168,16 @@ def sweep(cfg: DictConfig) -> int:
         log.debug("%s", traceback.format_exc())
         print(f"error: {_first_line(e)}", file=sys.stderr)
         return 2
+
+
+def refuse_config_password(cfg: DictConfig) -> None:
+    """A password inside storage.url from a config file: scrubbed from the run folder, then refused."""
+    from dse.store import password_refusal, url_password
+
+    secret = url_password(cfg.storage.url)
+    if secret:
+        scrub_run_folder(secret)
+        raise password_refusal(str(cfg.storage.url))
 
 
 def raise_no_data(plan: Any) -> None:
