@@ -50,7 +50,8 @@ from dse.faults import DiskFullError, disk_full
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: the queue columns lease_until, heartbeat_at, recorded_at (added in place to a v1 file)
+# 2: the queue columns lease_until, heartbeat_at, recorded_at; 3: data_fingerprint (added in place to older files)
+SCHEMA_VERSION = 3
 DEFAULT_URL = "sqlite:///results/dse.db"
 BACKENDS = ("sqlite", "postgresql")
 
@@ -104,6 +105,7 @@ class TrialRow(Base):
     schedule: Mapped[str] = mapped_column(String(16))
     dataset: Mapped[str] = mapped_column(String(32))
     data_source: Mapped[str | None] = mapped_column(Text)  # which copy, e.g. imagefolder:/.../cifar10-jpg
+    data_fingerprint: Mapped[str | None] = mapped_column(String(64))  # its files (dse/sweep/datacheck.py)
     data_fraction: Mapped[float] = mapped_column(Float)  # fraction of the (train minus val) images used
     train_images: Mapped[int | None] = mapped_column(Integer)
     test_images: Mapped[int | None] = mapped_column(Integer)  # the whole test set unless the budget subsets it

@@ -312,3 +312,69 @@ def test_a_password_inside_the_url_is_refused_and_kept_nowhere(tmp_path, tiny_im
     assert all("hunter2" not in p.read_text() for p in written), written
     if given is _from_a_config_file:  # Hydra wrote the run folder before the job ran: it was scrubbed
         assert "***" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+# -- 4. data checks at planning ----------------------------------------------------------------------------------
+def _empty_train_class(root: Path) -> str:
+    for f in (root / "train" / "class03").iterdir():
+        f.unlink()
+    return f"class folder {root / 'train' / 'class03'} has 0 images"
+
+
+def _missing_test_class(root: Path) -> str:
+    for f in (root / "test" / "class07").iterdir():
+        f.unlink()
+    (root / "test" / "class07").rmdir()
+    return f"class folder {root / 'test' / 'class07'} has 0 images"
+
+
+@pytest.mark.parametrize("damage", [_empty_train_class, _missing_test_class])
+def test_a_class_without_images_stops_the_run_before_training(tmp_path, damage):
+    """A class folder emptied (or absent from test/) is one line naming it, exit 2; nothing trains or fails."""
+    data = write_imagefolder(tmp_path / "data")
+    needle = damage(data)
+    db = tmp_path / "d.db"
+    r = run(sweep(db, tmp_path / "ckpt", data))
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: nothing to run") and needle in last and "restore its images" in last, last
+    assert "Traceback" not in r.stderr
+    assert not db.exists() or {s for s, _, _ in rows(db)} <= {"queued"}
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["data.subset_size=5"], "data.subset_size=5 is 5 training images for 10 classes: every class needs one"),
+    (["data.subset_size=280", "data.val_size=50"], "need 330 training images; the source has 300"),
+    (["data.subset_size=null", "data.val_size=300"], "data.val_size=300 leaves no training images"),
+])
+def test_a_split_that_cannot_fit_is_one_line_at_planning(tmp_path, tiny_imagefolder, extra, needle):
+    db = tmp_path / "s.db"
+    r = run([*sweep(db, tmp_path / "ckpt", tiny_imagefolder), *extra])
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], r.stderr
+    assert not db.exists()  # refused before the store was opened
+
+
+def test_changed_data_is_visible_per_trial_and_refused(tmp_path):
+    """Each trial records its data's fingerprint (file names and sizes); after files are added the study refuses
+    to go on in one line (exit 2, nothing changed); with the data restored, the same command carries on."""
+    data = write_imagefolder(tmp_path / "data")
+    db = tmp_path / "f.db"
+    cmd = sweep(db, tmp_path / "ckpt", data)
+    assert run([*cmd, "max_trials=1"]).returncode == 0
+    with sqlite3.connect(db) as c:
+        (fp,), = c.execute("select data_fingerprint from dse_trials where status='complete'").fetchall()
+    assert fp and len(fp) == 64
+    extra = data / "train" / "class00" / "extra.png"
+    extra.write_bytes((data / "train" / "class00" / "0000.png").read_bytes())
+    before = rows(db)
+    r = run(cmd)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "is not the data 1 trial of study table4-smoke were trained on" in last and "study.name=" in last, last
+    assert rows(db) == before
+    extra.unlink()
+    assert run(cmd).returncode == 0
+    with sqlite3.connect(db) as c:
+        assert set(c.execute("select status, data_fingerprint from dse_trials")) == {("complete", fp)}

@@ -27,7 +27,7 @@ from dse.common import REPO
 from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError, EnvironmentFault
 from dse.faults import DiskFullError, disk_full, full_path, reason_is_disk_full
 from dse.space import TrialConfig, check_constraints, resolve_trial, suggest
-from dse.sweep.plan import StudyPlan, git_commit, row_fields
+from dse.sweep.plan import StudyPlan, git_commit, row_fields, source_key
 from dse.sweep.progress import StudyProgress
 from dse.sweep.queue import Lease, Queue
 from dse.sweep.record import Record
@@ -79,6 +79,7 @@ class Worker:
     def prepare(self) -> int:
         """Queue the plan's trials that are not in the store yet (rejected ones are finished at once), re-queue
         failed ones when asked, re-queue expired leases; how many trials were newly queued."""
+        self.check_data_unchanged()
         rows = []
         for p in self.plan.runnable:
             rows.append({**row_fields(self.plan.name, p.trial, p.facts, self.commit), "queued_at": st._now(),
@@ -92,6 +93,22 @@ class Worker:
         self.queue.requeue_expired()
         self.record.record_pending()
         return new
+
+    def check_data_unchanged(self) -> None:
+        """Refuse to go on with data other than the data the study's trials were trained on (files added, removed
+        or resized since): their results and the new ones would not compare. Trials of older versions (no
+        fingerprint) are not checked."""
+        now = {key[0]: (f.fingerprint, key[1]) for key, f in self.plan.sources.items()}
+        stale = [r for r in self.store.rows(self.plan.name)
+                 if r.data_fingerprint and r.dataset in now and r.data_fingerprint != now[r.dataset][0]]
+        if stale:
+            fp, root = now[stale[0].dataset]
+            n = len(stale)
+            raise EnvironmentFault(
+                f"data: {stale[0].dataset} at {root or 'the default root'} is not the data {n} trial{'s' * (n != 1)} "
+                f"of study {self.plan.name} were trained on (files added, removed or resized since: fingerprint "
+                f"{fp[:12]}, theirs {stale[0].data_fingerprint[:12]}); restore it, or start a new study "
+                "(study.name=...)")
 
     def requeue_misread(self) -> None:
         """Trials that older versions failed for a full disk (e.g. torch.save's "unexpected pos") never failed
@@ -251,7 +268,9 @@ class Worker:
         except (DatasetNotFoundError, CorruptDatasetError, OSError) as e:
             raise EnvironmentFault(f"data: {_first_line(e)}") from e
         n_train = int(data.train_x.shape[0])
+        facts = self.plan.sources.get(source_key(tcfg.data))
         self.store.update_trial(row.id, data_source=data.source, train_images=n_train,
+                                data_fingerprint=facts.fingerprint if facts else None,
                                 data_fraction=n_train / data.train_pool if data.train_pool else 1.0,
                                 test_images=int(data.test_x.shape[0]))
         return fit(tcfg.model, data, tcfg.optim_config(), train_cfg, on_epoch=on_epoch)
