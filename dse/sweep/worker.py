@@ -96,7 +96,7 @@ class Worker:
 
     def check_data_unchanged(self) -> None:
         """Refuse to go on with data other than the data the study's trials were trained on (files added, removed
-        or resized since): their results and the new ones would not compare. Trials of older versions (no
+        or renamed since): their results and the new ones would not compare. Trials of older versions (no
         fingerprint) are not checked."""
         now = {key[0]: (f.fingerprint, key[1]) for key, f in self.plan.sources.items()}
         stale = [r for r in self.store.rows(self.plan.name)
@@ -106,7 +106,7 @@ class Worker:
             n = len(stale)
             raise EnvironmentFault(
                 f"data: {stale[0].dataset} at {root or 'the default root'} is not the data {n} trial{'s' * (n != 1)} "
-                f"of study {self.plan.name} were trained on (files added, removed or resized since: fingerprint "
+                f"of study {self.plan.name} were trained on (files added, removed or renamed since: fingerprint "
                 f"{fp[:12]}, theirs {stale[0].data_fingerprint[:12]}); restore it, or start a new study "
                 "(study.name=...)")
 
