@@ -340,14 +340,17 @@ def db_outage(e: BaseException) -> OperationalError | None:
     return None
 
 
-SQLITE_TRANSIENT = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: another process holds the lock; waiting helps
+# SQLite's primary codes that waiting cannot cure: SQLITE_PERM, SQLITE_READONLY, SQLITE_CORRUPT, SQLITE_CANTOPEN,
+# SQLITE_NOTADB. Others pass: BUSY/LOCKED (another process holds the lock), and IOERR, which a reader in another
+# process can cause for a moment in WAL mode (measured: "disk I/O error" on an epoch write, gone on the retry).
+SQLITE_PERSISTENT = (3, 8, 11, 14, 26)
 
 
 def sqlite_may_pass(outage: OperationalError) -> bool:
-    """False for a SQLite error that waiting cannot cure (cannot open the file, read-only, I/O error): a local
-    file has no outages, only locks held by other processes. PostgreSQL's errors always may pass."""
+    """False for a SQLite error that is the file's own state (cannot be opened, read-only, damaged): retrying it
+    20 times as an outage only delays the one line. PostgreSQL's errors always may pass."""
     code = getattr(outage.orig, "sqlite_errorcode", None)
-    return code is None or code & 0xFF in SQLITE_TRANSIENT  # the low byte is the primary code
+    return code is None or code & 0xFF not in SQLITE_PERSISTENT  # the low byte is the primary code
 
 
 def _orig_line(e: OperationalError) -> str:
@@ -374,7 +377,7 @@ def with_retries(fn: Callable[[], T], *, what: str, retries: int = 5, backoff: f
                 raise
             if not sqlite_may_pass(outage):
                 raise StoreError(f"results store {sqlite_file(url)}: {_orig_line(outage)} ({what}); this is the "
-                                 "file's own state, not an outage (check its folder's permissions)") from e
+                                 "file's own state, not an outage (check the file and its folder's permissions)") from e
             if attempt == retries:
                 raise StoreError(f"{what}: database {redact(url)} unreachable after {retries + 1} attempts "
                                  f"({_orig_line(outage)})") from e

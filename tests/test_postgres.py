@@ -154,16 +154,23 @@ def test_unreachable_database_at_start_retries_then_fails(tmp_path, tiny_imagefo
     assert "hunter2" not in r.stdout + r.stderr
 
 
+SPACES = {  # two trials each: a grid (joins Optuna when finished) and a sampled study (reports every epoch live)
+    "grid": ["+search.blocks.single.grid={model.dropout: [0.1, 0.2]}"],
+    "sample": ["search.mode=sample", "search.n_trials=2",
+               "++search.params={model.dropout: {type: float, low: 0.1, high: 0.5, step: 0.1}}"],
+}
+
+
 @pytest.mark.skipif(not os.environ.get("DSE_TEST_PG_STOP"), reason="DSE_TEST_PG_STOP/START not set (.ci/postgres.sh)")
-def test_epochs_trained_while_the_store_was_away_reach_the_store_and_optuna_once(tmp_path, tiny_imagefolder):
+@pytest.mark.parametrize("mode", sorted(SPACES))
+def test_epochs_trained_while_the_store_was_away_reach_the_store_and_optuna_once(tmp_path, tiny_imagefolder, mode):
     """The server stops mid-trial: the epoch that finishes meanwhile is in last.pt but not in the store, and the
     worker gives up (exit 2). Once the server is back the same command resumes the trial, writes that epoch from
     last.pt's history first, and every trial has epochs 1..4 in the store and in Optuna, once each, in order."""
-    study = f"pgcatch-{uuid.uuid4().hex[:8]}"
-    c = [*cmd(study, tmp_path / "ckpt", tiny_imagefolder, "trainer.epochs=4", "trainer.precision=fp32",
-              "storage.retries=1", "storage.backoff=0.2", "storage.grace_period=3", "study.estimate=false")]
-    c = [a if not a.startswith("+search.blocks.single.grid=") else "+search.blocks.single.grid={model.dropout: "
-         "[0.1, 0.2]}" for a in c]
+    study = f"pgcatch-{mode}-{uuid.uuid4().hex[:8]}"
+    c = [a for a in cmd(study, tmp_path / "ckpt", tiny_imagefolder, "trainer.epochs=4", "trainer.precision=fp32",
+                        "storage.retries=1", "storage.backoff=0.2", "storage.grace_period=3", "study.estimate=false")
+         if not a.startswith("+search.blocks.single.grid=")] + SPACES[mode]
     p = subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300

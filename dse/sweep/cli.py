@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from typing import Any
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command line entry point; returns the exit code."""
     saved, root = list(sys.argv), logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     if argv is not None:  # Hydra reads sys.argv
         sys.argv = [sys.argv[0] if sys.argv else "dse.sweep", *argv]
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print one line instead of its report
@@ -51,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     except DSEError as e:  # before Hydra writes a run folder: nothing of the secret is kept anywhere
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finally:  # called as a function (tests, notebooks): leave the caller's logging and argv as they were
+    finally:  # called as a function (tests, notebooks): leave the caller's logging, argv and signals as they were
         sys.argv = saved
+        for s, h in signals.items():
+            if h is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(s, h)
         for h in root.handlers:
             if h not in handlers:
                 h.close()

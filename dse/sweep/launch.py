@@ -74,7 +74,9 @@ def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None
         t, f, code, errs, m = results.get()
         trained, failed, rc, marked = trained + t, failed + f, max(rc, code), marked + m
         errors += [e for e in errs if e not in errors]
-    missing = [p for p in procs if p.exitcode not in (0, 1, 2, 130)]
+    # a worker still starting up when the stop came ends by SIGTERM's default action: it had claimed nothing
+    missing = [p for p in procs if p.exitcode not in (0, 1, 2, 130) and not (interrupted and
+                                                                             p.exitcode == -signal.SIGTERM)]
     if missing:
         log.error("%d worker process%s died (exit codes %s); their trials are re-queued when their lease runs out",
                   len(missing), "es" * (len(missing) > 1), [p.exitcode for p in missing])
