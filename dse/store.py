@@ -273,14 +273,13 @@ def sqlite_file(url: str) -> str | None:
     return db if parsed.get_backend_name() == "sqlite" and db and db != ":memory:" else None
 
 
-SQLITE_HEADER = b"SQLite format 3\0"  # the first 16 bytes of every SQLite database file
 DEFAULT_DIR = REPO / "results"  # the default store's folder: the only one a command creates by itself
 
 
 def check_sqlite_file(url: str, *, create: bool) -> None:
     """StoreError (one line naming the path and what to do) for a SQLite path that cannot be the store: under a
-    regular file, a folder, in a folder that does not exist (a typo; only the default results/ is created), not
-    a database; or, unless ``create``, not there at all (reading commands never create a store)."""
+    regular file, a folder, in a folder that does not exist (a typo; only the default results/ is created); or,
+    unless ``create``, not there at all (reading commands never create a store)."""
     file = sqlite_file(url)
     if file is None:
         return
@@ -300,11 +299,18 @@ def check_sqlite_file(url: str, *, create: bool) -> None:
             raise StoreError(f"store path {p}: its folder does not exist (a typo?); create it (mkdir -p "
                              f"{p.parent}) or fix storage.url")
         return
-    with open(p, "rb") as f:
-        head = f.read(len(SQLITE_HEADER))
-    if head and head != SQLITE_HEADER:
-        raise StoreError(f"{p} is not a SQLite database (it does not start with SQLite's header); point "
-                         "storage.url (or --db) at a dse store, or move the file away")
+    # not read here: closing any descriptor of a database file drops this process's POSIX locks on it, also
+    # SQLite's own (measured: another process then checkpointed and deleted the WAL under a running sweep). A
+    # file that is not a database is said by Store when SQLite opens it (SQLITE_NOTADB).
+
+
+def unreadable_store(url: str, e: DatabaseError) -> StoreError:
+    why = str(e.orig or e).strip().splitlines()[0]
+    if getattr(e.orig, "sqlite_errorcode", None) == 26:  # SQLITE_NOTADB
+        return StoreError(f"{sqlite_file(url)} is not a SQLite database ({why}); point storage.url (or --db) at a "
+                          "dse store, or move the file away")
+    return StoreError(f"results store {redact(url)} cannot be read ({why}); restore it from a backup or point "
+                      "storage.url (or --db) at another file")
 
 
 def make_engine(url: str) -> Engine:
@@ -437,9 +443,8 @@ class Store:
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         try:
             self._retry(lambda: self._init_schema(create), "opening the results store")
-        except DatabaseError as e:  # a damaged file (its header is fine): not an outage, and not ours to repair
-            raise StoreError(f"results store {redact(url)} cannot be read ({str(e.orig or e).splitlines()[0]}); "
-                             "restore it from a backup or point storage.url (or --db) at another file") from e
+        except DatabaseError as e:  # not a database, or a damaged one: not an outage, and not ours to repair
+            raise unreadable_store(url, e) from e
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def retry(self, fn: Callable[[], T], what: str) -> T:
