@@ -165,6 +165,18 @@ class Record:
         self.retry(lambda: self.storage.set_trial_intermediate_value(tid, epoch, val_acc), "reporting")
         return self.storage.get_trial(tid)
 
+    def fill_intermediate(self, row: st.TrialRow, curve: dict[int, float]) -> None:
+        """Sample mode, on a resume: the stored epochs Optuna did not get (the store took the epoch, then Optuna's
+        write met an outage), in order, so the intermediate values hold the whole curve once."""
+        if row.optuna_trial_number is None:
+            return
+        tid = self._trial_id(row.optuna_trial_number)
+        frozen = self.storage.get_trial(tid)
+        if frozen.state != optuna.trial.TrialState.RUNNING:
+            return
+        for epoch in sorted(set(curve) - set(frozen.intermediate_values)):
+            self.retry(lambda e=epoch: self.storage.set_trial_intermediate_value(tid, e, curve[e]), "reporting")
+
     def note(self, row: st.TrialRow, key: str, value: Any) -> None:
         """A user attribute on a sample-mode trial still running in Optuna (e.g. why it was interrupted)."""
         if row.optuna_trial_number is not None:

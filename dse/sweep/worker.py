@@ -248,6 +248,7 @@ class Worker:
                  tcfg.model.display_name, tcfg.model.name, tcfg.seed, tcfg.optimizer["name"],
                  tcfg.data["dataset"], ckpt, f"; resuming after epoch {row.epochs_done}" if row.epochs_done else "")
         curve = self.queue.curve(row.id)
+        self.record.fill_intermediate(row, curve)  # a resume after an outage between the store and Optuna
 
         def on_epoch(m: Any) -> None:
             md = m if isinstance(m, dict) else m.to_dict()
