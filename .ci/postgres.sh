@@ -13,14 +13,19 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
 as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
-write_env() {  # what the tests need: the URL, and the command that restarts this server (outage test)
+write_env() {  # what the tests need: the URL, and the commands that restart, stop and start this server (outages)
   {
     echo "export DSE_TEST_PG_URL=postgresql+psycopg://dse@127.0.0.1:$PGPORT/dse"
-    if [ "$(id -u)" = 0 ]; then
-      echo "export DSE_TEST_PG_RESTART=\"su postgres -s /bin/bash -c '$BIN/pg_ctl -D $PGDATA -w -m fast restart >/dev/null'\""
-    else
-      echo "export DSE_TEST_PG_RESTART=\"$BIN/pg_ctl -D $PGDATA -w -m fast restart >/dev/null\""
-    fi
+    for verb in restart stop start; do
+      var="DSE_TEST_PG_$(echo "$verb" | tr a-z A-Z)"
+      cmd="$BIN/pg_ctl -D $PGDATA -w -m fast $verb"
+      [ "$verb" = start ] && cmd="$BIN/pg_ctl -D $PGDATA -l $PGDATA/server.log -w -o '-p $PGPORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200' start"
+      if [ "$(id -u)" = 0 ]; then
+        echo "export $var=\"su postgres -s /bin/bash -c \\\"$cmd >/dev/null\\\"\""
+      else
+        echo "export $var=\"$cmd >/dev/null\""
+      fi
+    done
   } > "${DSE_PG_ENV:-/tmp/dse-pg.env}"
 }
 if as_pg "$BIN/pg_ctl -D $PGDATA status" >/dev/null 2>&1; then

@@ -8,6 +8,7 @@ mode 0644 under the usual umask: readable by the rest of a team sharing a result
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import tempfile
@@ -55,7 +56,16 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            from dse.faults import torch_write_failed
+
+            if not torch_write_failed(str(e)):
+                raise
+            # torch's C++ writer drops the errno of a short write (a full disk, a quota): give it back, with the path
+            raise OSError(errno.ENOSPC, f"torch.save could not write ({str(e).strip().splitlines()[0]})",
+                          str(path)) from e
 
 
 def pareto_front(acc: Sequence[float | None], size: Sequence[float | None]) -> list[int]:

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -40,15 +41,17 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from dse.common import REPO
 from dse.errors import DSEError
+from dse.faults import DiskFullError, disk_full
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: the queue columns lease_until, heartbeat_at, recorded_at (added in place to a v1 file)
+# 2: the queue columns lease_until, heartbeat_at, recorded_at; 3: data_fingerprint (added in place to older files)
+SCHEMA_VERSION = 3
 DEFAULT_URL = "sqlite:///results/dse.db"
 BACKENDS = ("sqlite", "postgresql")
 
@@ -102,6 +105,7 @@ class TrialRow(Base):
     schedule: Mapped[str] = mapped_column(String(16))
     dataset: Mapped[str] = mapped_column(String(32))
     data_source: Mapped[str | None] = mapped_column(Text)  # which copy, e.g. imagefolder:/.../cifar10-jpg
+    data_fingerprint: Mapped[str | None] = mapped_column(String(64))  # its files (dse/sweep/datacheck.py)
     data_fraction: Mapped[float] = mapped_column(Float)  # fraction of the (train minus val) images used
     train_images: Mapped[int | None] = mapped_column(Integer)
     test_images: Mapped[int | None] = mapped_column(Integer)  # the whole test set unless the budget subsets it
@@ -201,6 +205,23 @@ def redact(url: str) -> str:
         return "<unparsable database URL>"
 
 
+def url_password(url: str | None) -> str | None:
+    """The password written inside a database URL, if any (what must never reach a file or a log)."""
+    if not url:
+        return None
+    try:
+        return make_url(url).password
+    except Exception:
+        return None
+
+
+def password_refusal(url: str, setting: str = "storage.url") -> StoreError:
+    """The error for a password inside a URL: where it would end up, and the two ways to pass it instead."""
+    return StoreError(f"{setting} {redact(url)} has a password in it, and the run folder's .hydra/*.yaml would keep "
+                      "it in plain text; give the URL without it and pass the password through $DSE_DB_PASSWORD or "
+                      "storage.password_file=PATH")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; persistent in the file
@@ -247,6 +268,56 @@ def resolve_url(url: str | None = None, *, url_env: str = "DSE_STORAGE_URL", pas
     return parsed.render_as_string(hide_password=False)
 
 
+def sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL (None for PostgreSQL, in-memory SQLite or an unparsable URL)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    db = parsed.database
+    return db if parsed.get_backend_name() == "sqlite" and db and db != ":memory:" else None
+
+
+DEFAULT_DIR = REPO / "results"  # the default store's folder: the only one a command creates by itself
+
+
+def check_sqlite_file(url: str, *, create: bool) -> None:
+    """StoreError (one line naming the path and what to do) for a SQLite path that cannot be the store: under a
+    regular file, a folder, in a folder that does not exist (a typo; only the default results/ is created); or,
+    unless ``create``, not there at all (reading commands never create a store)."""
+    file = sqlite_file(url)
+    if file is None:
+        return
+    p = Path(file)
+    above = next(a for a in p.parents if a.exists())  # "/" exists
+    if not above.is_dir():
+        raise StoreError(f"store path {p} is under {above}, which is a file, not a folder; point storage.url (or "
+                         "--db) at a file in a folder")
+    if p.is_dir():
+        raise StoreError(f"store path {p} is a folder; point storage.url (or --db) at a database file in it, "
+                         f"e.g. sqlite:///{p / 'dse.db'}")
+    if not p.exists():
+        if not create:
+            raise StoreError(f"no results store at {p}; run `python -m dse.sweep` first, or pass --db URL / set "
+                             "DSE_STORAGE_URL to the sweep's store")
+        if not p.parent.is_dir() and p.parent != DEFAULT_DIR:
+            raise StoreError(f"store path {p}: its folder does not exist (a typo?); create it (mkdir -p "
+                             f"{p.parent}) or fix storage.url")
+        return
+    # not read here: closing any descriptor of a database file drops this process's POSIX locks on it, also
+    # SQLite's own (measured: another process then checkpointed and deleted the WAL under a running sweep). A
+    # file that is not a database is said by Store when SQLite opens it (SQLITE_NOTADB).
+
+
+def unreadable_store(url: str, e: DatabaseError) -> StoreError:
+    why = str(e.orig or e).strip().splitlines()[0]
+    if getattr(e.orig, "sqlite_errorcode", None) == 26:  # SQLITE_NOTADB
+        return StoreError(f"{sqlite_file(url)} is not a SQLite database ({why}); point storage.url (or --db) at a "
+                          "dse store, or move the file away")
+    return StoreError(f"results store {redact(url)} cannot be read ({why}); restore it from a backup or point "
+                      "storage.url (or --db) at another file")
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the settings our workload needs (WAL + busy timeout on SQLite)."""
     try:
@@ -280,6 +351,23 @@ def db_outage(e: BaseException) -> OperationalError | None:
     return None
 
 
+# SQLite's primary codes that waiting cannot cure: SQLITE_PERM, SQLITE_READONLY, SQLITE_CORRUPT, SQLITE_CANTOPEN,
+# SQLITE_NOTADB. Others pass: BUSY/LOCKED (another process holds the lock), and IOERR, which a reader in another
+# process can cause for a moment in WAL mode (measured: "disk I/O error" on an epoch write, gone on the retry).
+SQLITE_PERSISTENT = (3, 8, 11, 14, 26)
+
+
+def sqlite_may_pass(outage: OperationalError) -> bool:
+    """False for a SQLite error that is the file's own state (cannot be opened, read-only, damaged): retrying it
+    20 times as an outage only delays the one line. PostgreSQL's errors always may pass."""
+    code = getattr(outage.orig, "sqlite_errorcode", None)
+    return code is None or code & 0xFF not in SQLITE_PERSISTENT  # the low byte is the primary code
+
+
+def _orig_line(e: OperationalError) -> str:
+    return str(e.orig).strip().splitlines()[0] if e.orig else str(e).splitlines()[0]
+
+
 def with_retries(fn: Callable[[], T], *, what: str, retries: int = 5, backoff: float = 0.5,
                  url: str = "") -> T:
     """Run ``fn``, retrying database outages (an OperationalError anywhere in the exception's chain, also when
@@ -291,13 +379,19 @@ def with_retries(fn: Callable[[], T], *, what: str, retries: int = 5, backoff: f
         try:
             return fn()
         except Exception as e:
+            if disk_full(e):  # waiting does not free a disk: say it now, with where
+                file = sqlite_file(url)
+                raise DiskFullError(file, f"the results store could not write ({what})" if file else
+                                    f"the database server {redact(url)} has no room ({what})") from e
             outage = db_outage(e)
             if outage is None:
                 raise
+            if not sqlite_may_pass(outage):
+                raise StoreError(f"results store {sqlite_file(url)}: {_orig_line(outage)} ({what}); this is the "
+                                 "file's own state, not an outage (check the file and its folder's permissions)") from e
             if attempt == retries:
-                msg = str(outage.orig).strip().splitlines()[0] if outage.orig else str(outage).splitlines()[0]
                 raise StoreError(f"{what}: database {redact(url)} unreachable after {retries + 1} attempts "
-                                 f"({msg})") from e
+                                 f"({_orig_line(outage)})") from e
             log.warning("%s: database unavailable (%s); retry %d/%d in %.1f s", what,
                         type(outage.orig).__name__ if outage.orig else "OperationalError", attempt + 1, retries,
                         delay)
@@ -315,8 +409,9 @@ def schema_lock(url: str) -> Iterator[None]:
         if not parsed.database or parsed.database == ":memory:":
             yield
             return
+        check_sqlite_file(url, create=True)
         lock_path = os.path.abspath(parsed.database) + ".lock"
-        os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+        os.makedirs(os.path.dirname(lock_path), exist_ok=True)  # only the default folder gets this far missing
         with open(lock_path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
             try:
@@ -348,9 +443,13 @@ class Store:
     def __init__(self, url: str, *, retries: int = 5, backoff: float = 0.5, create: bool = True) -> None:
         self.url = url
         self.retries, self.backoff = retries, backoff
+        check_sqlite_file(url, create=create)
         self.engine = make_engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        self._retry(lambda: self._init_schema(create), "opening the results store")
+        try:
+            self._retry(lambda: self._init_schema(create), "opening the results store")
+        except DatabaseError as e:  # not a database, or a damaged one: not an outage, and not ours to repair
+            raise unreadable_store(url, e) from e
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def retry(self, fn: Callable[[], T], what: str) -> T:

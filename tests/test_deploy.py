@@ -442,7 +442,10 @@ def _cli(argv, capsys) -> tuple[int, str]:
 
 
 def test_cli_unknown_trial_is_one_line_exit_2(tmp_path, capsys):
+    from dse.store import Store
+
     db = f"sqlite:///{tmp_path / 'dse.db'}"
+    Store(db).dispose()  # an empty store: choosing trials never creates one (tests/test_faults.py)
     code, err = _cli(["--db", db, "--trial", "424242", "--no-latency"], capsys)
     assert code == 2
     assert "dse.deploy: error: trial 424242 does not exist in the store" in err and "Traceback" not in err

@@ -152,3 +152,63 @@ def test_unreachable_database_at_start_retries_then_fails(tmp_path, tiny_imagefo
     assert "retry 1/2" in r.stderr and "retry 2/2" in r.stderr  # backoff, then a clear error
     assert r.stderr.strip().splitlines()[-1].startswith("error:")
     assert "hunter2" not in r.stdout + r.stderr
+
+
+SPACES = {  # two trials each: a grid (joins Optuna when finished) and a sampled study (reports every epoch live)
+    "grid": ["+search.blocks.single.grid={model.dropout: [0.1, 0.2]}"],
+    "sample": ["search.mode=sample", "search.n_trials=2",
+               "++search.params={model.dropout: {type: float, low: 0.1, high: 0.5, step: 0.1}}"],
+}
+
+
+@pytest.mark.skipif(not os.environ.get("DSE_TEST_PG_STOP"), reason="DSE_TEST_PG_STOP/START not set (.ci/postgres.sh)")
+@pytest.mark.parametrize("mode", sorted(SPACES))
+def test_epochs_trained_while_the_store_was_away_reach_the_store_and_optuna_once(tmp_path, tiny_imagefolder, mode):
+    """The server stops mid-trial: the epoch that finishes meanwhile is in last.pt but not in the store, and the
+    worker gives up (exit 2). Once the server is back the same command resumes the trial, writes that epoch from
+    last.pt's history first, and every trial has epochs 1..4 in the store and in Optuna, once each, in order."""
+    study = f"pgcatch-{mode}-{uuid.uuid4().hex[:8]}"
+    c = [a for a in cmd(study, tmp_path / "ckpt", tiny_imagefolder, "trainer.epochs=4", "trainer.precision=fp32",
+                        "storage.retries=1", "storage.backoff=0.2", "storage.grace_period=3", "study.estimate=false")
+         if not a.startswith("+search.blocks.single.grid=")] + SPACES[mode]
+    p = subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not any(r[1] == "running" and r[2] >= 1 for r in _rows_or_none(study)):
+            time.sleep(0.2)
+        subprocess.run(os.environ["DSE_TEST_PG_STOP"], shell=True, check=True, timeout=60)
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 2, err[-3000:]
+        assert "unreachable" in err.strip().splitlines()[-1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+        subprocess.run(os.environ["DSE_TEST_PG_START"], shell=True, check=False, timeout=60)
+    r = subprocess.run(c, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if mode == "grid":  # an epoch's one write is the store's: the outage made a hole, and the resume filled it
+        assert "written to the store from" in r.stderr
+    eng = create_engine(PG_URL)
+    with eng.connect() as conn:
+        got = conn.execute(text("select t.id, t.status, t.epochs_done, e.epoch, e.val_acc from dse_trials t join "
+                                "dse_epochs e on e.trial_id = t.id where t.study = :s order by t.id, e.epoch"),
+                           {"s": study}).fetchall()
+    eng.dispose()
+    curves: dict[int, dict[int, float]] = {}
+    for tid, status, done, epoch, acc in got:
+        assert status == "complete" and done == 4
+        curves.setdefault(tid, {})[epoch] = acc
+    assert len(curves) == 2 and all(list(cv) == [1, 2, 3, 4] for cv in curves.values()), curves
+    # sample mode: an outage between study.ask and the store's insert leaves that asked trial RUNNING in Optuna
+    # (not in the store; a known gap, not this test's subject): only the trials the store knows are compared
+    trials = [t for t in optuna.load_study(study_name=study, storage=PG_URL).trials if "store_trial_id" in t.user_attrs]
+    assert len(trials) == 2 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+    for t in trials:
+        assert t.intermediate_values == pytest.approx(curves[t.user_attrs["store_trial_id"]])
+
+
+def _rows_or_none(study: str) -> list[tuple]:
+    try:
+        return rows(study)
+    except Exception:  # tables not created yet
+        return []

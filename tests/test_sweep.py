@@ -18,7 +18,7 @@ import optuna
 import pytest
 from dse_testdata import real_cifar10, tiny_imagefolder  # noqa: F401  (fixtures)
 
-from dse.store import Store
+from dse.store import SCHEMA_VERSION, Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,9 +237,10 @@ def test_study_reused_with_other_space_is_refused_and_store_untouched(tmp_path, 
     assert store_rows(db) == before
 
 
-def test_unreachable_storage_is_a_clear_error(tmp_path, tiny_imagefolder):
+def test_unreachable_storage_is_a_clear_error(tmp_path, tiny_imagefolder, monkeypatch):
+    monkeypatch.setenv("DSE_DB_PASSWORD", "s3cret")  # inside the URL it is refused (tests/test_faults.py)
     r = run([*sweep_cmd(tmp_path / "x.db", tmp_path, tiny_imagefolder),
-             "storage.url=postgresql+psycopg://nobody:s3cret@127.0.0.1:1/nowhere", "storage.retries=1",
+             "storage.url=postgresql+psycopg://nobody@127.0.0.1:1/nowhere", "storage.retries=1",
              "storage.backoff=0.1"])
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
@@ -321,7 +322,7 @@ def test_a_version_1_store_gets_the_queue_columns(tmp_path):
             c.execute(f"alter table dse_trials drop column {col}")
         c.execute("update dse_meta set value='1' where key='schema_version'")
     Store(f"sqlite:///{db}", create=False).trials()  # what dse.tables does: reads work
-    assert Store(f"sqlite:///{db}").schema_version() == 2  # what the sweep does: the version moves on
+    assert Store(f"sqlite:///{db}").schema_version() == SCHEMA_VERSION  # what the sweep does: the version moves on
     with sqlite3.connect(db) as c:
         cols = {r[1] for r in c.execute("pragma table_info(dse_trials)")}
     assert {"lease_until", "heartbeat_at", "recorded_at"} <= cols

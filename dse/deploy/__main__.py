@@ -600,7 +600,9 @@ def run(args) -> int:
     if not (adhoc and args.no_record):  # a bare checkpoint with --no-record needs no store at all
         from dse.store import Store, resolve_url
 
-        store = Store(resolve_url(args.db))
+        # choosing trials reads the store: a missing one is an error, not a new empty store; an ad-hoc checkpoint
+        # is recorded, so its store may be new
+        store = Store(resolve_url(args.db), create=adhoc)
     bundles: dict[tuple, Any] = {}
 
     def bundle_for(c: Candidate):

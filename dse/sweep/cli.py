@@ -23,23 +23,41 @@ from dse.config import CONF_DIR, check, register_configs
 from dse.errors import DSEError
 
 log = logging.getLogger("dse.sweep")
-INTERRUPTED = ("interrupted: the running trial is marked 'interrupted' and is resumed by the next run; nothing "
-               "finished is lost")
 _runs: list[int] = []  # the exit code of each job of this invocation (several with -m)
+
+
+def interrupted_line(n: int | None) -> str:
+    """What a stop by Ctrl-C/SIGINT/SIGTERM did: ``n`` running trials marked interrupted (None: before any
+    worker started)."""
+    if n is None:
+        return "interrupted before any trial started; the next run carries on"
+    if n == 0:
+        return "interrupted: no trial was running; nothing finished is lost, the next run carries on"
+    return (f"interrupted: {n} running trial{'s' * (n != 1)} marked 'interrupted'; the next run resumes "
+            f"{'them' if n != 1 else 'it'} from {'their' if n != 1 else 'its'} last epoch checkpoint; nothing "
+            "finished is lost")
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line entry point; returns the exit code."""
     saved, root = list(sys.argv), logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     if argv is not None:  # Hydra reads sys.argv
         sys.argv = [sys.argv[0] if sys.argv else "dse.sweep", *argv]
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print one line instead of its report
     _runs.clear()
     try:
+        refuse_url_password(sys.argv[1:])
         return _main()
-    finally:  # called as a function (tests, notebooks): leave the caller's logging and argv as they were
+    except DSEError as e:  # before Hydra writes a run folder: nothing of the secret is kept anywhere
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:  # called as a function (tests, notebooks): leave the caller's logging, argv and signals as they were
         sys.argv = saved
+        for s, h in signals.items():
+            if h is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(s, h)
         for h in root.handlers:
             if h not in handlers:
                 h.close()
@@ -58,7 +76,7 @@ def _main() -> int:
         app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_job)
         app()
     except KeyboardInterrupt:
-        print(f"\n{INTERRUPTED}", file=sys.stderr)
+        print(f"\n{interrupted_line(None)}", file=sys.stderr)
         return 130
     except SystemExit as e:  # --help and friends
         return int(e.code or 0) if not isinstance(e.code, str) else 2
@@ -68,6 +86,36 @@ def _main() -> int:
             traceback.print_exc()
         return 2
     return max(_runs, default=0)
+
+
+def refuse_url_password(argv: list[str]) -> None:
+    """StoreError for a ``storage.url=`` override (also ``+``/``++``, and each value of a ``-m`` list) that has
+    a password inside: Hydra would write it to the run folder's config.yaml, hydra.yaml and overrides.yaml."""
+    from dse.store import password_refusal, url_password
+
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key == "storage.url" and value:
+            for url in (value, *value.split(",")):
+                if url_password(url.strip("'\"")):
+                    raise password_refusal(url.strip("'\""))
+
+
+def scrub_run_folder(secret: str) -> None:
+    """Replace ``secret`` by *** in every file Hydra wrote for this run (a URL with a password that came from a
+    config file rather than the command line)."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    folders = [Path(hc.runtime.output_dir) / str(hc.output_subdir or ".hydra"), Path(hc.sweep.dir)]
+    for f in (f for d in folders if d.is_dir() for f in d.glob("*.yaml")):
+        text = f.read_text()
+        if secret in text:
+            f.write_text(text.replace(secret, "***"))
 
 
 def hydra_error_line(e: BaseException) -> str:
@@ -100,13 +148,15 @@ def _job(cfg: DictConfig) -> int | None:
 
 def sweep(cfg: DictConfig) -> int:
     from dse.sweep.plan import make_plan, print_dry_run
+    from dse.sweep.stop import install_raise_once
 
     setup_logging(bool(cfg.verbose))
-    signal.signal(signal.SIGTERM, _on_term)
-    # Ctrl-C / kill -INT stop the worker cleanly even when it was started with SIGINT ignored (a shell's
-    # background job inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler of its own)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM (SLURM preemption, kill) and Ctrl-C / kill -INT stop the sweep cleanly, also when it was started
+    # with SIGINT ignored (a shell's background job inherits SIG_IGN, and Python then installs no
+    # KeyboardInterrupt handler of its own)
+    install_raise_once()
     try:
+        refuse_config_password(cfg)
         check(cfg)
         plan = make_plan(cfg, check_data=not cfg.dry_run)  # a dry run downloads nothing
         if cfg.dry_run:
@@ -118,13 +168,23 @@ def sweep(cfg: DictConfig) -> int:
             log.warning("%s; skipping %s in this run", line, "them" if plan.trials else "it")
         url = store_url(cfg)
         return run_study(cfg, plan, url)
-    except KeyboardInterrupt:
-        print(f"\n{INTERRUPTED}", file=sys.stderr)
+    except KeyboardInterrupt:  # planning, calibrating, opening the store: no trial of ours was running
+        print(f"\n{interrupted_line(None)}", file=sys.stderr)
         return 130
     except DSEError as e:
         log.debug("%s", traceback.format_exc())
         print(f"error: {_first_line(e)}", file=sys.stderr)
         return 2
+
+
+def refuse_config_password(cfg: DictConfig) -> None:
+    """A password inside storage.url from a config file: scrubbed from the run folder, then refused."""
+    from dse.store import password_refusal, url_password
+
+    secret = url_password(cfg.storage.url)
+    if secret:
+        scrub_run_folder(secret)
+        raise password_refusal(str(cfg.storage.url))
 
 
 def raise_no_data(plan: Any) -> None:
@@ -166,13 +226,13 @@ def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
 
         worker.preflight()  # what every child would find wrong, said once
         run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
-        trained, failed, rc, errors = launch(cfg, plan, url, run_dir)
+        trained, failed, rc, errors, interrupted = launch(cfg, plan, url, run_dir)
     else:
-        trained, failed, rc, errors = run_worker(cfg, plan, url, prepared=True, worker=worker)
+        trained, failed, rc, errors, interrupted = run_worker(cfg, plan, url, prepared=True, worker=worker)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     if rc == 130:
-        print(f"\n{INTERRUPTED}", file=sys.stderr)
+        print(f"\n{interrupted_line(interrupted)}", file=sys.stderr)
     if rc in (2, 130):  # its one line is the last thing printed
         return rc
     summary(worker.queue, url, trained, failed)
@@ -180,9 +240,10 @@ def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
 
 
 def run_worker(cfg: DictConfig, plan: Any, url: str, prepared: bool = False, worker: Any = None
-               ) -> tuple[int, int, int, list[str]]:
-    """One worker's loop: (trained, failed, exit code, error lines). Used in this process and in each child of
-    workers=N; the caller prints the error lines (the parent of several children prints each only once)."""
+               ) -> tuple[int, int, int, list[str], int]:
+    """One worker's loop: (trained, failed, exit code, error lines, trials marked interrupted). Used in this
+    process and in each child of workers=N; the caller prints the error lines (the parent of several children
+    prints each only once)."""
     from dse.sweep.worker import Worker
 
     try:
@@ -193,20 +254,24 @@ def run_worker(cfg: DictConfig, plan: Any, url: str, prepared: bool = False, wor
                 worker.prepare()
         worker.preflight()
         r = worker.run()
-        return r.trained, r.failed, 0, []
+        return r.trained, r.failed, 0, [], r.interrupted
     except KeyboardInterrupt:
-        return _partial(worker), _failed(worker), 130, []
+        return (*_counts(worker), 130, [], _result(worker).interrupted)
     except DSEError as e:
         log.debug("%s", traceback.format_exc())
-        return _partial(worker), _failed(worker), 2, [_first_line(e)]
+        return (*_counts(worker), 2, [_first_line(e)], _result(worker).interrupted)
 
 
-def _failed(worker: Any) -> int:
-    return worker.result.failed if worker is not None and hasattr(worker, "result") else 0
+def _result(worker: Any) -> Any:
+    from dse.sweep.worker import RunResult
+
+    return getattr(worker, "result", None) or RunResult()
 
 
-def _partial(worker: Any) -> int:
-    return worker.result.trained if worker is not None and hasattr(worker, "result") else 0
+def _counts(worker: Any) -> tuple[int, int]:
+    """(trained, failed) by this worker so far."""
+    r = _result(worker)
+    return r.trained, r.failed
 
 
 def summary(queue: Any, url: str, trained: int, failed: int) -> None:
@@ -246,11 +311,9 @@ def setup_child_logging(cfg: DictConfig, index: int, run_dir: str | None) -> Non
         handlers.append(logging.FileHandler(os.path.join(run_dir, f"worker-{index}.log")))
     logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S", handlers=handlers, force=True)
     setup_logging(bool(cfg.verbose))
-    signal.signal(signal.SIGTERM, _on_term)
+    from dse.sweep.stop import install_raise_once
 
-
-def _on_term(signum: int, _frame: Any) -> None:  # SLURM preemption, kill: stop like Ctrl-C
-    raise KeyboardInterrupt
+    install_raise_once()
 
 
 def _first_line(e: BaseException) -> str:

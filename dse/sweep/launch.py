@@ -47,9 +47,11 @@ def mps_line() -> str:
     return f"CUDA MPS is off ({pipe} absent): workers sharing a GPU take turns; {hint}"
 
 
-def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None) -> tuple[int, int, int, list[str]]:
+def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None
+           ) -> tuple[int, int, int, list[str], int]:
     """Run ``cfg.workers`` worker processes to the end: (trained, failed, worst exit code, their distinct error
-    lines) over all of them."""
+    lines, trials marked interrupted) over all of them. SIGINT or SIGTERM to this process reaches every worker
+    (a process manager or ``kill -INT`` signals this process only, unlike a terminal's Ctrl-C)."""
     import torch
 
     n = int(cfg.workers)
@@ -64,37 +66,55 @@ def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None) -> t
         child = OmegaConf.merge(cfg, {"trainer": worker_overrides(cfg, i, n, gpus)})
         args = (OmegaConf.to_container(child, resolve=True), plan, url, i, run_dir, results)
         procs.append(ctx.Process(target=_child, args=args, name=f"dse-worker-{i}"))
-    for p in procs:
-        p.start()
-    log.info("started %d workers (threads %s each)", n, procs and worker_overrides(cfg, 0, n, gpus).get(
-        "threads", cfg.trainer.threads))
-
-    def forward(signum: int, _frame: Any) -> None:  # SIGTERM to the parent: stop the children like Ctrl-C
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, forward)
-    try:
-        for p in procs:
-            p.join()
-    except KeyboardInterrupt:
-        for p in procs:
-            p.join()
-        raise
-    trained = failed = rc = 0
+    interrupted = _join_all(procs, log_started=lambda: log.info(
+        "started %d workers (threads %s each)", n, worker_overrides(cfg, 0, n, gpus).get(
+            "threads", cfg.trainer.threads)))
+    trained = failed = rc = marked = 0
     errors: list[str] = []
     while not results.empty():
-        t, f, code, errs = results.get()
-        trained, failed, rc = trained + t, failed + f, max(rc, code)
+        t, f, code, errs, m = results.get()
+        trained, failed, rc, marked = trained + t, failed + f, max(rc, code), marked + m
         errors += [e for e in errs if e not in errors]
-    missing = [p for p in procs if p.exitcode not in (0, 1, 2, 130)]
+    # a worker still starting up when the stop came ends by SIGTERM's default action: it had claimed nothing
+    missing = [p for p in procs if p.exitcode not in (0, 1, 2, 130) and not (interrupted and
+                                                                             p.exitcode == -signal.SIGTERM)]
     if missing:
         log.error("%d worker process%s died (exit codes %s); their trials are re-queued when their lease runs out",
                   len(missing), "es" * (len(missing) > 1), [p.exitcode for p in missing])
         rc = max(rc, 2)
-    return trained, failed, rc, errors
+    return trained, failed, 130 if interrupted else rc, errors, marked
+
+
+def _join_all(procs: list[Any], log_started: Any) -> bool:
+    """Start the processes and wait for all of them; True when a signal stopped them. The first SIGINT or
+    SIGTERM is passed on to every worker as SIGTERM; each stops at its next safe point and marks its trial
+    interrupted (dse/sweep/stop.py), and this process waits for them all, whatever else it receives."""
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+        if not stopping:
+            stopping.append(signum)
+            raise KeyboardInterrupt
+
+    saved = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            for p in procs:
+                p.start()
+            log_started()
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:
+            for p in procs:
+                if p.pid is not None:
+                    p.join()
+    finally:  # once stopping, later signals are ignored: the summary and the store's last writes run to the end
+        for s, h in saved.items():
+            signal.signal(s, signal.SIG_IGN if stopping else h)
+    return bool(stopping)
 
 
 def _child(cfg_dict: dict, plan: StudyPlan, url: str, index: int, run_dir: str | None, results: Any) -> None:
@@ -105,6 +125,6 @@ def _child(cfg_dict: dict, plan: StudyPlan, url: str, index: int, run_dir: str |
         setup_child_logging(cfg, index, run_dir)
         result = run_worker(cfg, plan, url, prepared=True)
     except KeyboardInterrupt:  # before its loop started: nothing to put back
-        result = (0, 0, 130, [])
+        result = (0, 0, 130, [], 0)
     results.put(result)
     sys.exit(result[2])

@@ -30,6 +30,7 @@ from dse.space import (
     space_fingerprint,
     validate_sample_space,
 )
+from dse.sweep.datacheck import PICKLE_DIRS, SourceFacts, check_split, source_facts
 
 log = logging.getLogger("dse.sweep")
 
@@ -41,8 +42,6 @@ OBJECTIVES = {  # name -> (direction, the dse_trials column it is read from, wha
     "params": ("minimize", "params", "parameters"),
 }
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagefolder": "the ImageFolder tree"}
-# the folders dse.data reads the official python pickles from
-PICKLE_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
 
 @dataclass
@@ -57,6 +56,7 @@ class StudyPlan:
     trials: list[PlannedTrial] = field(default_factory=list)  # grid mode: every configuration
     runnable: list[PlannedTrial] = field(default_factory=list)  # ... of which this machine has the data for
     missing_data: list[str] = field(default_factory=list)  # one line per dataset that cannot be had
+    sources: dict[tuple, SourceFacts] = field(default_factory=dict)  # per data source this machine has
 
     @property
     def multi(self) -> bool:
@@ -97,18 +97,29 @@ def check_data_sources(plan: StudyPlan) -> None:
     sources: dict[tuple, dict[str, Any]] = {}
     for p in plan.trials or [None]:
         data = p.trial.data if p is not None else plan.base["data"]
-        sources.setdefault(_source_key(data), data)
+        sources.setdefault(source_key(data), data)
     problems = {key: data_problem(data) for key, data in sources.items()}
-    needs = Counter(_source_key(p.trial.data) for p in plan.trials)
+    for key, data in sources.items():
+        if problems[key] is None:
+            from dse.data import DataConfig
+
+            facts = source_facts(data["dataset"], DataConfig(**data).resolved_root())
+            problems[key] = facts.problem
+            plan.sources[key] = facts
+    for p in plan.trials or [None]:  # a split that cannot fit: a configuration error, before anything runs
+        data = p.trial.data if p is not None else plan.base["data"]
+        if source_key(data) in plan.sources and not problems[source_key(data)]:
+            check_split(data, plan.sources[source_key(data)])
+    needs = Counter(source_key(p.trial.data) for p in plan.trials)
     for key, why in problems.items():
         if why:
             n = needs.get(key, 0)
             who = f"{n} trial{'s' if n != 1 else ''} need" if plan.trials else "this study needs"
             plan.missing_data.append(f"{who} {DATASET_NAMES.get(key[0], key[0])}: {why}")
-    plan.runnable = [p for p in plan.trials if not problems[_source_key(p.trial.data)]]
+    plan.runnable = [p for p in plan.trials if not problems[source_key(p.trial.data)]]
 
 
-def _source_key(data: dict[str, Any]) -> tuple:
+def source_key(data: dict[str, Any]) -> tuple:
     return (data["dataset"], data.get("root"), bool(data.get("download")))
 
 

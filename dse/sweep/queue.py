@@ -137,6 +137,16 @@ class Queue:
             status=st.QUEUED, queued_at=st._now(), recorded_at=None,
             fail_reason=TrialRow.fail_reason.concat(" (re-queued by retry_failed=true)")), "re-queueing failed trials")
 
+    def failed(self) -> list[TrialRow]:
+        return self._rows(TrialRow.status == st.FAILED)
+
+    def requeue_failed(self, ids: list[int], reason: str) -> int:
+        """Failed trials ``ids`` back to the queue, to be recorded anew when they finish."""
+        if not ids:
+            return 0
+        return self._run(update(TrialRow).where(TrialRow.id.in_(ids), TrialRow.status == st.FAILED).values(
+            status=st.QUEUED, queued_at=st._now(), recorded_at=None, fail_reason=reason), "re-queueing trials")
+
     # -- recording in Optuna exactly once ------------------------------------------------------------------------
     def mark_recorded(self, row_id: int) -> bool:
         """Compare-and-set: True for exactly one caller per finished trial (the one that records it)."""

@@ -147,17 +147,35 @@ class Record:
     def report(self, row: st.TrialRow, epoch: int, val_acc: float, curve: dict[int, float]) -> bool:
         """Record one epoch's validation accuracy (sample mode: live, as the trial's intermediate value);
         True when the pruner says stop."""
-        frozen = None
-        if row.optuna_trial_number is not None:
-            tid = self._trial_id(row.optuna_trial_number)
-            if self.storage.get_trial(tid).state == optuna.trial.TrialState.RUNNING:
-                self.retry(lambda: self.storage.set_trial_intermediate_value(tid, epoch, val_acc), "reporting")
-                frozen = self.storage.get_trial(tid)
+        frozen = self.intermediate(row, epoch, val_acc)
         if not self.prune_on:
             return False
         if frozen is None:  # a grid trial: it joins Optuna when finished; the pruner only reads its curve
             frozen = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, intermediate_values=curve)
         return bool(self.study.pruner.prune(self.study, frozen))
+
+    def intermediate(self, row: st.TrialRow, epoch: int, val_acc: float) -> optuna.trial.FrozenTrial | None:
+        """Sample mode: one epoch's validation accuracy as the asked trial's intermediate value (the trial as it
+        is now); None for a grid trial (its curve joins Optuna with its result)."""
+        if row.optuna_trial_number is None:
+            return None
+        tid = self._trial_id(row.optuna_trial_number)
+        if self.storage.get_trial(tid).state != optuna.trial.TrialState.RUNNING:
+            return None
+        self.retry(lambda: self.storage.set_trial_intermediate_value(tid, epoch, val_acc), "reporting")
+        return self.storage.get_trial(tid)
+
+    def fill_intermediate(self, row: st.TrialRow, curve: dict[int, float]) -> None:
+        """Sample mode, on a resume: the stored epochs Optuna did not get (the store took the epoch, then Optuna's
+        write met an outage), in order, so the intermediate values hold the whole curve once."""
+        if row.optuna_trial_number is None:
+            return
+        tid = self._trial_id(row.optuna_trial_number)
+        frozen = self.storage.get_trial(tid)
+        if frozen.state != optuna.trial.TrialState.RUNNING:
+            return
+        for epoch in sorted(set(curve) - set(frozen.intermediate_values)):
+            self.retry(lambda e=epoch: self.storage.set_trial_intermediate_value(tid, e, curve[e]), "reporting")
 
     def note(self, row: st.TrialRow, key: str, value: Any) -> None:
         """A user attribute on a sample-mode trial still running in Optuna (e.g. why it was interrupted)."""

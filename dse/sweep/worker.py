@@ -9,7 +9,6 @@ so that fixing the cause and running the same command again carries on where it 
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import tempfile
@@ -27,11 +26,13 @@ from dse import autotune
 from dse import store as st
 from dse.common import REPO
 from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError, EnvironmentFault
+from dse.faults import DiskFullError, disk_full, full_path, reason_is_disk_full
 from dse.space import TrialConfig, check_constraints, resolve_trial, suggest
-from dse.sweep.plan import StudyPlan, git_commit, row_fields
+from dse.sweep.plan import StudyPlan, git_commit, row_fields, source_key
 from dse.sweep.progress import StudyProgress
 from dse.sweep.queue import Lease, Queue
 from dse.sweep.record import Record
+from dse.sweep.stop import StopRequest
 from dse.sweep.tune import CachedEstimates
 
 log = logging.getLogger("dse.sweep")
@@ -50,6 +51,7 @@ class RunResult:
     trained: int = 0
     failed: int = 0
     pruned: int = 0
+    interrupted: int = 0  # running trials this worker marked interrupted when a signal stopped it
 
 
 class Worker:
@@ -60,6 +62,7 @@ class Worker:
         self.only = {p.identity for p in plan.runnable} if plan.mode == "grid" and plan.missing_data else None
         self.result = RunResult()
         self.commit = git_commit()
+        self.stop = StopRequest()
 
     def open(self) -> None:
         """Open (and create, one worker at a time) our tables and the Optuna study."""
@@ -78,6 +81,7 @@ class Worker:
     def prepare(self) -> int:
         """Queue the plan's trials that are not in the store yet (rejected ones are finished at once), re-queue
         failed ones when asked, re-queue expired leases; how many trials were newly queued."""
+        self.check_data_unchanged()
         rows = []
         for p in self.plan.runnable:
             rows.append({**row_fields(self.plan.name, p.trial, p.facts, self.commit), "queued_at": st._now(),
@@ -87,9 +91,35 @@ class Worker:
         if self.cfg.retry_failed:
             n = self.queue.retry_failed()
             log.info("retry_failed=true: %d failed trial%s re-queued", n, "s" * (n != 1))
+        self.requeue_misread()
         self.queue.requeue_expired()
         self.record.record_pending()
         return new
+
+    def check_data_unchanged(self) -> None:
+        """Refuse to go on with data other than the data the study's trials were trained on (files added, removed
+        or renamed since): their results and the new ones would not compare. Trials of older versions (no
+        fingerprint) are not checked."""
+        now = {key[0]: (f.fingerprint, key[1]) for key, f in self.plan.sources.items()}
+        stale = [r for r in self.store.rows(self.plan.name)
+                 if r.data_fingerprint and r.dataset in now and r.data_fingerprint != now[r.dataset][0]]
+        if stale:
+            fp, root = now[stale[0].dataset]
+            n = len(stale)
+            raise EnvironmentFault(
+                f"data: {stale[0].dataset} at {root or 'the default root'} is not the data {n} trial{'s' * (n != 1)} "
+                f"of study {self.plan.name} were trained on (files added, removed or renamed since: fingerprint "
+                f"{fp[:12]}, theirs {stale[0].data_fingerprint[:12]}); restore it, or start a new study "
+                "(study.name=...)")
+
+    def requeue_misread(self) -> None:
+        """Trials that older versions failed for a full disk (e.g. torch.save's "unexpected pos") never failed
+        themselves: back to the queue, before their result is recorded in Optuna as a FAIL."""
+        ids = [r.id for r in self.queue.failed() if reason_is_disk_full(r.fail_reason)]
+        n = self.queue.requeue_failed(ids, "re-queued: its failure was a full disk, not the trial's own")
+        if n:
+            log.info("%d trial%s that failed for a full disk re-queued (a fault of the machine, not of the trial)",
+                     n, "s" * (n != 1))
 
     def preflight(self) -> None:
         """Checks that would otherwise fail the first trial: the device exists, the checkpoint folder is writable."""
@@ -122,15 +152,18 @@ class Worker:
         total = len(self.plan.runnable) if self.plan.mode == "grid" else int(self.cfg.search.n_trials)
         progress = StudyProgress(self.queue, total, int(self.cfg.workers), str(self.cfg.trainer.progress),
                                  estimate_of=CachedEstimates(self.base))
+        self.stop.install()  # SIGINT/SIGTERM: stop at the next safe point (dse/sweep/stop.py)
         try:
             self._loop(max_trials, progress)
         finally:
+            self.stop.restore()
             progress.close()
         self.record.record_pending()
         return self.result
 
     def _loop(self, max_trials: int | None, progress: StudyProgress) -> None:
         while max_trials is None or self.result.trained < max_trials:
+            self.stop.check()
             row = self.next_trial()
             if row is not None:
                 t0 = time.monotonic()
@@ -139,7 +172,13 @@ class Worker:
             elif not self.cfg.study.wait_for_running or self.queue.unfinished(self.only) == 0:
                 break
             else:  # others' trials are running: wait, so that a lost worker's trial is retried
-                time.sleep(float(self.cfg.study.poll_seconds))
+                self._wait(float(self.cfg.study.poll_seconds))
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, in slices of 0.2 s so that a stop request is acted on without the whole wait."""
+        end = time.monotonic() + seconds
+        while not self.stop.requested and time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
     def next_trial(self) -> st.TrialRow | None:
         self.queue.requeue_expired()
@@ -195,7 +234,8 @@ class Worker:
         lease = Lease(self.queue, row.id, float(self.cfg.storage.heartbeat_interval))
         lease.start()
         try:
-            result = self.train(row, tcfg, ckpt, lease)
+            with self.stop.training():  # a signal stops the training at once; last.pt is written atomically
+                result = self.train(row, tcfg, ckpt, lease)
         except BaseException as e:  # noqa: BLE001 - every outcome is settled in the store, then re-raised or not
             lease.stop()
             self.settle(row, e)
@@ -212,11 +252,14 @@ class Worker:
                  tcfg.model.display_name, tcfg.model.name, tcfg.seed, tcfg.optimizer["name"],
                  tcfg.data["dataset"], ckpt, f"; resuming after epoch {row.epochs_done}" if row.epochs_done else "")
         curve = self.queue.curve(row.id)
+        self.record.fill_intermediate(row, curve)  # a resume after an outage between the store and Optuna
 
         def on_epoch(m: Any) -> None:
             md = m if isinstance(m, dict) else m.to_dict()
-            self.store.record_epoch(row.id, {k: md.get(k) for k in EPOCH_COLUMNS})
             epoch, acc = int(md["epoch"]), float(md["val_acc"])
+            if any(e not in curve for e in range(1, epoch)):  # resumed past epochs the store never got
+                self.catch_up(row, ckpt / "last.pt", curve, epoch)
+            self.store.record_epoch(row.id, {k: md.get(k) for k in EPOCH_COLUMNS})
             curve[epoch] = acc
             if lease.lost.is_set():
                 raise LeaseLost
@@ -231,10 +274,29 @@ class Worker:
         except (DatasetNotFoundError, CorruptDatasetError, OSError) as e:
             raise EnvironmentFault(f"data: {_first_line(e)}") from e
         n_train = int(data.train_x.shape[0])
+        facts = self.plan.sources.get(source_key(tcfg.data))
         self.store.update_trial(row.id, data_source=data.source, train_images=n_train,
+                                data_fingerprint=facts.fingerprint if facts else None,
                                 data_fraction=n_train / data.train_pool if data.train_pool else 1.0,
                                 test_images=int(data.test_x.shape[0]))
         return fit(tcfg.model, data, optim, train_cfg, on_epoch=on_epoch)
+
+    def catch_up(self, row: st.TrialRow, last: Path, curve: dict[int, float], epoch: int) -> None:
+        """Write the epochs before ``epoch`` that were trained while the store was out of reach (their last.pt
+        was written, their store record was not): from the history in last.pt, which fit has just rewritten with
+        this epoch. In order, so the store, Optuna's intermediate values, the pruner and the dashboard see the
+        whole curve once."""
+        from dse.train import load_checkpoint
+
+        history = {int(h["epoch"]): h for h in load_checkpoint(last).get("history", [])}
+        missing = [e for e in range(1, epoch) if e not in curve and e in history]
+        for e in missing:
+            self.store.record_epoch(row.id, {k: history[e].get(k) for k in EPOCH_COLUMNS})
+            curve[e] = float(history[e]["val_acc"])
+            self.record.intermediate(row, e, curve[e])
+        if missing:
+            log.info("trial t%d: epoch%s %s written to the store from %s (trained while the store was away)",
+                     row.id, "s" * (len(missing) > 1), ", ".join(map(str, missing)), last)
 
     def complete(self, row: st.TrialRow, r: Any, ckpt: Path) -> None:
         if not self.queue.finish(row.id, st.COMPLETE, fail_reason=None, best_val_acc=r.best_val_acc,
@@ -260,7 +322,8 @@ class Worker:
             return
         if isinstance(e, KeyboardInterrupt):
             why = "interrupted (Ctrl-C or SIGTERM); the next claim resumes it from its last.pt"
-            self.queue.release(row.id, st.INTERRUPTED, why)
+            if self.queue.release(row.id, st.INTERRUPTED, why):
+                self.result.interrupted += 1
             self.record.note(row, "interrupted", why)  # sample mode: the dashboard says why it is still running
             raise e
         if isinstance(e, optuna.TrialPruned):
@@ -286,6 +349,10 @@ class Worker:
 def environment_fault(e: BaseException) -> str | None:
     """Why the machine (not the trial) is at fault, or None when the trial itself failed."""
     msg = _first_line(e)
+    if isinstance(e, DiskFullError):
+        return str(e)
+    if disk_full(e):  # whatever layer it surfaced in: torch.save, the data cache, SQLite, PostgreSQL
+        return str(DiskFullError(full_path(e)))
     if isinstance(e, EnvironmentFault):
         return str(e)
     if isinstance(e, DatasetNotFoundError | CorruptDatasetError):
@@ -297,11 +364,10 @@ def environment_fault(e: BaseException) -> str | None:
     if _is_oom(e):
         return None
     if isinstance(e, OSError):
-        full = e.errno == errno.ENOSPC
-        return f"{'disk full' if full else 'file system'}: {msg}"
+        return f"file system: {msg}"
     low = msg.lower()
-    if any(s in low for s in ("no space left", "file write failed", "permission denied")):
-        return f"disk full or not writable: {msg}"
+    if "permission denied" in low:
+        return f"not writable: {msg}"
     if any(s in low for s in ("invalid device ordinal", "no cuda gpus", "cuda driver", "cuda unavailable")):
         return f"device: {msg}"
     return None
