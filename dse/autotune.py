@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -61,6 +62,7 @@ VERSION = 1
 BF16_MARGIN = 1.25  # bf16 must train >= 25 % more images per second than the best float32 setting
 ABANDON_RATIO = 1.25  # a candidate whose warm-up epoch is 1.25x the first candidate's is not timed further
 SAFE = ("fp32", False, "eager")  # what runs when nothing could be measured: float32, NCHW, eager
+CRASH_SIGNALS = {int(signal.SIGSEGV), int(signal.SIGABRT), int(signal.SIGBUS), int(signal.SIGILL), int(signal.SIGFPE)}
 
 
 @dataclass(frozen=True)
@@ -327,7 +329,7 @@ class Tuner:
 
         def on_result(job: Job, result: dict[str, Any]) -> None:
             chain, setting = jobs[job.key]
-            if result.get("crashed"):
+            if result.get("signal") in CRASH_SIGNALS:  # not a kill from outside (SIGKILL, SIGTERM)
                 mark_unsafe(chain.item.train, setting.label())
             _calibration(job, result)
             chain.done(setting, result)
@@ -393,7 +395,7 @@ def decision_line(item: Item, choice: Setting, measured: dict[Setting, dict], un
             parts.append(f"{s.label()} {r['train_img_per_s']:,.0f} img/s but unsafe (it crashed another probe here)")
         elif r.get("ok"):
             parts.append(f"{s.label()} {r['train_img_per_s']:,.0f} img/s")
-        elif r.get("crashed"):
+        elif r.get("signal") in CRASH_SIGNALS:
             parts.append(f"{s.label()} unsafe ({r.get('error')})")
         elif s.label() in unsafe:
             parts.append(f"{s.label()} unsafe (it crashed another probe here)")

@@ -139,7 +139,8 @@ class ProbePool:
     def _crashed(self, s: _Server) -> dict[str, Any]:
         code = s.proc.wait(timeout=30)
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
-        return {"ok": False, "crashed": True, "error": f"the probe process died ({how})"}
+        return {"ok": False, "crashed": True, "signal": -code if code < 0 else None,
+                "error": f"the probe process died ({how})"}
 
     def _replace(self, s: _Server) -> None:
         fresh = self._start()
@@ -155,6 +156,8 @@ class ProbePool:
 
     def close(self) -> None:
         for s in self.servers:
+            if s.job is not None and s.proc.poll() is None:  # interrupted mid-probe (Ctrl-C): no need to wait
+                s.proc.kill()
             if s.proc.poll() is None:
                 s.proc.stdin.close()
                 try:
@@ -177,9 +180,15 @@ def _pythonpath() -> str:
 
 def serve(threads: int) -> None:
     """The server loop: one job per stdin line, one result per stdout line, until stdin closes."""
+    import signal
+
     import torch
 
     from dse.calibrate import Abandoned, measure
+
+    # Ctrl-C reaches the whole process group: the pool's owner handles it and ends the servers; a server that died
+    # of SIGINT mid-probe would look like a crash of the setting it was timing
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from dse.models import ModelSpec
     from dse.train import OptimConfig, TrainConfig
 

@@ -169,7 +169,7 @@ def test_tuner_decides_logs_and_calibrates_with_crashes_marked_unsafe(monkeypatc
         crash = [j for j in jobs if j.train["channels_last"] and j.train["precision"] == "fp32"]
         out = real_run(self, [j for j in jobs if j not in crash], on_result)
         for j in crash:
-            out[j.key] = {"ok": False, "crashed": True, "error": "the probe process died (signal 11)"}
+            out[j.key] = {"ok": False, "crashed": True, "signal": 11, "error": "the probe process died (signal 11)"}
         return out
 
     monkeypatch.setattr(ProbePool, "run", run)
