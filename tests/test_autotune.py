@@ -58,15 +58,15 @@ def test_candidates_left_open_by_the_request() -> None:
                       FP32_CL).precision == "bf16"
 
 
-def test_cost_classes_are_factor_two_buckets() -> None:
-    assert [A.cost_class(m) for m in (430_000, 570_000, 870_000, 1_680_000, 5_070_000, 12_400_000)] == \
-        [-2, -1, -1, 0, 2, 3]
-    assert A.class_label(-1) == "0.5-1 M MACs"
+def test_cost_classes_are_factor_four_buckets() -> None:
+    assert [A.cost_class(m) for m in (200_000, 430_000, 870_000, 1_680_000, 5_070_000, 12_400_000, 57e6)] == \
+        [-2, -1, -1, 0, 1, 1, 2]
+    assert A.class_label(-1) == "0.25-1 M MACs"
 
 
 def test_decision_key_and_cache_hit_without_a_probe(monkeypatch, caplog) -> None:
     a = A.Item(spec_from_name("shallow_sqnxt_06_0_15x"), OptimConfig(), AUTO)
-    b = A.Item(spec_from_name("shallow_sqnxt_06_0_2x"), OptimConfig(), AUTO)  # same class
+    b = A.Item(spec_from_name("shallow_sqnxt_06_0_2x"), OptimConfig(), AUTO)  # same class (0.25-1 M MACs)
     key = A.decision_key(a)
     assert key == A.decision_key(b)
     assert key["device"] == C.device_name(torch.device("cpu")) and key["torch"] == str(torch.__version__)
@@ -165,16 +165,34 @@ def test_tuner_decides_logs_and_calibrates_with_crashes_marked_unsafe(monkeypatc
     real_run = ProbePool.run
 
     def run(self, jobs, on_result=None):  # the channels_last probes "crash": as float32 channels_last did on Zen 3
+        crashed = {}
+
+        def crashes(j) -> bool:
+            return j.train["channels_last"] and j.train["precision"] == "fp32"
+
+        def report(j) -> None:
+            crashed[j.key] = {"ok": False, "crashed": True, "signal": 11, "error": "the probe process died (signal 11)"}
+            if on_result is not None:
+                on_result(j, crashed[j.key])
+
+        if callable(jobs):
+            source = jobs
+
+            def next_job():
+                while (j := source()) is not None and crashes(j):
+                    report(j)
+                return j
+
+            return {**real_run(self, next_job, on_result), **crashed}
         jobs = list(jobs)
-        crash = [j for j in jobs if j.train["channels_last"] and j.train["precision"] == "fp32"]
-        out = real_run(self, [j for j in jobs if j not in crash], on_result)
-        for j in crash:
-            out[j.key] = {"ok": False, "crashed": True, "signal": 11, "error": "the probe process died (signal 11)"}
-        return out
+        for j in jobs:
+            if crashes(j):
+                report(j)
+        return {**real_run(self, [j for j in jobs if not crashes(j)], on_result), **crashed}
 
     monkeypatch.setattr(ProbePool, "run", run)
     lines: list[str] = []
-    names = ("shallow_sqnxt_06_0_125x", "shallow_sqnxt_06_0_2x")
+    names = ("shallow_sqnxt_06_0_125x", "shallow_sqnxt_06_0_3x")  # two cost classes
     items = [A.Item(spec_from_name(n), OptimConfig(), AUTO) for n in names]
     tuner = A.Tuner(2, 1, say=lines.append)
     try:
