@@ -25,14 +25,14 @@ MIN_IMAGE_EPOCHS = 30_000
 MIN_PEAK_LR = 0.2
 
 # Cost of one training image (forward + backward + SGD step, batch 128, float32 NCHW: what auto chose), in wall
-# milliseconds, measured by the sweep's own calibration (dse.calibrate through dse.probe: two one-thread processes
-# side by side, as workers=auto ran them) on the 2-core AMD EPYC (family 25 model 1, Zen 3, no avx512_bf16) with
-# other jobs on the machine (load average about 3.6), so an upper envelope of a quiet run. Evaluation (validation
-# + test images, forward only) counts as a third of a training image.
+# milliseconds: each row's seconds per epoch / 15,000 images in the default study's fresh run on the 2-core AMD
+# EPYC (family 25 model 1, Zen 3, no avx512_bf16), two one-thread workers side by side (workers=auto), quiet
+# (load 1.1-2.0), 2026-12-01. Evaluation (validation + test images, forward only) counts as a third of a training
+# image.
 MEASURED_MS = {
-    "shallow_sqnxt_06_0_125x": 1.88, "shallow_sqnxt_06_0_15x": 1.84, "shallow_sqnxt_06_0_2x": 2.16,
-    "shallow_sqnxt_06_0_3x": 3.55, "shallow_sqnxt_12_0_4x": 7.75, "shallow_sqnxt_14_0_5x": 8.55,
-    "shallow_sqnxt_06_0_6x": 7.14, "shallow_sqnxt_07_0_7x": 9.01,
+    "shallow_sqnxt_06_0_125x": 1.61, "shallow_sqnxt_06_0_15x": 2.07, "shallow_sqnxt_06_0_2x": 2.25,
+    "shallow_sqnxt_06_0_3x": 3.42, "shallow_sqnxt_12_0_4x": 6.84, "shallow_sqnxt_14_0_5x": 9.43,
+    "shallow_sqnxt_06_0_6x": 6.84, "shallow_sqnxt_07_0_7x": 9.37,
 }
 MS_PER_IMAGE = 1.7  # fixed cost per image (small layers are bound by per-op overheads)
 MS_PER_MMAC = 1.2  # per million forward MACs (an envelope: deep, narrow rows cost more per MAC)
