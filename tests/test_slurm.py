@@ -197,7 +197,7 @@ def test_preempted_task_hands_its_trial_over(tmp_path, real_cifar10):
     study, trial_id, victim, ts = _two_tasks_one_victim(tmp_path, real_cifar10, "TERM")
     v = ts[victim.split("_")[1]]
     assert (v["JobState"], v["ExitCode"]) == ("FAILED", "130:0"), ts
-    assert "interrupted: the running trial is marked 'interrupted'" in output(v)
+    assert "interrupted: 1 running trial marked 'interrupted'" in output(v)
     _resumed_by_the_other(study, trial_id, victim, ts)
 
 
