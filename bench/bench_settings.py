@@ -104,6 +104,7 @@ def run(args) -> int:
     tuner = tuner or autotune.Tuner(workers, threads, say=print)
     try:
         chosen = tuner.resolve_all(items)  # what auto decides on this machine, with probes of its own
+        tuner.check_all(chosen)  # and each architecture's first run with it (a crash: its next choice)
     finally:
         tuner.close()
     t_auto = t_best = 0.0

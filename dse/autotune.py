@@ -15,12 +15,17 @@ processes), side by side:
   than the probe may; ask for it by name.
   The baseline (float32, NCHW) is timed first; a later candidate whose warm-up epoch is ABANDON_RATIO times
   slower is not timed further.
-* The fastest candidate that is numerically safe wins: a setting that crashed the probe process on this
-  machine is never used on it again (float32 channels_last did, on one CPU: see dse.probe), and bf16 wins
+* The fastest candidate that is numerically safe wins, and bf16 wins
   only when it is BF16_MARGIN faster than the best float32 setting (it rounds activations to 8 bits of
   mantissa: a tie goes to float32). The margin is wide on purpose: where bf16 pays (AMX, AVX-512 BF16, GPUs)
   it is 1.4x or more, and where it does not (AMD Zen 3) it is within noise of float32 for the smallest
   networks and 2-3x slower for the rest, so a narrow margin would flip between neighbouring widths.
+* Safe per architecture: PyTorch 2.14.1's float32 channels_last training of the two narrowest Shallow
+  SqueezeNexts crashes the process on one AMD Zen 3 (`free(): invalid next size`) and is 1.2-1.4x faster than
+  NCHW for the wider ones there. So every architecture's first run with its class's choice is its calibration,
+  in a probe process (Tuner.calibrate_all: also when study.estimate=false); a setting that crashes it (SIGSEGV,
+  SIGABRT, ...) is recorded as unsafe for that architecture on this machine, and that architecture alone gets
+  its class's next fastest measured setting (decided) before any trial trains it.
 * workers x threads (CPU): the study's typical architecture (nearest the geometric mean of its MACs) is
   trained by 1, 2, ... cores processes side by side with cores // workers threads each; the most images per
   second in all wins. On CUDA: one worker per
@@ -171,35 +176,77 @@ def decision_key(item: Item) -> dict[str, Any]:
     return key
 
 
+def arch_id(spec: ModelSpec) -> str:
+    """An architecture's identity for the crash record (its whole spec: the shapes that crashed)."""
+    return _digest(spec.to_dict())
+
+
 def _unsafe_path(train: TrainConfig) -> Path:
     device = resolve_device(train.device)
-    who = {"device": cal.device_name(device), "torch": str(torch.__version__), "threads": _threads(train)}
+    who = {"version": 2, "device": cal.device_name(device), "torch": str(torch.__version__),
+           "threads": _threads(train)}
     return cache_root() / f"unsafe-{_digest(who)}.json"
 
 
-def unsafe_settings(train: TrainConfig) -> set[str]:
-    """Settings that crashed a probe process on this machine (with this many threads)."""
+def _crashes(train: TrainConfig) -> dict[str, dict[str, str]]:
+    """{setting label: {architecture id: display name}} of the probes that crashed on this machine."""
     try:
-        return set(json.loads(_unsafe_path(train).read_text()))
+        d = json.loads(_unsafe_path(train).read_text())
+        return d if isinstance(d, dict) else {}
     except (OSError, ValueError):
-        return set()
+        return {}
 
 
-def mark_unsafe(train: TrainConfig, label: str) -> None:
-    atomic_write(_unsafe_path(train), json.dumps(sorted(unsafe_settings(train) | {label})))
+def unsafe_settings(item: Item) -> set[str]:
+    """Settings that crashed a probe process training `item`'s architecture here (with this many threads)."""
+    me = arch_id(item.spec)
+    return {label for label, archs in _crashes(item.train).items() if me in archs}
 
 
-def load_decision(key: dict[str, Any]) -> Setting | None:
-    path = cache_root() / f"{_digest(key)}.json"
+def mark_unsafe(item: Item, label: str) -> None:
+    d = _crashes(item.train)
+    d.setdefault(label, {})[arch_id(item.spec)] = item.spec.display_name
+    atomic_write(_unsafe_path(item.train), json.dumps(d, indent=1, sort_keys=True))
+
+
+def _load(key: dict[str, Any]) -> dict[str, Any] | None:
     try:
-        d = json.loads(path.read_text())
-        return Setting(**d["choice"]) if d["key"] == key else None
+        d = json.loads((cache_root() / f"{_digest(key)}.json").read_text())
+        return d if d["key"] == key else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def save_decision(key: dict[str, Any], choice: Setting, rep: ModelSpec, line: str) -> None:
-    d = {"key": key, "choice": asdict(choice), "representative": rep.name, "line": line,
+def load_decision(key: dict[str, Any]) -> Setting | None:
+    """A cost class's cached decision (None: not decided on this machine yet)."""
+    d = _load(key)
+    try:
+        return Setting(**d["choice"]) if d else None
+    except (KeyError, TypeError):
+        return None
+
+
+def decided(item: Item) -> Setting | None:
+    """The setting `item` trains with: its cost class's decision, unless that crashed this architecture here;
+    then the class's next fastest measured setting by the same rule (choose), else SAFE. None: undecided."""
+    d, choice = _load(decision_key(item)), load_decision(decision_key(item))
+    if choice is None:
+        return None
+    unsafe = unsafe_settings(item)
+    if choice.label() not in unsafe:
+        return choice
+    try:
+        measured = {Setting(**s): {"ok": True, "train_img_per_s": r} for s, r in d.get("measured", [])}
+    except (TypeError, ValueError):
+        measured = {}
+    return choose(measured, unsafe)
+
+
+def save_decision(key: dict[str, Any], choice: Setting, rep: ModelSpec, line: str,
+                  measured: dict[Setting, dict[str, Any]] | None = None) -> None:
+    """The class's choice and every setting's measured img/s (the fallbacks of `decided`)."""
+    rates = [[asdict(s), r["train_img_per_s"]] for s, r in (measured or {}).items() if r.get("ok")]
+    d = {"key": key, "choice": asdict(choice), "measured": rates, "representative": rep.name, "line": line,
          "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write(cache_root() / f"{_digest(key)}.json", json.dumps(d, indent=1))
 
@@ -301,11 +348,7 @@ class Tuner:
         todo = {k: rep for k, rep in reps.items() if load_decision(json.loads(k)) is None}
         if todo:
             self._decide(todo)
-        out = {}
-        for it in items:
-            choice = load_decision(decision_key(it)) if is_auto(it.train) else None
-            out[it] = finalize(it, choice)
-        return out
+        return {it: finalize(it, decided(it) if is_auto(it.train) else None) for it in items}
 
     def _decide(self, reps: dict[str, Item]) -> None:
         """Probe the cost classes in `reps` side by side on the pool, each class as a chain (Chain), then decide
@@ -330,52 +373,93 @@ class Tuner:
         def on_result(job: Job, result: dict[str, Any]) -> None:
             chain, setting = jobs[job.key]
             if result.get("signal") in CRASH_SIGNALS:  # not a kill from outside (SIGKILL, SIGTERM)
-                mark_unsafe(chain.item.train, setting.label())
+                mark_unsafe(chain.item, setting.label())
             _calibration(job, result)
             chain.done(setting, result)
 
         self.pool.run(next_job, on_result)
         for k, chain in chains.items():
-            unsafe = unsafe_settings(chain.item.train)
+            unsafe = unsafe_settings(chain.item)
             choice = choose(chain.measured, unsafe)
             line = decision_line(chain.item, choice, chain.measured, unsafe)
-            save_decision(json.loads(k), choice, chain.item.spec, line)
+            save_decision(json.loads(k), choice, chain.item.spec, line, chain.measured)
             self.say(line)
 
-    def calibrate_all(self, resolved: dict[Item, TrainConfig]) -> dict[Item, cal.Calibration]:
+    def calibrate_all(self, resolved: dict[Item, TrainConfig], verb: str = "calibrated"
+                      ) -> dict[Item, cal.Calibration]:
         """A calibration for every item with its resolved settings: cached ones read, the rest measured side by
-        side on the pool, one line per architecture as each finishes."""
-        out, jobs, back = {}, [], {}
-        for it, train in resolved.items():
-            job = job_for(Item(it.spec, it.optim, train))
-            hit = cal.load_cached(json.loads(job.key))
-            if hit is not None:
-                out[it] = hit
-            elif job.key not in back:
-                jobs.append(job)
-                back[job.key] = [it]
-            else:
-                back[job.key].append(it)
-        jobs.sort(key=lambda j: -model_facts(ModelSpec.from_dict(j.spec)).macs)  # longest first: packs best
-        done = [0]
+        side on the pool, longest first, one line per architecture as each finishes. It is also each
+        architecture's first run with its class's choice: a setting that crashes it is marked unsafe for it,
+        `resolved[item]` becomes its next choice (decided) and that is measured instead (same line)."""
+        out: dict[Item, cal.Calibration] = {}
+        back: dict[str, list[Item]] = {}
+        queue: list[Job] = []
+        count = [0, 0]  # measured, queued
+
+        def enqueue(its: Iterable[Item]) -> None:
+            for it in sorted(its, key=lambda i: -i.macs):  # longest first: packs best
+                job = job_for(Item(it.spec, it.optim, resolved[it]))
+                hit = cal.load_cached(json.loads(job.key))
+                if hit is not None:
+                    out[it] = hit
+                elif job.key in back:
+                    back[job.key].append(it)
+                else:
+                    back[job.key] = [it]
+                    queue.append(job)
+                    count[1] += 1
 
         def line(job: Job, result: dict[str, Any]) -> None:
-            done[0] += 1
-            it = back[job.key][0]
-            c = _calibration(job, result)
+            its, c = back.pop(job.key), _calibration(job, result)
+            retry = self._fall_back(its, resolved, job, result) if result.get("signal") in CRASH_SIGNALS else []
+            if retry:
+                count[1] -= 1  # measured again under its next setting: one line for the architecture
+                enqueue(retry)
+                return
+            count[0] += 1
             what = (f"{c.train_img_per_s:,.0f} img/s training, {c.eval_img_per_s:,.0f} evaluating" if c else
                     f"not measured ({result.get('error')})")
-            self.say(f"calibrated {done[0]}/{len(jobs)}: {it.spec.display_name}: {what}")
-            for other in back[job.key]:
-                if c is not None:
-                    out[other] = c
+            self.say(f"{verb} {count[0]}/{count[1]}: {its[0].spec.display_name}: {what}")
+            out.update({it: c for it in its if c is not None})
 
-        if jobs:
-            self.say(f"calibrating {len(jobs)} architecture{'s' * (len(jobs) != 1)} on {self.processes} "
-                     f"process{'es' * (self.processes != 1)} x {self.threads} thread{'s' * (self.threads != 1)} "
-                     "(cached per machine)")
-            self.pool.run(jobs, on_result=line)
+        enqueue(resolved)
+        if queue:
+            self.say(f"{'calibrating' if verb == 'calibrated' else 'checking'} {len(queue)} architecture"
+                     f"{'s' * (len(queue) != 1)} on {self.processes} process{'es' * (self.processes != 1)} x "
+                     f"{self.threads} thread{'s' * (self.threads != 1)} (cached per machine)")
+            self.pool.run(lambda: queue.pop(0) if queue else None, on_result=line)
         return out
+
+    def check_all(self, resolved: dict[Item, TrainConfig]) -> None:
+        """Run every architecture whose choice is not SAFE and never ran here once in a probe process (its
+        calibration): a setting that crashes it is replaced in `resolved` (calibrate_all)."""
+        todo = unchecked(resolved)
+        self.calibrate_all(todo, verb="checked")
+        resolved.update(todo)
+
+    def _fall_back(self, its: list[Item], resolved: dict[Item, TrainConfig], job: Job,
+                   result: dict[str, Any]) -> list[Item]:
+        """After `job` crashed: mark its setting unsafe for the architecture and give `its` their next choice in
+        `resolved`; the items to measure again ([] when nothing else can be chosen: explicit settings, or SAFE
+        itself crashed)."""
+        t = job.train
+        crashed = Setting(t["precision"], bool(t["channels_last"]), t["fast_path"])
+        retry = []
+        for it in its:
+            if is_auto(it.train):
+                mark_unsafe(it, crashed.label())
+                resolved[it] = finalize(it, decided(it))
+                if setting_of(resolved[it]) != crashed:
+                    retry.append(it)
+        if retry:
+            self.say(f"{its[0].spec.display_name}: {crashed.label()} crashed its probe ({result.get('error')}); "
+                     f"it trains with {setting_of(resolved[retry[0]]).label()} here instead (cached)")
+        return retry
+
+
+def setting_of(train: TrainConfig) -> Setting:
+    """The setting a concrete trainer config trains with."""
+    return Setting(train.precision, bool(train.channels_last), train.fast_path)
 
 
 def finalize(item: Item, choice: Setting | None) -> TrainConfig:
@@ -392,13 +476,14 @@ def decision_line(item: Item, choice: Setting, measured: dict[Setting, dict], un
     parts = []
     for s, r in measured.items():
         if r.get("ok") and s.label() in unsafe:
-            parts.append(f"{s.label()} {r['train_img_per_s']:,.0f} img/s but unsafe (it crashed another probe here)")
+            parts.append(f"{s.label()} {r['train_img_per_s']:,.0f} img/s but unsafe (it crashed this architecture "
+                         "here before)")
         elif r.get("ok"):
             parts.append(f"{s.label()} {r['train_img_per_s']:,.0f} img/s")
         elif r.get("signal") in CRASH_SIGNALS:
             parts.append(f"{s.label()} unsafe ({r.get('error')})")
         elif s.label() in unsafe:
-            parts.append(f"{s.label()} unsafe (it crashed another probe here)")
+            parts.append(f"{s.label()} unsafe (it crashed this architecture here before)")
         else:
             parts.append(f"{s.label()} {r.get('error', 'failed')}")
     device = resolve_device(item.train.device)
@@ -412,29 +497,43 @@ _SAID: set[str] = set()
 
 def resolve(spec: ModelSpec, optim: OptimConfig, train: TrainConfig) -> TrainConfig:
     """`train` with its `auto` fields decided for `spec` on this machine: from the cache, else probed now
-    (one probe process with this trial's threads). What `fit` needs before it runs."""
+    (one probe process with this trial's threads), and the architecture's first run with the choice checked
+    in a probe process (Tuner.calibrate_all; cached). What `fit` needs before it runs."""
     if not is_auto(train):
         return train
     train = replace(train, threads=_threads(train))
     item = Item(spec, optim, train)
-    key = decision_key(item)
-    choice = load_decision(key)
-    if choice is None:
+    choice = decided(item)
+    if choice is None or (choice != Setting(*SAFE) and not is_checked(item, choice)):
         tuner = Tuner(1, _threads(train))
         try:
-            return tuner.resolve_all([item])[item]
+            resolved = tuner.resolve_all([item])
+            tuner.check_all(resolved)
+            return resolved[item]
         except Exception as e:  # noqa: BLE001 - no probe process here (e.g. no fork): the safe setting trains
             log.warning("auto settings could not be measured (%s); training %s", str(e).strip()[:200],
                         Setting(*SAFE).label())
             return finalize(item, Setting(*SAFE))
         finally:
             tuner.close()
-    digest = _digest(key)
+    digest = _digest(decision_key(item))
     if digest not in _SAID:
         _SAID.add(digest)
         log.info("auto settings for %s (cached for this machine): %s", class_label(cost_class(item.macs)),
                  choice.label())
     return finalize(item, choice)
+
+
+def is_checked(item: Item, choice: Setting) -> bool:
+    """Whether `item` has trained with `choice` in a probe process here (its calibration is cached)."""
+    train = finalize(item, choice)
+    return cal.load_cached(cal.calibration_key(item.spec, train, item.optim)) is not None
+
+
+def unchecked(resolved: dict[Item, TrainConfig]) -> dict[Item, TrainConfig]:
+    """The items whose auto settings chose something other than SAFE and never ran here in a probe process."""
+    return {it: t for it, t in resolved.items()
+            if is_auto(it.train) and setting_of(t) != Setting(*SAFE) and not is_checked(it, setting_of(t))}
 
 
 # ------------------------------------------------------------------------------------------ workers x threads

@@ -5,7 +5,9 @@ Run once by the command's main process, after planning and before any worker sta
 1. ``workers=auto``: on a CPU the number of worker processes and threads each that trains the most images per
    second side by side (dse.autotune.choose_workers); on CUDA one worker per visible GPU.
 2. ``trainer.precision=auto`` / ``channels_last=auto`` / ``fast_path=auto``: decided per cost class of the queued
-   architectures by probes run side by side on as many processes as the study has workers (dse.autotune.Tuner).
+   architectures by probes run side by side on as many processes as the study has workers (dse.autotune.Tuner),
+   and every architecture's first run with its choice made in a probe process (its calibration, also when
+   study.estimate=false): a setting that crashes an architecture is replaced for it before a trial runs it.
 3. The estimate: every queued architecture calibrated with the settings it will run (cached per machine), each
    trial's time packed onto the workers longest-first (dse.calibrate), printed before training.
 
@@ -50,9 +52,10 @@ def tune_study(cfg: DictConfig, queue: Any, base: dict[str, Any], only: set[str]
     tuner = tuner or autotune.Tuner(workers, threads, say=log.info)
     try:
         resolved = tuner.resolve_all(items)
-        if not cfg.study.estimate:
+        if not cfg.study.estimate:  # still: each architecture's first run with a non-SAFE choice, crash-safe
+            tuner.check_all(resolved)
             return None
-        cals = tuner.calibrate_all(resolved)
+        cals = tuner.calibrate_all(resolved)  # replaces a choice that crashes an architecture in `resolved`
     except Exception as e:  # noqa: BLE001 - the probe is a courtesy: the trials say the real error themselves
         log.warning("no settings probe or estimate: %s", str(e).strip().splitlines()[0] if str(e).strip() else e)
         return None
@@ -130,7 +133,7 @@ class CachedEstimates:
             threads = self.base["trainer"].get("threads") or max(1, usable_cores() // max(1, int(
                 self.base.get("workers") or 1)))
             item = autotune.items_of([tc], threads)[0]
-            choice = autotune.load_decision(autotune.decision_key(item)) if autotune.is_auto(item.train) else None
+            choice = autotune.decided(item) if autotune.is_auto(item.train) else None
             train = autotune.finalize(item, choice)
             if autotune.is_auto(train):
                 return None
