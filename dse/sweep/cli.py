@@ -147,7 +147,6 @@ def _job(cfg: DictConfig) -> int | None:
 
 
 def sweep(cfg: DictConfig) -> int:
-    from dse.sweep.plan import make_plan, print_dry_run
     from dse.sweep.stop import install_raise_once
 
     setup_logging(bool(cfg.verbose))
@@ -158,6 +157,8 @@ def sweep(cfg: DictConfig) -> int:
     try:
         refuse_config_password(cfg)
         check(cfg)
+        from dse.sweep.plan import make_plan, print_dry_run  # imports torch (seconds): not for a bad value
+
         plan = make_plan(cfg, check_data=not cfg.dry_run)  # a dry run downloads nothing
         if cfg.dry_run:
             print_dry_run(plan, cfg)
