@@ -3,8 +3,8 @@
 `python -m dse.sweep` = experiment=cpu budget=quick: the CIFAR-10 rows a 2-core CPU trains to a meaningful accuracy
 in about a quarter of an hour; every other row of the paper's tables is planned by experiment=cpu_gpu with the
 command its YAML states. The measurements behind the numbers below are in the README ("What the default study
-costs and shows"), taken on this project's 2-core VMs: an Intel Xeon with AMX (bf16) for the accuracies of the
-15,000 x 2 recipe, an AMD EPYC Zen 3 without native bf16 (float32, as `auto` chose there) for the costs below.
+costs and shows"), taken on this project's 2-core VMs: an AMD EPYC Zen 3 without native bf16 (float32, as `auto`
+chose there) for the accuracies of the 16,000 x 2 recipe and the costs below.
 """
 
 from __future__ import annotations
@@ -25,23 +25,23 @@ from dse.space import plan_grid
 MIN_IMAGE_EPOCHS = 32_000
 MIN_PEAK_LR = 0.2
 
-# Cost of one training image (forward + backward + SGD step, batch 128, float32 NCHW: what auto chose), in wall
-# milliseconds: each row's seconds per epoch / 15,000 images in the default study's fresh run on the 2-core AMD
-# EPYC (family 25 model 1, Zen 3, no avx512_bf16), two one-thread workers side by side (workers=auto), quiet
-# (load 1.1-2.0), 2026-12-01. Evaluation (validation + test images, forward only) counts as a third of a training
-# image.
+# Cost of one training image (forward + backward + SGD step, batch 128, float32; channels_last from 1.7 M MACs up,
+# as auto chose), in wall milliseconds: each row's seconds per epoch / 16,000 images in the default study's fresh
+# run on the 2-core AMD EPYC (family 25 model 1, Zen 3, no avx512_bf16), two one-thread workers side by side
+# (workers=auto), quiet, 2026-12-02. Evaluation (validation + test images, forward only) counts as a third of a
+# training image.
 MEASURED_MS = {
-    "shallow_sqnxt_06_0_125x": 1.61, "shallow_sqnxt_06_0_15x": 2.07, "shallow_sqnxt_06_0_2x": 2.25,
-    "shallow_sqnxt_06_0_3x": 3.42, "shallow_sqnxt_12_0_4x": 6.84, "shallow_sqnxt_14_0_5x": 9.43,
-    "shallow_sqnxt_06_0_6x": 6.84, "shallow_sqnxt_07_0_7x": 9.37,
+    "shallow_sqnxt_06_0_125x": 1.29, "shallow_sqnxt_06_0_15x": 1.53, "shallow_sqnxt_06_0_2x": 1.72,
+    "shallow_sqnxt_06_0_3x": 2.21, "shallow_sqnxt_12_0_4x": 4.35, "shallow_sqnxt_14_0_5x": 5.14,
+    "shallow_sqnxt_06_0_6x": 4.55, "shallow_sqnxt_07_0_7x": 6.15,
 }
 MS_PER_IMAGE = 1.7  # fixed cost per image (small layers are bound by per-op overheads)
 MS_PER_MMAC = 1.2  # per million forward MACs (an envelope: deep, narrow rows cost more per MAC)
 WORKERS = 2  # what workers=auto chose on the 2-core machine (2 x 1 thread against 1 x 2 threads)
 STARTUP_S = 90  # start to first training step: planning, the settings probe and calibration (<= 60 s), workers
-# The promise is `make sweep` in at most 15 minutes including the install (124 s on a fresh clone of this project,
-# pip's cache warm; README).
-INSTALL_S = 124
+# The promise is `make sweep` in at most 15 minutes including the install (128 s on a fresh clone of this project,
+# pip's cache warm, 2026-12-02; README).
+INSTALL_S = 128
 BUDGET_S = 15 * 60 - INSTALL_S
 CPU_MAX_MACS = 9e6  # the default study trains Table 3's widths up to this many MACs per image
 

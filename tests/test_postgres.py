@@ -119,9 +119,10 @@ def test_sigkill_one_worker_mid_trial(tmp_path, tiny_imagefolder):
 def test_database_restart_mid_sweep(tmp_path, tiny_imagefolder):
     study = f"pgrestart-{uuid.uuid4().hex[:8]}"
     c = cmd(study, tmp_path / "ckpt", tiny_imagefolder, "trainer.epochs=3", "storage.retries=8")
-    p = subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(tmp_path / "sweep.err", "w") as log:  # a file, not a pipe read only at the end (it would fill)
+        p = subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline:
+    while time.time() < deadline and p.poll() is None:
         time.sleep(0.3)
         try:
             if any(r[1] == "complete" for r in rows(study)):
@@ -129,11 +130,12 @@ def test_database_restart_mid_sweep(tmp_path, tiny_imagefolder):
         except Exception:
             continue
     subprocess.run(os.environ["DSE_TEST_PG_RESTART"], shell=True, check=True, timeout=60)
-    out, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
+    p.wait(timeout=600)
+    assert p.returncode == 0, (tmp_path / "sweep.err").read_text()[-3000:]
     # every trial completed exactly once, possibly after a retry; no half-written rows
     rs = rows(study)
-    assert len(rs) == 12 and all(r[1] == "complete" for r in rs), ([r[1:] for r in rs], err[-6000:])
+    log = (tmp_path / "sweep.err").read_text()
+    assert len(rs) == 12 and all(r[1] == "complete" for r in rs), ([r[1:] for r in rs], log[-6000:])
     eng = create_engine(PG_URL)
     with eng.connect() as conn:
         orphans = conn.execute(text("select count(*) from dse_epochs e left join dse_trials t on t.id=e.trial_id "
@@ -171,13 +173,18 @@ def test_epochs_trained_while_the_store_was_away_reach_the_store_and_optuna_once
     c = [a for a in cmd(study, tmp_path / "ckpt", tiny_imagefolder, "trainer.epochs=4", "trainer.precision=fp32",
                         "storage.retries=1", "storage.backoff=0.2", "storage.grace_period=3", "study.estimate=false")
          if not a.startswith("+search.blocks.single.grid=")] + SPACES[mode]
-    p = subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # its output goes to a file: a pipe nobody reads until the end fills up and blocks the sweep mid-trial
+    with open(tmp_path / "first.err", "w") as log:
+        p = subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and not any(r[1] == "running" and r[2] >= 1 for r in _rows_or_none(study)):
+        while time.time() < deadline and p.poll() is None and not any(
+                r[1] == "running" and r[2] >= 1 for r in _rows_or_none(study)):
             time.sleep(0.2)
+        assert p.poll() is None, f"the sweep ended before the outage: {(tmp_path / 'first.err').read_text()[-3000:]}"
         subprocess.run(os.environ["DSE_TEST_PG_STOP"], shell=True, check=True, timeout=60)
-        out, err = p.communicate(timeout=300)
+        p.wait(timeout=300)
+        err = (tmp_path / "first.err").read_text()
         assert p.returncode == 2, err[-3000:]
         assert "unreachable" in err.strip().splitlines()[-1]
     finally:
