@@ -55,7 +55,6 @@ import torch
 
 from dse import calibrate as cal
 from dse.common import atomic_write
-from dse.errors import ConfigError
 from dse.fastpath import graph_blocker
 from dse.models import ModelSpec, model_facts
 from dse.probe import Job, ProbePool
@@ -599,12 +598,6 @@ def _cached_rate(key: dict[str, Any]) -> float | None:
 
 def _save_rate(key: dict[str, Any], rate: float) -> None:
     atomic_write(cache_root() / f"workers-{_digest(key)}.json", json.dumps({"key": key, "img_per_s": rate}))
-
-
-def check_workers(value: Any) -> None:
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return
-    raise ConfigError(f"workers={value!r} is not allowed; allowed: an integer >= 1, or auto")
 
 
 def items_of(trials: Iterable[Any], threads: int | None) -> list[Item]:

@@ -97,6 +97,7 @@ def test_constraints_reject_before_training():
     (["model.width=-1"], "-1"),
     (["trainer.batch_size=0"], "batch"),
     (["optimizer.lr=-0.1"], "-0.1"),
+    (["workers=many"], "workers='many' is not allowed; allowed: an integer >= 1, or auto"),
     (["experiment=custom", "~search.blocks.single"], "empty search space"),
     (["experiment=dse", "search.params={model.width: {type: float, low: 3.0, high: 2.0}}"], "low 3.0 > high 2.0"),
 ])
