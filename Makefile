@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)  ## create/update the virtual environment in .venv
 
 test: $(STAMP)  ## run every test (unit + end-to-end on ../shared/data/cifar10-jpg + PostgreSQL and SLURM when available)
-	$(BIN)/python -m pytest -n auto --dist loadgroup $(ARGS)
+	$(BIN)/python -m pytest $(ARGS)
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest -m "not e2e and not postgres and not slurm" $(ARGS)

@@ -32,20 +32,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For pytest-xdist (`make test` runs `-n auto --dist loadgroup`): the tests that share the PostgreSQL server
-    or the SLURM cluster run one after another on one worker (one restarts the database), and so do the
-    end-to-end tests (module-scoped training fixtures, the shared decoded-JPEG cache, every core each); the
-    rest spread over the workers."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        if item.get_closest_marker("postgres") or item.get_closest_marker("slurm"):
-            item.add_marker(pytest.mark.xdist_group("servers"))
-        elif item.get_closest_marker("e2e"):
-            item.add_marker(pytest.mark.xdist_group("e2e"))
-
-
 @pytest.fixture(autouse=True)
 def _isolated_data_cache(request: pytest.FixtureRequest, tmp_path_factory, monkeypatch) -> None:
     # run folders (Hydra's .hydra/ and sweep.log) of the sweeps the tests start go to a temporary folder

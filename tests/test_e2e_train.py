@@ -30,7 +30,7 @@ needs_data = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="session")  # session: under xdist other modules' tests may run between this module's
+@pytest.fixture(scope="module")
 def run(tmp_path_factory):
     logging.getLogger("dse").setLevel(logging.INFO)
     bundle = load_data(DataConfig(root=str(DATA), val_size=2000, subset_size=10_000))

@@ -66,8 +66,9 @@ def test_signal_to_the_main_process_stops_every_worker(tmp_path, tiny_imagefolde
     terminal's Ctrl-C signals the whole group instead): both workers stop within seconds, each marks its trial
     interrupted, the rest stays queued, and the message counts the trials it marked."""
     db = tmp_path / "s.db"
-    # 5 trials of 30 epochs (~1 s each): the queue takes minutes, a stop takes seconds
-    p = subprocess.Popen(sweep(db, tmp_path / "ckpt", tiny_imagefolder, "workers=2", "trainer.epochs=30"),
+    # 5 trials of 1,000 epochs (~1 s each): none can finish between the check and the signal, however loaded the
+    # machine (with 30, one worker's trial once completed while the other's reached its first epoch)
+    p = subprocess.Popen(sweep(db, tmp_path / "ckpt", tiny_imagefolder, "workers=2", "trainer.epochs=1000"),
                          cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: db.exists() and sum(s == "running" and e >= 1 for s, e, _ in rows(db)) == 2, 240,
