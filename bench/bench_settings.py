@@ -111,7 +111,7 @@ def run(args) -> int:
     print(f"  {'row':32s} {'auto picked':24s} {'best here':24s} auto/best")
     for tc, it in zip(configs, items, strict=True):
         rates = {s: r["train_img_per_s"] for (i, s), r in measured.items() if i == it and r.get("ok")}
-        pick = autotune.Setting(chosen[it].precision, bool(chosen[it].channels_last), chosen[it].fast_path)
+        pick = autotune.setting_of(chosen[it])
         best = max(rates, key=rates.get)
         n_train, _ = trial_images(tc.data)
         auto_rate = rates.get(pick, 0.0)

@@ -216,19 +216,23 @@ def _load(key: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def load_decision(key: dict[str, Any]) -> Setting | None:
-    """A cost class's cached decision (None: not decided on this machine yet)."""
-    d = _load(key)
+def _choice(d: dict[str, Any] | None) -> Setting | None:
     try:
         return Setting(**d["choice"]) if d else None
     except (KeyError, TypeError):
         return None
 
 
+def load_decision(key: dict[str, Any]) -> Setting | None:
+    """A cost class's cached decision (None: not decided on this machine yet)."""
+    return _choice(_load(key))
+
+
 def decided(item: Item) -> Setting | None:
     """The setting `item` trains with: its cost class's decision, unless that crashed this architecture here;
     then the class's next fastest measured setting by the same rule (choose), else SAFE. None: undecided."""
-    d, choice = _load(decision_key(item)), load_decision(decision_key(item))
+    d = _load(decision_key(item))  # one read of the decision file: its choice and its measured rates
+    choice = _choice(d)
     if choice is None:
         return None
     unsafe = unsafe_settings(item)
@@ -441,8 +445,7 @@ class Tuner:
         """After `job` crashed: mark its setting unsafe for the architecture and give `its` their next choice in
         `resolved`; the items to measure again ([] when nothing else can be chosen: explicit settings, or SAFE
         itself crashed)."""
-        t = job.train
-        crashed = Setting(t["precision"], bool(t["channels_last"]), t["fast_path"])
+        crashed = setting_of(job.train)
         retry = []
         for it in its:
             if is_auto(it.train):
@@ -456,9 +459,10 @@ class Tuner:
         return retry
 
 
-def setting_of(train: TrainConfig) -> Setting:
-    """The setting a concrete trainer config trains with."""
-    return Setting(train.precision, bool(train.channels_last), train.fast_path)
+def setting_of(train: TrainConfig | dict[str, Any]) -> Setting:
+    """The setting a concrete trainer config (or a probe job's dict of it) trains with."""
+    t = train if isinstance(train, dict) else train.to_dict()
+    return Setting(t["precision"], bool(t["channels_last"]), t["fast_path"])
 
 
 def finalize(item: Item, choice: Setting | None) -> TrainConfig:
