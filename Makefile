@@ -26,8 +26,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create/update the virtual environment in .venv
 
+# test processes for `make test` (pytest-xdist): one per core; each test file stays in one process (its module
+# fixtures are built once, and the SLURM tests, which share one cluster, run one after the other)
+TEST_JOBS ?= auto
 test: $(STAMP)  ## run every test (unit + end-to-end on ../shared/data/cifar10-jpg + PostgreSQL and SLURM when available)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest -m "not e2e and not postgres and not slurm" $(ARGS)

@@ -30,6 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "filterwarnings", "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"
     )
+    # under pytest-xdist (make test), each test process trains on its share of the cores: with every process on
+    # every core, OpenMP threads that lose their core spin and wait (the sweep's own rule, dse/sweep/launch.py)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,8 @@
 """End to end on the real CIFAR-10 JPEG copy: decode, split, train Shallow SqueezeNext-06-0.4x, checkpoint.
 
 Data: $DSE_DATA_DIR, else ../shared/data/cifar10-jpg beside the repository (skipped with the reason when absent).
-Budget: about a minute on 2 quiet CPU cores (10,000 training images x 2 epochs, float32, NCHW, every core). float32 and
+Budget: about a minute on 2 quiet CPU cores (10,000 training images x 2 epochs, float32, NCHW, every core; each
+epoch evaluates 2,000 validation and a class-balanced 2,000 of the 10,000 test images). float32 and
 the default memory format are fixed on purpose: they are safe and reasonably fast on every CPU of the pool, while
 bf16 is 3x slower on CPUs without native bf16 (AMD Zen 3) and channels_last crashed one of them (see
 dse/autotune.py); which settings are fastest is the probe's business, not this test's. Run: `make test-e2e` or
@@ -33,7 +34,7 @@ needs_data = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     logging.getLogger("dse").setLevel(logging.INFO)
-    bundle = load_data(DataConfig(root=str(DATA), val_size=2000, subset_size=10_000))
+    bundle = load_data(DataConfig(root=str(DATA), val_size=2000, subset_size=10_000, test_size=2000))
     ckpt = tmp_path_factory.mktemp("e2e-ckpt")
     spec = spec_from_name("shallow_sqnxt_06_0_4x")
     train = TrainConfig(
@@ -51,10 +52,11 @@ def run(tmp_path_factory):
 @needs_data
 def test_real_data_is_cifar10(run) -> None:
     bundle, _ = run
-    assert bundle.sizes() == {"train": 10_000, "val": 2000, "test": 10_000}
+    assert bundle.sizes() == {"train": 10_000, "val": 2000, "test": 2000}
     assert bundle.classes[:3] == ["airplane", "automobile", "bird"] and bundle.num_classes == 10
     assert torch.bincount(bundle.train_y).tolist() == [1000] * 10
     assert torch.bincount(bundle.val_y).tolist() == [200] * 10
+    assert torch.bincount(bundle.test_y).tolist() == [200] * 10
     assert bundle.train_x.dtype == torch.uint8 and bundle.train_x.shape[1:] == (3, 32, 32)
 
 
