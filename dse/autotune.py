@@ -43,7 +43,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +53,7 @@ from typing import Any
 import torch
 
 from dse import calibrate as cal
+from dse import common
 from dse.common import atomic_write
 from dse.fastpath import graph_blocker
 from dse.models import ModelSpec, model_facts
@@ -151,7 +151,7 @@ def choose(measured: dict[Setting, dict[str, Any]], unsafe: set[str]) -> Setting
 
 # -------------------------------------------------------------------------------------------- the cache on disk
 def cache_root() -> Path:
-    return Path(os.environ.get("DSE_CACHE_DIR") or Path.home() / ".cache" / "dse").expanduser() / "autotune"
+    return common.cache_root() / "autotune"
 
 
 def _digest(key: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from dse.common import atomic_write
+from dse.common import atomic_write, cache_root
 from dse.data import DataBundle
 from dse.errors import ConfigError
 from dse.models import ModelSpec
@@ -93,7 +93,7 @@ def calibration_key(spec: ModelSpec, train: TrainConfig, optim: OptimConfig) -> 
 
 def default_cache_dir() -> Path:
     """<DSE_CACHE_DIR or ~/.cache/dse>/calibration."""
-    return Path(os.environ.get("DSE_CACHE_DIR") or Path.home() / ".cache" / "dse").expanduser() / "calibration"
+    return cache_root() / "calibration"
 
 
 def default_steps(device: torch.device) -> int:

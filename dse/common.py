@@ -1,4 +1,5 @@
-"""The few helpers every part of dse shares: the repository root, atomic file writing, the Pareto front.
+"""The few facts and helpers every part of dse shares: the repository root, the cache folder, the checkout's commit,
+atomic file writing, the Pareto front.
 
 One definition each, so that the sweep summary, the tables, the figures and ``dse.deploy --pareto`` agree on
 which trials are on the front, and every generated file is written the same way (temp file + fsync + rename,
@@ -11,11 +12,35 @@ import contextlib
 import errno
 import math
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from dse.errors import first_line
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout: relative paths of a study are taken from here
+
+
+def cache_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The cache folder (decoded datasets, model facts, settings probes, calibrations): `explicit`, else
+    $DSE_CACHE_DIR, else ~/.cache/dse."""
+    return Path(explicit or os.environ.get("DSE_CACHE_DIR") or Path.home() / ".cache" / "dse").expanduser()
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (+dirty when tracked files changed), recorded with every trial and in the report;
+    None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _umask() -> int:
@@ -64,7 +89,7 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
             if not torch_write_failed(str(e)):
                 raise
             # torch's C++ writer drops the errno of a short write (a full disk, a quota): give it back, with the path
-            raise OSError(errno.ENOSPC, f"torch.save could not write ({str(e).strip().splitlines()[0]})",
+            raise OSError(errno.ENOSPC, f"torch.save could not write ({first_line(e)})",
                           str(path)) from e
 
 

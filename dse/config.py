@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dse.common import REPO
-from dse.errors import ConfigError
+from dse.errors import ConfigError, first_line
 
 CONF_DIR = Path(os.environ.get("DSE_CONF_DIR", REPO / "conf"))
 EXPERIMENTS_DIR = Path(os.environ.get("DSE_EXPERIMENTS_DIR", REPO / "experiments"))
@@ -190,7 +190,7 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except Exception as e:  # yaml.YAMLError and friends
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ConfigError(f"malformed YAML in {path}: {first}") from e
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path} must hold a mapping, got {type(cfg).__name__}")

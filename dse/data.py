@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dse.common import REPO, atomic_torch_save
+from dse.common import REPO, atomic_torch_save, cache_root
 from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class DataConfig:
 
     def resolved_cache_dir(self) -> Path:
         """The cache folder: `cache_dir`, else env DSE_CACHE_DIR, else ~/.cache/dse."""
-        return Path(self.cache_dir or os.environ.get("DSE_CACHE_DIR") or Path.home() / ".cache" / "dse").expanduser()
+        return cache_root(self.cache_dir)
 
 
 def _is_int(v: object) -> bool:

@@ -49,6 +49,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dse.errors import first_line
+
 log = logging.getLogger(__name__)
 
 FAST_PATHS = ("auto", "graph", "compile", "eager")
@@ -306,7 +308,7 @@ class TrainStep:
         A capture records kernels without running them, and a compilation fails while tracing, before the
         optimizer steps, so the batch has not been trained: it is trained now. The optimizer's capturable or
         fused variant and the lr tensor work eagerly as well, so the trial's arithmetic is unchanged."""
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         _log_once(f"fallback:{what}:{first}", "CUDA graph %s failed (%s: %s); this trial trains eagerly", what,
                   type(e).__name__, first[:200])
         self.fell_back = f"{what} failed: {first[:200]}"
@@ -349,5 +351,5 @@ class TrainStep:
                 self._step(self.model, *self.static)
         empty = [w for w in said if "graph is empty" in str(w.message).lower()]
         if empty:  # replays would do nothing: train eagerly instead (the caller falls back)
-            raise RuntimeError(f"the captured CUDA graph is empty ({str(empty[0].message).splitlines()[0]})")
+            raise RuntimeError(f"the captured CUDA graph is empty ({first_line(str(empty[0].message))})")
         self.graph = graph

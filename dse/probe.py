@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dse.common import REPO
+from dse.errors import first_line
 
 JOB_TIMEOUT_S = 600  # one probe of the largest paper model on a slow CPU takes well under this
 
@@ -206,7 +207,7 @@ def serve(threads: int) -> None:
             out = {"ok": False, "abandoned": True, "warmup_epoch_seconds": e.seconds,
                    "error": f"abandoned: warm-up epoch {e.seconds:.2f} s"}
         except Exception as e:  # noqa: BLE001 - a setting this machine cannot run is a result, not a crash
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             out = {"ok": False, "error": first[:300]}
         print(json.dumps(out), flush=True)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dse.errors import ConfigError, DSEError
+from dse.errors import ConfigError, DSEError, first_line
 from dse.models import InvalidModelConfig, ModelFacts, ModelSpec, model_facts, spec_from_name
 
 # Search keys that are not dotted config paths.
@@ -213,7 +213,7 @@ def validate_trial(trial: TrialConfig) -> None:
     except DSEError as e:
         raise ConfigError(str(e)) from None
     except (TypeError, ValueError) as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+        raise ConfigError(first_line(e)) from None
 
 
 def check_constraints(facts: ModelFacts, constraints: dict[str, Any]) -> str | None:

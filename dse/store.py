@@ -36,7 +36,6 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    func,
     select,
     update,
 )
@@ -45,7 +44,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, SQLA
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from dse.common import REPO
-from dse.errors import DSEError
+from dse.errors import DSEError, first_line
 from dse.faults import DiskFullError, disk_full
 
 log = logging.getLogger(__name__)
@@ -310,7 +309,7 @@ def check_sqlite_file(url: str, *, create: bool) -> None:
 
 
 def unreadable_store(url: str, e: DatabaseError) -> StoreError:
-    why = str(e.orig or e).strip().splitlines()[0]
+    why = first_line(e.orig or e)
     if getattr(e.orig, "sqlite_errorcode", None) == 26:  # SQLITE_NOTADB
         return StoreError(f"{sqlite_file(url)} is not a SQLite database ({why}); point storage.url (or --db) at a "
                           "dse store, or move the file away")
@@ -365,7 +364,7 @@ def sqlite_may_pass(outage: OperationalError) -> bool:
 
 
 def _orig_line(e: OperationalError) -> str:
-    return str(e.orig).strip().splitlines()[0] if e.orig else str(e).splitlines()[0]
+    return first_line(e.orig or e)
 
 
 def with_retries(fn: Callable[[], T], *, what: str, retries: int = 5, backoff: float = 0.5,
@@ -515,39 +514,6 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    # -- writes used by the sweep ---------------------------------------------------------------------------
-    def plan(self, study: str, identity: str, fields: dict[str, Any]) -> bool:
-        """Insert a planned trial; False if (study, identity) is already there (another worker planned it)."""
-
-        def go() -> bool:
-            try:
-                with self.session() as s:
-                    s.add(TrialRow(study=study, identity=identity, status=PLANNED, **fields))
-                return True
-            except IntegrityError:
-                return False
-
-        return self._retry(go, "planning a trial")
-
-    def transition(self, study: str, identity: str, to: str, *, only_from: tuple[str, ...],
-                   optuna_number: Any = ..., **values: Any) -> bool:
-        """Atomically move a trial to state ``to`` if it is in one of ``only_from`` (compare-and-set).
-
-        This is how workers agree without locks: of two workers racing to enqueue or claim the same trial,
-        exactly one sees rowcount 1. ``optuna_number`` (when given) must also match the row's Optuna trial.
-        """
-
-        def go() -> bool:
-            cond = [TrialRow.study == study, TrialRow.identity == identity, TrialRow.status.in_(only_from)]
-            if optuna_number is not ...:
-                cond.append(TrialRow.optuna_trial_number.is_(None) if optuna_number is None
-                            else TrialRow.optuna_trial_number == optuna_number)
-            with self.session() as s:
-                res = s.execute(update(TrialRow).where(*cond).values(status=to, **values))
-                return res.rowcount == 1
-
-        return self._retry(go, f"moving a trial to {to}")
-
     def get(self, study: str, identity: str) -> TrialRow | None:
         def go() -> TrialRow | None:
             with self.session() as s:
@@ -562,14 +528,6 @@ class Store:
                 return list(s.scalars(select(TrialRow).where(TrialRow.study == study).order_by(TrialRow.id)))
 
         return self._retry(go, "reading the study's trials")
-
-    def count(self, study: str, statuses: tuple[str, ...]) -> int:
-        def go() -> int:
-            with self.session() as s:
-                return int(s.scalar(select(func.count()).select_from(TrialRow)
-                                    .where(TrialRow.study == study, TrialRow.status.in_(statuses))) or 0)
-
-        return self._retry(go, "counting trials")
 
     def record_epoch(self, trial_id: int, metrics: dict[str, Any]) -> None:
         """Insert or replace the row of one epoch (a resumed trial rewrites the epochs it repeats)."""

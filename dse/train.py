@@ -38,7 +38,7 @@ from torch import nn
 from dse import fastpath
 from dse.common import atomic_torch_save
 from dse.data import DataBundle, batches, device_generator
-from dse.errors import CheckpointError, ConfigError, DivergedError
+from dse.errors import CheckpointError, ConfigError, DivergedError, first_line
 from dse.models import ModelSpec, build_model, model_facts
 
 log = logging.getLogger(__name__)
@@ -378,12 +378,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and primitives "
-            f"(weights_only=True): {str(e).splitlines()[0]}"
+            f"(weights_only=True): {first_line(e)}"
         ) from e
     except Exception as e:  # truncated zip (RuntimeError), random bytes (UnpicklingError/EOFError), ...
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated or garbage?): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"{type(e).__name__}: {first_line(e)}"
         ) from e
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a dse checkpoint (expected a dict with format={CHECKPOINT_FORMAT!r})")

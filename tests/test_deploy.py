@@ -429,8 +429,7 @@ def _add_trial(store, model_name: str, ckpt: Path, status: str = "complete", val
                   best_val_acc=val_acc, test_acc=val_acc, optuna_trial_number=number, train_images=640,
                   data_source="synthetic")
     identity = f"{model_name}-{ckpt.name}-{val_acc}"
-    store.plan(study, identity, fields)
-    store.transition(study, identity, status, only_from=("planned",))
+    store.insert_missing([dict(study=study, identity=identity, status=status, **fields)])
     return int(store.get(study, identity).id)
 
 

@@ -216,7 +216,8 @@ def test_epochs_trained_while_the_store_was_away_reach_the_store_and_optuna_once
     assert len(curves) == 2 and all(list(cv) == [1, 2, 3, 4] for cv in curves.values()), curves
     # sample mode: an outage between study.ask and the store's insert leaves that asked trial RUNNING in Optuna
     # (not in the store; a known gap, not this test's subject): only the trials the store knows are compared
-    trials = [t for t in optuna.load_study(study_name=study, storage=OUTAGE_URL).trials if "store_trial_id" in t.user_attrs]
+    trials = [t for t in optuna.load_study(study_name=study, storage=OUTAGE_URL).trials
+              if "store_trial_id" in t.user_attrs]
     assert len(trials) == 2 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
     for t in trials:
         assert t.intermediate_values == pytest.approx(curves[t.user_attrs["store_trial_id"]])

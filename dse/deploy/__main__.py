@@ -34,10 +34,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dse.common import atomic_write
+from dse.common import REPO, atomic_write
 from dse.deploy import DeployError
 from dse.deploy.select import Candidate
-from dse.errors import DSEError
+from dse.errors import DSEError, first_line
 
 log = logging.getLogger("dse.deploy")
 
@@ -117,7 +117,7 @@ class DeployReport:
 # ---------------------------------------------------------------------------------------- loading
 def resolve_checkpoint(cand: Candidate) -> Path:
     path = Path(cand.checkpoint_path)
-    tries = [path] if path.is_absolute() else [path, Path(__file__).resolve().parents[2] / path]
+    tries = [path] if path.is_absolute() else [path, REPO / path]
     for p in tries:
         if p.is_file():
             return p
@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except DSEError as e:  # our own, expected failures: one line, no traceback
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         print(f"dse.deploy: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ from torch import nn
 from dse.common import atomic_path
 from dse.data import normalize
 from dse.deploy import DeployError
+from dse.errors import first_line
 
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -85,7 +86,7 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # onnx raises ValidationError / InferenceError
-        raise DeployError(f"ONNX model for {path} fails onnx.checker: {str(e).splitlines()[0]}") from e
+        raise DeployError(f"ONNX model for {path} fails onnx.checker: {first_line(e)}") from e
     with atomic_path(path) as tmp:
         onnx.save_model(model, str(tmp))
     return Path(path)

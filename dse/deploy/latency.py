@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dse.common import REPO
+
 FORMATS = ("torch", "torchscript", "onnx", "onnx_int8")
 DEFAULT_WARMUP = 50  # untimed runs before timing (lazy init, caches, TorchScript profiling executor)
 DEFAULT_RUNS = 500  # timed runs
@@ -107,7 +109,7 @@ def measure(fmt: str, path: str | os.PathLike, images: Any, *, warmup: int = DEF
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(int(threads))
-    pkg_root = str(Path(__file__).resolve().parents[2])  # the folder holding dse/ (uninstalled checkout)
+    pkg_root = str(REPO)  # the folder holding dse/ (an uninstalled checkout)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory() as d:
         inputs = Path(d) / "inputs.npy"

@@ -36,6 +36,7 @@ import torch
 
 from dse.deploy import DeployError
 from dse.deploy.export import INPUT_NAME, compact_names, logits_onnx, preprocess, save_onnx
+from dse.errors import first_line
 
 CALIBRATION_IMAGES = 512  # training images used to calibrate activation ranges
 CALIBRATION_BATCH = 32  # images per calibration forward pass
@@ -162,7 +163,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
                 raise
             except Exception as e:  # onnxruntime raises many kinds; the CLI needs one line
                 raise DeployError(f"int8 quantization of {fp32_path} (per_channel={pc}) failed: "
-                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+                                  f"{type(e).__name__}: {first_line(e)}") from e
             files[pc] = f
             if ref is not None:
                 tried["per_channel" if pc else "per_tensor"] = float(

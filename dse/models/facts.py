@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dse.common import cache_root
 from dse.models.registry import InvalidModelConfig, ModelSpec, build_model
 
 MB = 1_000_000  # bytes per MB in the paper's tables (see module docstring)
@@ -101,8 +102,7 @@ _DISK_LOCK = threading.Lock()
 
 
 def _disk_cache_path() -> Path:
-    root = os.environ.get("DSE_CACHE_DIR") or Path.home() / ".cache" / "dse"
-    return Path(root) / f"model_facts-torch{torch.__version__.split('+')[0]}.json"
+    return cache_root() / f"model_facts-torch{torch.__version__.split('+')[0]}.json"
 
 
 def _disk_key(spec: ModelSpec, input_size: tuple[int, ...]) -> str:

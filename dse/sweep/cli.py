@@ -17,25 +17,14 @@ import sys
 import traceback
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dse.config import CONF_DIR, check, register_configs
-from dse.errors import DSEError
+from dse.errors import DSEError, first_line
+from dse.sweep.stop import interrupted_line
 
 log = logging.getLogger("dse.sweep")
 _runs: list[int] = []  # the exit code of each job of this invocation (several with -m)
-
-
-def interrupted_line(n: int | None) -> str:
-    """What a stop by Ctrl-C/SIGINT/SIGTERM did: ``n`` running trials marked interrupted (None: before any
-    worker started)."""
-    if n is None:
-        return "interrupted before any trial started; the next run carries on"
-    if n == 0:
-        return "interrupted: no trial was running; nothing finished is lost, the next run carries on"
-    return (f"interrupted: {n} running trial{'s' * (n != 1)} marked 'interrupted'; the next run resumes "
-            f"{'them' if n != 1 else 'it'} from {'their' if n != 1 else 'its'} last epoch checkpoint; nothing "
-            "finished is lost")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,9 +120,9 @@ def hydra_error_line(e: BaseException) -> str:
         allowed = ", ".join(f.name for f in dataclasses.fields(schema))
         return f"unknown config key {cause.full_key!r}; allowed there: {allowed}"
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "msg", None):
-        return f"{head}: {str(cause.msg).strip().splitlines()[0]}"
+        return f"{head}: {first_line(str(cause.msg))}"
     if isinstance(e, DSEError):
-        return str(e).strip().splitlines()[0]
+        return first_line(e)
     return head or type(e).__name__
 
 
@@ -147,6 +136,7 @@ def _job(cfg: DictConfig) -> int | None:
 
 
 def sweep(cfg: DictConfig) -> int:
+    from dse.sweep.runner import setup_logging
     from dse.sweep.stop import install_raise_once
 
     setup_logging(bool(cfg.verbose))
@@ -168,13 +158,15 @@ def sweep(cfg: DictConfig) -> int:
         for line in plan.missing_data:
             log.warning("%s; skipping %s in this run", line, "them" if plan.trials else "it")
         url = store_url(cfg)
+        from dse.sweep.study import run_study
+
         return run_study(cfg, plan, url)
     except KeyboardInterrupt:  # planning, calibrating, opening the store: no trial of ours was running
         print(f"\n{interrupted_line(None)}", file=sys.stderr)
         return 130
     except DSEError as e:
         log.debug("%s", traceback.format_exc())
-        print(f"error: {_first_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
 
 
@@ -200,123 +192,3 @@ def store_url(cfg: DictConfig) -> str:
     s = cfg.storage
     return resolve_url(s.url, url_env=s.url_env, password_env=s.password_env, password_file=s.password_file,
                        backend=s.backend)
-
-
-def run_study(cfg: DictConfig, plan: Any, url: str) -> int:
-    """Open the study, queue the plan, run the workers here (one in this process, or ``workers`` children)."""
-    from dse import store as st
-    from dse.sweep.tune import tune_study
-    from dse.sweep.worker import Worker
-
-    worker = Worker(cfg, plan, url)
-    worker.open()
-    new = worker.prepare()
-    counts = worker.queue.counts()
-    log.info("study %s in %s: %d newly queued; %s", plan.name, st.redact(url), new,
-             ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "empty")
-    if worker.queue.waiting():
-        worker.preflight()  # a bad device or folder is said once, before any calibration or training
-        tune_study(cfg, worker.queue, worker.base, worker.only)  # workers=auto, auto settings, the estimate
-    if cfg.workers == "auto":  # nothing waits here: this process only waits for others' running trials
-        cfg.workers = 1
-    worker.base = OmegaConf.to_container(cfg, resolve=True)  # the threads just decided
-    if int(cfg.workers) > 1:
-        from hydra.core.hydra_config import HydraConfig
-
-        from dse.sweep.launch import launch
-
-        worker.preflight()  # what every child would find wrong, said once
-        run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
-        trained, failed, rc, errors, interrupted = launch(cfg, plan, url, run_dir)
-    else:
-        trained, failed, rc, errors, interrupted = run_worker(cfg, plan, url, prepared=True, worker=worker)
-    for line in errors:
-        print(f"error: {line}", file=sys.stderr)
-    if rc == 130:
-        print(f"\n{interrupted_line(interrupted)}", file=sys.stderr)
-    if rc in (2, 130):  # its one line is the last thing printed
-        return rc
-    summary(worker.queue, url, trained, failed)
-    return 1 if rc == 0 and failed else rc
-
-
-def run_worker(cfg: DictConfig, plan: Any, url: str, prepared: bool = False, worker: Any = None
-               ) -> tuple[int, int, int, list[str], int]:
-    """One worker's loop: (trained, failed, exit code, error lines, trials marked interrupted). Used in this
-    process and in each child of workers=N; the caller prints the error lines (the parent of several children
-    prints each only once)."""
-    from dse.sweep.worker import Worker
-
-    try:
-        if worker is None:
-            worker = Worker(cfg, plan, url)
-            worker.open()
-            if not prepared:
-                worker.prepare()
-        worker.preflight()
-        r = worker.run()
-        return r.trained, r.failed, 0, [], r.interrupted
-    except KeyboardInterrupt:
-        return (*_counts(worker), 130, [], _result(worker).interrupted)
-    except DSEError as e:
-        log.debug("%s", traceback.format_exc())
-        return (*_counts(worker), 2, [_first_line(e)], _result(worker).interrupted)
-
-
-def _result(worker: Any) -> Any:
-    from dse.sweep.worker import RunResult
-
-    return getattr(worker, "result", None) or RunResult()
-
-
-def _counts(worker: Any) -> tuple[int, int]:
-    """(trained, failed) by this worker so far."""
-    r = _result(worker)
-    return r.trained, r.failed
-
-
-def summary(queue: Any, url: str, trained: int, failed: int) -> None:
-    """The one-line result of the run, then the study's best trial and front."""
-    from dse import store as st
-    from dse.common import pareto_front
-
-    counts = queue.counts()
-    print(f"\nstudy {queue.study}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
-          f"; trained by this worker: {trained}" + (f"; failed in this run: {failed}" if failed else ""))
-    df = queue.store.trials(queue.study, status=st.COMPLETE)
-    if len(df):
-        best = df.loc[df["best_val_acc"].idxmax()]
-        front = pareto_front(df["best_val_acc"].tolist(), df["checkpoint_bytes"].tolist())
-        print(f"best so far: {best['model_name']} seed {best['seed']}: val {best['best_val_acc']:.2f} %, test "
-              f"{best['test_acc']:.2f} %, {best['checkpoint_bytes'] / 1e6:.3f} MB; Pareto front (val acc up, "
-              f"checkpoint size down): {len(front)} trials")
-    print(f"store: {st.redact(url)}  (tables: python -m dse.tables; dashboard: optuna-dashboard {st.redact(url)})")
-
-
-def setup_logging(verbose: bool) -> None:
-    """Hydra configured the handlers (conf/hydra/job_logging); here: the levels, and Optuna's logs go through
-    ours once (its own handler off, warnings only)."""
-    import optuna
-
-    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
-    optuna.logging.set_verbosity(logging.DEBUG if verbose else logging.WARNING)
-
-
-def setup_child_logging(cfg: DictConfig, index: int, run_dir: str | None) -> None:
-    """A spawned worker: stderr with its index, and its own log file in the run folder."""
-    fmt = f"%(asctime)s [w{index}] %(levelname)s %(name)s: %(message)s"
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if run_dir:
-        handlers.append(logging.FileHandler(os.path.join(run_dir, f"worker-{index}.log")))
-    logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S", handlers=handlers, force=True)
-    setup_logging(bool(cfg.verbose))
-    from dse.sweep.stop import install_raise_once
-
-    install_raise_once()
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__

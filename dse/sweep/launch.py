@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dse.sweep.plan import StudyPlan
+from dse.sweep.runner import run_worker, setup_child_logging
 
 log = logging.getLogger("dse.sweep")
 
@@ -118,8 +119,6 @@ def _join_all(procs: list[Any], log_started: Any) -> bool:
 
 
 def _child(cfg_dict: dict, plan: StudyPlan, url: str, index: int, run_dir: str | None, results: Any) -> None:
-    from dse.sweep.cli import run_worker, setup_child_logging
-
     try:
         cfg = OmegaConf.create(cfg_dict)
         setup_child_logging(cfg, index, run_dir)

@@ -9,7 +9,6 @@ failing one by one.
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dse import store as st
-from dse.common import REPO
 from dse.config import study_name
 from dse.errors import ConfigError, DSEError
 from dse.space import (
@@ -198,20 +196,6 @@ def trial_params(t: TrialConfig, keys: list[str]) -> dict[str, Any]:
     """A trial's values of the study's varying parameters (``keys``), as ``grid_space`` named them."""
     every = dashboard_params(t, [k for k in keys if "." in k])
     return {k: every[k] for k in keys}
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (+dirty), recorded with every trial."""
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # -- dry run ----------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Interval, exists, func, literal_column, or_, select, update
 
 from dse import store as st
+from dse.errors import first_line
 from dse.store import TrialRow
 
 log = logging.getLogger("dse.sweep")
@@ -228,7 +229,7 @@ class Lease(threading.Thread):
                     return
             except Exception as e:  # noqa: BLE001 - an outage: keep trying; the lease decides who owns the trial
                 log.warning("could not renew the lease of trial %d: %s", self.row_id,
-                            str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+                            first_line(e))
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -76,3 +76,15 @@ def raise_once(_signum: int, _frame: Any) -> None:
 def install_raise_once() -> None:
     for s in SIGNALS:
         signal.signal(s, raise_once)
+
+
+def interrupted_line(n: int | None) -> str:
+    """What a stop by Ctrl-C/SIGINT/SIGTERM did: ``n`` running trials marked interrupted (None: before any
+    worker started)."""
+    if n is None:
+        return "interrupted before any trial started; the next run carries on"
+    if n == 0:
+        return "interrupted: no trial was running; nothing finished is lost, the next run carries on"
+    return (f"interrupted: {n} running trial{'s' * (n != 1)} marked 'interrupted'; the next run resumes "
+            f"{'them' if n != 1 else 'it'} from {'their' if n != 1 else 'its'} last epoch checkpoint; nothing "
+            "finished is lost")

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from dse import autotune
 from dse.calibrate import lpt_makespan, trial_images
+from dse.errors import first_line
 from dse.sweep.progress import fmt_duration
 
 log = logging.getLogger("dse.sweep")
@@ -57,7 +58,7 @@ def tune_study(cfg: DictConfig, queue: Any, base: dict[str, Any], only: set[str]
             return None
         cals = tuner.calibrate_all(resolved)  # replaces a choice that crashes an architecture in `resolved`
     except Exception as e:  # noqa: BLE001 - the probe is a courtesy: the trials say the real error themselves
-        log.warning("no settings probe or estimate: %s", str(e).strip().splitlines()[0] if str(e).strip() else e)
+        log.warning("no settings probe or estimate: %s", first_line(e))
         return None
     finally:
         tuner.close()

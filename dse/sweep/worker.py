@@ -24,11 +24,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dse import autotune
 from dse import store as st
-from dse.common import REPO
-from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError, EnvironmentFault
+from dse.common import REPO, git_commit
+from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError, EnvironmentFault, first_line
 from dse.faults import DiskFullError, disk_full, full_path, reason_is_disk_full
 from dse.space import TrialConfig, check_constraints, resolve_trial, suggest
-from dse.sweep.plan import StudyPlan, git_commit, row_fields, source_key
+from dse.sweep.plan import StudyPlan, row_fields, source_key
 from dse.sweep.progress import StudyProgress
 from dse.sweep.queue import Lease, Queue
 from dse.sweep.record import Record
@@ -272,7 +272,7 @@ class Worker:
         try:
             data = load_data(tcfg.data_config(), device=_device_of(train_cfg.device))
         except (DatasetNotFoundError, CorruptDatasetError, OSError) as e:
-            raise EnvironmentFault(f"data: {_first_line(e)}") from e
+            raise EnvironmentFault(f"data: {first_line(e)}") from e
         n_train = int(data.train_x.shape[0])
         facts = self.plan.sources.get(source_key(tcfg.data))
         self.store.update_trial(row.id, data_source=data.source, train_images=n_train,
@@ -348,7 +348,7 @@ class Worker:
 
 def environment_fault(e: BaseException) -> str | None:
     """Why the machine (not the trial) is at fault, or None when the trial itself failed."""
-    msg = _first_line(e)
+    msg = first_line(e)
     if isinstance(e, DiskFullError):
         return str(e)
     if disk_full(e):  # whatever layer it surfaced in: torch.save, the data cache, SQLite, PostgreSQL
@@ -374,7 +374,7 @@ def environment_fault(e: BaseException) -> str | None:
 
 
 def trial_failure(e: BaseException) -> str:
-    reason = f"{type(e).__name__}: {_first_line(e)}"
+    reason = f"{type(e).__name__}: {first_line(e)}"
     return f"out of memory: {reason}" if _is_oom(e) else reason
 
 
@@ -390,6 +390,3 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(e).lower()
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__

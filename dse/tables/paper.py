@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-import dse
+from dse.common import REPO
 from dse.errors import ConfigError
 
 #: Where the paper's numbers live unless told otherwise (``--paper-dir``).
-DEFAULT_PAPER_DIR = Path(dse.__file__).resolve().parents[1] / "experiments" / "paper_tables"
+DEFAULT_PAPER_DIR = REPO / "experiments" / "paper_tables"
 
 #: Tables whose accuracies are CIFAR-100 (Table 6's caption); all others are CIFAR-10.
 CIFAR100_TABLES = frozenset({6})

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 import dse
-from dse.common import atomic_write
+from dse.common import atomic_write, git_commit
 from dse.store import COMPLETE, redact
 from dse.tables.render import NEAR_CHANCE_POINTS, near_chance, pct, short_source
 
 if TYPE_CHECKING:
     from dse.tables import Options, StoreData
     from dse.tables.render import TableResult
-
-
-def _repo_commit() -> str:
-    """The commit of the code that generated the report (``unknown`` outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(dse.__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _counts(series: pd.Series) -> str:
@@ -82,7 +71,7 @@ def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, 
     studies = (", ".join(opts.studies) if opts.studies
                else "all (" + (", ".join(data.all_studies) or "none") + ")")
     lines = ["# Reproduction report: Shallow SqueezeNext (Duggal & El-Sharkawy 2020)", "",
-             f"Generated {now} by `python -m dse.tables` (dse {dse.__version__}, commit {_repo_commit()}) "
+             f"Generated {now} by `python -m dse.tables` (dse {dse.__version__}, commit {git_commit() or 'unknown'}) "
              f"from `{redact(opts.db_url)}`; studies: {studies}.", ""]
     if t.empty:
         lines += ["**The store has no trials**: every row below is 'not run'. Start with "
