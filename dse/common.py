@@ -43,6 +43,17 @@ def git_commit() -> str | None:
         return None
 
 
+def chance_percent(num_classes: int) -> float:
+    """Top-1 accuracy of guessing among `num_classes` classes, percent (10 % on CIFAR-10, 1 % on CIFAR-100)."""
+    return 100.0 / num_classes
+
+
+def near_chance(acc: float, num_classes: int, points: float) -> bool:
+    """True when `acc` (percent) is at most `points` above guessing: the model did not learn (the tables mark
+    such rows, dse.deploy refuses such models unless forced; each with its own margin)."""
+    return acc <= chance_percent(num_classes) + points
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -857,13 +857,8 @@ def _resume(tr: _Trainer, last_path: Path, config: dict[str, Any], name: str) ->
     return [EpochMetrics(**m) for m in state["history"]]
 
 
-def fit(
-    spec: ModelSpec,
-    data: DataBundle,
-    optim: OptimConfig,
-    train: TrainConfig,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
-) -> TrialResult:
+def fit(spec: ModelSpec, data: DataBundle, optim: OptimConfig, train: TrainConfig,
+        on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrialResult:
     """Train `spec` on `data` and return its TrialResult (paper section 3's recipe by default).
 
     Each epoch: one training pass (random order and crop/flip seeded from (train.seed, epoch), drawn on the
@@ -891,12 +886,9 @@ def fit(
         tr = _make_trainer(spec, model, optim, train, mode, device, steps)
         per_iteration = optim.schedule in PER_ITERATION_SCHEDULES
         meta = _checkpoint_meta(spec, optim, train, data, device)
-        ckpt_dir = Path(train.checkpoint_dir) if train.checkpoint_dir else None
-        last_path = ckpt_dir / "last.pt" if ckpt_dir else None
-        best_path = ckpt_dir / "best.pt" if ckpt_dir else None
-        history: list[EpochMetrics] = []
-        if last_path is not None and train.resume and last_path.exists():
-            history = _resume(tr, last_path, meta["config"], spec.name)
+        best_path, last_path = _checkpoint_paths(train)
+        resume = last_path is not None and train.resume and last_path.exists()
+        history = _resume(tr, last_path, meta["config"], spec.name) if resume else []
         start_epoch = history[-1].epoch + 1 if history else 1
         resumed_from = start_epoch - 1
         best = _best_of(history)
@@ -905,34 +897,12 @@ def fit(
         board = _TensorBoard(train.tensorboard_dir)
         try:
             for epoch in range(start_epoch, train.epochs + 1):
-                lr = tr.lr()
-                train_loss, train_acc, train_seconds, warmup = _train_epoch(
-                    tr, data, train, epoch, per_iteration, progress
-                )
-                if not math.isfinite(train_loss):
-                    raise DivergedError(epoch, train_loss)
-                if not _all_finite(model):
-                    raise DivergedError(epoch, float("nan"), "model weights")
-                if not per_iteration:
-                    tr.schedule_step()
-                val_loss, val_acc, test_acc, eval_seconds = _evaluate_epoch(model, data, train, epoch)
-                m = EpochMetrics(
-                    epoch=epoch,
-                    train_loss=train_loss,
-                    train_acc=train_acc,
-                    val_loss=val_loss,
-                    val_acc=val_acc,
-                    test_acc=test_acc,
-                    lr=lr,
-                    train_seconds=train_seconds,
-                    eval_seconds=eval_seconds,
-                    warmup_seconds=warmup,
-                )
+                m = _run_epoch(tr, model, data, train, epoch, per_iteration, progress)
                 history.append(m)
-                improved = best is None or math.isnan(m.val_acc) or m.val_acc > best.val_acc
+                improved = _improves(m, best)
                 if improved:
                     best = m
-                if ckpt_dir is not None:
+                if last_path is not None:
                     _write_checkpoints(tr, meta, m, improved, history, best_path, last_path)
                 progress.epoch(m)
                 board.epoch(m)
@@ -945,6 +915,35 @@ def fit(
                 fastpath.release_compiled()
 
     assert best is not None  # epochs >= 1 and either trained or resumed with history
+    return _result(history, best, best_path, facts, device, train, used_threads, resumed_from, tr.step.mode)
+
+
+def _checkpoint_paths(train: TrainConfig) -> tuple[Path | None, Path | None]:
+    """(best.pt, last.pt) in train.checkpoint_dir, or (None, None) when the fit writes no checkpoints."""
+    folder = Path(train.checkpoint_dir) if train.checkpoint_dir else None
+    return (folder / "best.pt", folder / "last.pt") if folder else (None, None)
+
+
+def _run_epoch(tr: _Trainer, model: nn.Module, data: DataBundle, train: TrainConfig, epoch: int,
+               per_iteration: bool, progress: _Progress) -> EpochMetrics:
+    """One epoch: the training pass, the divergence checks, the epoch's schedule step, evaluation."""
+    lr = tr.lr()
+    train_loss, train_acc, train_seconds, warmup = _train_epoch(tr, data, train, epoch, per_iteration, progress)
+    if not math.isfinite(train_loss):
+        raise DivergedError(epoch, train_loss)
+    if not _all_finite(model):
+        raise DivergedError(epoch, float("nan"), "model weights")
+    if not per_iteration:
+        tr.schedule_step()
+    val_loss, val_acc, test_acc, eval_seconds = _evaluate_epoch(model, data, train, epoch)
+    return EpochMetrics(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+                        test_acc=test_acc, lr=lr, train_seconds=train_seconds, eval_seconds=eval_seconds,
+                        warmup_seconds=warmup)
+
+
+def _result(history: list[EpochMetrics], best: EpochMetrics, best_path: Path | None, facts: Any,
+            device: torch.device, train: TrainConfig, threads: int, resumed_from: int, fast_path: str) -> TrialResult:
+    """The TrialResult of a finished fit: the best epoch's accuracies, the last epoch's, and what ran."""
     last = history[-1]
     return TrialResult(
         best_val_acc=best.val_acc,
@@ -962,18 +961,24 @@ def fit(
         epochs=history,
         best_checkpoint=str(best_path) if best_path is not None and best_path.exists() else None,
         resumed_from_epoch=resumed_from,
-        threads=used_threads,
-        fast_path=tr.step.mode,  # eager when a capture or compilation failed and the trial fell back
+        threads=threads,
+        fast_path=fast_path,  # eager when a capture or compilation failed and the trial fell back
         warmup_seconds=float(sum(h.warmup_seconds for h in history)),
         channels_last=bool(train.channels_last),
     )
+
+
+def _improves(m: EpochMetrics, best: EpochMetrics | None) -> bool:
+    """The best-epoch rule: the first epoch with the highest val_acc wins (with no validation images, val_acc is
+    NaN and the last epoch is the best)."""
+    return best is None or math.isnan(m.val_acc) or m.val_acc > best.val_acc
 
 
 def _best_of(history: list[EpochMetrics]) -> EpochMetrics | None:
     """The epoch fit would have picked: first epoch with the highest val_acc (the last one if val is empty)."""
     best = None
     for m in history:
-        if best is None or math.isnan(m.val_acc) or m.val_acc > best.val_acc:
+        if _improves(m, best):
             best = m
     return best
 

@@ -34,14 +34,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dse.common import REPO, atomic_write
+from dse.common import REPO, atomic_write, chance_percent, near_chance
 from dse.deploy import DeployError
 from dse.deploy.select import Candidate
 from dse.errors import DSEError, first_line
+from dse.store import DEFAULT_URL
 
 log = logging.getLogger("dse.deploy")
 
-DEFAULT_DB = "sqlite:///results/dse.db"
 DEFAULT_OUT = Path("results") / "deploy"
 FORMAT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "onnx_int8": "model.int8.onnx"}
 
@@ -209,15 +209,10 @@ class Steps:
                 self.bar.close()
 
 
-def near_chance(acc: float, num_classes: int) -> bool:
-    """True when ``acc`` (percent) is at most CHANCE_MARGIN_POINTS above guessing (100 / classes %)."""
-    return acc <= 100.0 / num_classes + CHANCE_MARGIN_POINTS
-
-
 def refuse_near_chance(label: str, acc: float, num_classes: int, force: bool) -> None:
     """DeployError when ``acc`` (percent) is within CHANCE_MARGIN_POINTS of guessing, unless ``force``."""
-    chance = 100.0 / num_classes
-    if not force and near_chance(acc, num_classes):
+    chance = chance_percent(num_classes)
+    if not force and near_chance(acc, num_classes, CHANCE_MARGIN_POINTS):
         raise DeployError(f"refusing to deploy {label}: test accuracy {acc:.1f} % is within "
                           f"{CHANCE_MARGIN_POINTS:g} points of chance ({chance:g} % for {num_classes} classes); "
                           "train it longer, or pass --force to deploy it anyway")
@@ -350,10 +345,10 @@ def package(report: DeployReport, spec, cand: Candidate, bundle, opts: Options) 
                     "test_acc": round(comp.test_acc, 2)})
     report.component, report.component_model = str(comp_path), comp_fmt
     mf = model_facts(spec)
-    acc, chance = report.format("torch").test_acc, 100.0 / spec.num_classes
+    acc, chance = report.format("torch").test_acc, chance_percent(spec.num_classes)
     warning = (f"test accuracy {acc:.1f} % is within {CHANCE_MARGIN_POINTS:g} points of chance ({chance:g} %): "
-               "this model did not learn and was deployed with --force" if near_chance(acc, spec.num_classes)
-               else "")
+               "this model did not learn and was deployed with --force"
+               if near_chance(acc, spec.num_classes, CHANCE_MARGIN_POINTS) else "")
     f = card.facts(spec=spec, cand=cand, classes=bundle.classes, mean=CIFAR_MEAN, std=CIFAR_STD, opset=opts.opset,
                    test_acc=report.format("torch").test_acc, test_images=comp.test_images,
                    latency={r.format: r.latency for r in report.formats if r.latency}, machine=report.machine,
@@ -539,8 +534,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="a registry name, with --checkpoint: deploy a checkpoint not in the store")
     g.add_argument("--checkpoint", help="path of the model's best.pt (with --model)")
     o = p.add_argument_group("where")
-    o.add_argument("--db", default=os.environ.get("DSE_STORAGE_URL", DEFAULT_DB),
-                   help=f"results store URL (default: env DSE_STORAGE_URL or {DEFAULT_DB})")
+    o.add_argument("--db", default=os.environ.get("DSE_STORAGE_URL", DEFAULT_URL),
+                   help=f"results store URL (default: env DSE_STORAGE_URL or {DEFAULT_URL})")
     o.add_argument("--out", type=Path,
                    help="output folder (default results/deploy/<model>-t<Optuna trial number>/; several "
                         "models: <out>/<model>-t<N>/)")

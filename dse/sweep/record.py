@@ -115,8 +115,6 @@ class Record:
             pruner=make_pruner(self.cfg), **({"directions": d} if len(d) > 1 else {"direction": d[0]}))
         if existing is None or FINGERPRINT_ATTR not in existing.user_attrs:  # new, or its creation was cut short
             self._describe()
-        elif self.plan.mode == "grid" and SPACE_ATTR not in existing.user_attrs:  # made by an older version
-            self._set_space()
 
     def _describe(self) -> None:
         """Study attributes: what the dashboard labels, the constants, and (last: it marks the study complete)

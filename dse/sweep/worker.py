@@ -245,7 +245,7 @@ class Worker:
 
     def train(self, row: st.TrialRow, tcfg: TrialConfig, ckpt: Path, lease: Lease) -> Any:
         from dse.data import load_data
-        from dse.train import fit
+        from dse.train import fit, resolve_device
 
         epochs = int(tcfg.trainer["epochs"])
         log.info("trial t%d (attempt %d): %s (%s) seed %d, %s, %s; checkpoints %s%s", row.id, row.attempts,
@@ -254,8 +254,8 @@ class Worker:
         curve = self.queue.curve(row.id)
         self.record.fill_intermediate(row, curve)  # a resume after an outage between the store and Optuna
 
-        def on_epoch(m: Any) -> None:
-            md = m if isinstance(m, dict) else m.to_dict()
+        def on_epoch(m: Any) -> None:  # an EpochMetrics, after its checkpoints are written
+            md = m.to_dict()
             epoch, acc = int(md["epoch"]), float(md["val_acc"])
             if any(e not in curve for e in range(1, epoch)):  # resumed past epochs the store never got
                 self.catch_up(row, ckpt / "last.pt", curve, epoch)
@@ -270,7 +270,7 @@ class Worker:
         optim = tcfg.optim_config()
         train_cfg = autotune.resolve(tcfg.model, optim, tcfg.train_config(str(ckpt)))  # auto: as measured here
         try:
-            data = load_data(tcfg.data_config(), device=_device_of(train_cfg.device))
+            data = load_data(tcfg.data_config(), device=resolve_device(str(train_cfg.device)))
         except (DatasetNotFoundError, CorruptDatasetError, OSError) as e:
             raise EnvironmentFault(f"data: {first_line(e)}") from e
         n_train = int(data.train_x.shape[0])
@@ -376,12 +376,6 @@ def environment_fault(e: BaseException) -> str | None:
 def trial_failure(e: BaseException) -> str:
     reason = f"{type(e).__name__}: {first_line(e)}"
     return f"out of memory: {reason}" if _is_oom(e) else reason
-
-
-def _device_of(device: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -23,13 +23,13 @@ from sqlalchemy.engine import make_url
 
 from dse.common import atomic_write
 from dse.errors import ConfigError, DSEError
-from dse.store import EpochRow, Store, StoreError, TrialRow
+from dse.store import DEFAULT_URL, EpochRow, Store, StoreError, TrialRow
 from dse.tables.gpu import GpuRows, gpu_rows
 from dse.tables.match import aggregate, deployments_by_row
 from dse.tables.paper import DEFAULT_PAPER_DIR, load_paper_tables, paper_flags
 from dse.tables.render import MB, TableResult, to_csv_frame, to_latex, to_markdown
 
-DEFAULT_DB_URL = "sqlite:///results/dse.db"
+DEFAULT_DB_URL = DEFAULT_URL  # the store every command opens when told none (dse.store)
 FORMATS = ("md", "csv", "tex")
 
 

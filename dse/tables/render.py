@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from dse import common
+
 MB = 1_000_000  # bytes per MB, as the paper counts them (dse.models.facts)
 
 #: A row whose accuracy is at most this many points above chance did not learn at its budget: the difference to
@@ -75,13 +77,13 @@ def pct(fraction) -> str:
 
 def chance_pct(dataset) -> float:
     """Top-1 accuracy of guessing, percent: 1 % on CIFAR-100, 10 % on CIFAR-10."""
-    return 1.0 if str(dataset) == "cifar100" else 10.0
+    return common.chance_percent(100 if str(dataset) == "cifar100" else 10)
 
 
 def near_chance(acc, dataset, points: float = NEAR_CHANCE_POINTS) -> bool:
     """True when ``acc`` (percent) is at most ``points`` above chance for ``dataset``."""
     x = _num(acc)
-    return x is not None and x <= chance_pct(dataset) + points
+    return x is not None and common.near_chance(x, 100 if str(dataset) == "cifar100" else 10, points)
 
 
 def speed_text(sec, devices, precisions) -> str:
