@@ -11,7 +11,9 @@ from __future__ import annotations
 def first_line(e: BaseException | str) -> str:
     """The first line of an error's message (messages shown to users are one line), or its type's name if empty."""
     s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__ if isinstance(e, BaseException) else ""
+    if s:
+        return s.splitlines()[0]
+    return type(e).__name__ if isinstance(e, BaseException) else ""
 
 
 class DSEError(Exception):

@@ -75,15 +75,20 @@ def pct(fraction) -> str:
     return f"{x:.2g} %" if 0 < x < 0.1 else f"{x:.1f} %"
 
 
+def _classes(dataset) -> int:
+    """The paper's datasets: 100 classes on CIFAR-100, 10 on CIFAR-10."""
+    return 100 if str(dataset) == "cifar100" else 10
+
+
 def chance_pct(dataset) -> float:
     """Top-1 accuracy of guessing, percent: 1 % on CIFAR-100, 10 % on CIFAR-10."""
-    return common.chance_percent(100 if str(dataset) == "cifar100" else 10)
+    return common.chance_percent(_classes(dataset))
 
 
 def near_chance(acc, dataset, points: float = NEAR_CHANCE_POINTS) -> bool:
     """True when ``acc`` (percent) is at most ``points`` above chance for ``dataset``."""
     x = _num(acc)
-    return x is not None and common.near_chance(x, 100 if str(dataset) == "cifar100" else 10, points)
+    return x is not None and common.near_chance(x, _classes(dataset), points)
 
 
 def speed_text(sec, devices, precisions) -> str:
