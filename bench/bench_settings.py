@@ -3,13 +3,14 @@
 For each architecture of the study (default: the default study, experiment=cpu budget=quick), every candidate
 setting that `auto` chooses from (float32 / bf16 x NCHW / channels_last on a CPU; x CUDA graph / eager on a GPU)
 is timed in full by dse.probe (the real `fit`, two tiny epochs on random pixels, in child processes: a setting
-that crashes is reported as such), on as many processes side by side as the study has workers. Then
+that crashes is reported as such), on as many processes side by side as the study has workers, twice (the
+second round in reverse order; the mean of the two counts). Then
 dse.autotune decides with a fresh cache, as a first `make sweep` on this machine would, and the study's training
 time with auto's choices is compared with the time it would take with the best candidate of every row:
 
     auto vs best: 0.97x      (the study's images per second under auto / under the best candidates; goal >= 0.95)
 
-    python bench/bench_settings.py [--experiment cpu --budget quick] [--workers N]      (make bench-settings)
+    python bench/bench_settings.py [--experiment cpu --budget quick] [--workers N] [--rounds 2]  (make bench-settings)
 """
 
 from __future__ import annotations
@@ -51,29 +52,45 @@ def study_items(experiment: str, budget: str, threads: int):
     return [p.trial for p in plan], autotune.items_of([p.trial for p in plan], threads)
 
 
-def measure_all(items, workers: int, threads: int) -> dict:
-    """{(item, setting): result} for every candidate of every item, timed in full (no abandoning)."""
+def measure_all(items, workers: int, threads: int, rounds: int = 2) -> dict:
+    """{(item, setting): result} for every candidate of every item, timed in full (no abandoning), `rounds`
+    times, every other round in reverse order (a slow minute of the shared host then falls on different
+    candidates each round); a setting's rate is the mean of its rounds (a maximum of noisy single timings would
+    favour whichever candidate was lucky, and bias the ratio against auto)."""
+    from dataclasses import replace
+
     from dse import autotune
     from dse.probe import ProbePool
     from dse.train import resolve_device
 
-    jobs, back = [], {}
+    once, back = [], {}
     for it in items:
         for s in autotune.candidates(it.train, it.optim, resolve_device(it.train.device)):
-            job = autotune.job_for(it, s)
-            jobs.append(job)
-            back[job.key] = (it, s)
-    out = {}
+            once.append((it, s, autotune.job_for(it, s)))
+    jobs = []
+    for r in range(rounds):
+        for it, s, job in (once if r % 2 == 0 else once[::-1]):
+            jobs.append(replace(job, key=f"{job.key}#{r}"))
+            back[jobs[-1].key] = (it, s)
+    runs: dict = {}
 
     def said(job, r) -> None:
         it, s = back[job.key]
-        out[(it, s)] = r
+        runs.setdefault((it, s), []).append(r)
         what = f"{r['train_img_per_s']:8,.0f} img/s" if r.get("ok") else r.get("error", "failed")
         print(f"  {it.spec.display_name:32s} {s.label():24s} {what}", flush=True)
 
     with ProbePool(workers, threads) as pool:
         pool.run(jobs, on_result=said)
-    return out
+    return {k: _mean(rs) for k, rs in runs.items()}
+
+
+def _mean(results: list[dict]) -> dict:
+    """One setting's rounds as one result: the mean rate, or the first failure (a crash in any round counts)."""
+    failed = [r for r in results if not r.get("ok")]
+    if failed:
+        return failed[0]
+    return {"ok": True, "train_img_per_s": sum(r["train_img_per_s"] for r in results) / len(results)}
 
 
 def main() -> int:
@@ -81,6 +98,7 @@ def main() -> int:
     ap.add_argument("--experiment", default="cpu")
     ap.add_argument("--budget", default="quick")
     ap.add_argument("--workers", type=int, default=None, help="processes side by side (default: workers=auto's)")
+    ap.add_argument("--rounds", type=int, default=2, help="timings of every candidate, averaged (default 2)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="dse-bench-settings-") as tmp:
         os.environ["DSE_CACHE_DIR"] = tmp  # a first run on this machine: nothing cached
@@ -100,7 +118,7 @@ def run(args) -> int:
         workers, threads, tuner = autotune.choose_workers(items, cores, print)
     configs, items = study_items(args.experiment, args.budget, threads)
     print(f"every candidate of {len(items)} rows on {workers} process(es) x {threads} thread(s):", flush=True)
-    measured = measure_all(items, workers, threads)
+    measured = measure_all(items, workers, threads, args.rounds)
     tuner = tuner or autotune.Tuner(workers, threads, say=print)
     try:
         chosen = tuner.resolve_all(items)  # what auto decides on this machine, with probes of its own

@@ -21,6 +21,12 @@ processes), side by side:
   two side by side): without native bf16 (Zen 3) bf16 was at best 1.05x float32 (the narrowest network) and
   0.3-0.8x for the rest; with it (Zen 5, avx512_bf16) 1.14-1.5x. A 10 % margin keeps float32 on the first and
   takes bf16 on the second (a 25 % margin left up to 20 % of the speed there: auto vs best 0.91x).
+* A close call is settled per architecture: when a class's runner-up trained at least 1/CLOSE_RATIO of its
+  choice's images per second, every architecture of the class trains both, one right after the other (at once
+  on two processes), and keeps the faster by the same rule (Tuner.refine; cached). One sequential probe of the
+  cheapest member cannot settle it: on a shared 2-core host the same setting was timed 1.3-1.5x apart minutes
+  later, and the class's wider members preferred channels_last where its cheapest did not (Zen 5: 0.83-0.85x
+  of their best). Both runs are the architecture's calibrations, so the estimate does not pay for them again.
 * Safe per architecture: PyTorch 2.14.1's float32 channels_last training of the two narrowest Shallow
   SqueezeNexts crashes the process on one AMD Zen 3 (`free(): invalid next size`) and is 1.2-1.4x faster than
   NCHW for the wider ones there. So every architecture's first run with its class's choice is its calibration,
@@ -66,6 +72,7 @@ log = logging.getLogger(__name__)
 VERSION = 1
 BF16_MARGIN = 1.10  # bf16 must train >= 10 % more images per second than the best float32 setting
 ABANDON_RATIO = 1.25  # a candidate whose warm-up epoch is 1.25x the first candidate's is not timed further
+CLOSE_RATIO = 1.3  # a class's runner-up within 1.3x of its choice: each architecture times both, side by side
 SAFE = ("fp32", False, "eager")  # what runs when nothing could be measured: float32, NCHW, eager
 CRASH_SIGNALS = {int(signal.SIGSEGV), int(signal.SIGABRT), int(signal.SIGBUS), int(signal.SIGILL), int(signal.SIGFPE)}
 
@@ -176,6 +183,37 @@ def decision_key(item: Item) -> dict[str, Any]:
     return key
 
 
+def arch_key(item: Item) -> dict[str, Any]:
+    """The key of one architecture's own decision within its class (see Tuner.refine)."""
+    return decision_key(item) | {"architecture": arch_id(item.spec)}
+
+
+def close_pair(item: Item) -> tuple[Setting, Setting] | None:
+    """(the class's choice for `item`, the class's runner-up) when the runner-up trained at least 1/CLOSE_RATIO
+    of the choice's images per second in the class probe and `item` has no decision of its own yet; else None.
+    One sequential probe of the class's cheapest architecture cannot tell such settings apart on a shared host
+    (the same setting timed 1.3-1.5x apart minutes later), nor say which the class's wider members prefer."""
+    d = _load(decision_key(item))
+    if _choice(d) is None or _load(arch_key(item)) is not None:
+        return None
+    choice, rates, unsafe = decided(item), _rates(d), unsafe_settings(item)
+    rest = {s: r for s, r in rates.items() if s != choice and s.label() not in unsafe}
+    runner = choose(rest, set()) if rest else None
+    if runner is None or choice not in rates or runner not in rates:
+        return None
+    if rates[runner]["train_img_per_s"] * CLOSE_RATIO < rates[choice]["train_img_per_s"]:
+        return None
+    return choice, runner
+
+
+def _rates(d: dict[str, Any] | None) -> dict[Setting, dict[str, Any]]:
+    """A decision file's measured img/s as probe results ({setting: {"ok", "train_img_per_s"}})."""
+    try:
+        return {Setting(**s): {"ok": True, "train_img_per_s": r} for s, r in (d or {}).get("measured", [])}
+    except (TypeError, ValueError):
+        return {}
+
+
 def arch_id(spec: ModelSpec) -> str:
     """An architecture's identity for the crash record (its whole spec: the shapes that crashed)."""
     return _digest(spec.to_dict())
@@ -237,13 +275,12 @@ def decided(item: Item) -> Setting | None:
     if choice is None:
         return None
     unsafe = unsafe_settings(item)
+    own = _choice(_load(arch_key(item)))  # this architecture's own pairwise check (a close class), if any
+    if own is not None and own.label() not in unsafe:
+        return own
     if choice.label() not in unsafe:
         return choice
-    try:
-        measured = {Setting(**s): {"ok": True, "train_img_per_s": r} for s, r in d.get("measured", [])}
-    except (TypeError, ValueError):
-        measured = {}
-    return choose(measured, unsafe)
+    return choose(_rates(d), unsafe)
 
 
 def save_decision(key: dict[str, Any], choice: Setting, rep: ModelSpec, line: str,
@@ -352,7 +389,42 @@ class Tuner:
         todo = {k: rep for k, rep in reps.items() if load_decision(json.loads(k)) is None}
         if todo:
             self._decide(todo)
+        self.refine([it for it in items if is_auto(it.train)])
         return {it: finalize(it, decided(it) if is_auto(it.train) else None) for it in items}
+
+    def refine(self, items: Sequence[Item]) -> None:
+        """Every architecture of a close class (close_pair) trains its class's choice and runner-up side by side,
+        one right after the other on one process, at once on two; the faster by the same rule (choose) becomes
+        its own decision (cached). Both runs are calibrations: the estimate does not pay for them again."""
+        pairs: dict[str, tuple[Item, tuple[Setting, Setting]]] = {}
+        for it in items:
+            pair = close_pair(it)
+            if pair is not None:
+                pairs.setdefault(json.dumps(arch_key(it), sort_keys=True), (it, pair))
+        if not pairs:
+            return
+        jobs, back, measured = [], {}, {k: {} for k in pairs}
+        for k, (it, pair) in pairs.items():
+            for s in pair:
+                jobs.append(job_for(it, s))
+                back[jobs[-1].key] = (k, s)
+
+        def on_result(job: Job, result: dict[str, Any]) -> None:
+            k, s = back[job.key]
+            if result.get("signal") in CRASH_SIGNALS:
+                mark_unsafe(pairs[k][0], s.label())
+            _calibration(job, result)
+            measured[k][s] = result
+
+        self.say(f"timing each class's two best settings side by side for {len(pairs)} architecture"
+                 f"{'s' * (len(pairs) != 1)} (their class probe was a close call: within {CLOSE_RATIO}x)")
+        self.pool.run(jobs, on_result)
+        for k, (it, _) in pairs.items():
+            unsafe = unsafe_settings(it)
+            choice = choose(measured[k], unsafe)
+            line = decision_line(it, choice, measured[k], unsafe, alone=True)
+            save_decision(json.loads(k), choice, it.spec, line, measured[k])
+            self.say(line)
 
     def _decide(self, reps: dict[str, Item]) -> None:
         """Probe the cost classes in `reps` side by side on the pool, each class as a chain (Chain), then decide
@@ -476,7 +548,9 @@ def finalize(item: Item, choice: Setting | None) -> TrainConfig:
                    fast_path=choice.fast_path if t.fast_path == "auto" else t.fast_path)
 
 
-def decision_line(item: Item, choice: Setting, measured: dict[Setting, dict], unsafe: set[str]) -> str:
+def decision_line(item: Item, choice: Setting, measured: dict[Setting, dict], unsafe: set[str],
+                  alone: bool = False) -> str:
+    """One line: what was decided for `item`'s class (or for its architecture `alone`), every measured rate."""
     parts = []
     for s, r in measured.items():
         if r.get("ok") and s.label() in unsafe:
@@ -491,7 +565,8 @@ def decision_line(item: Item, choice: Setting, measured: dict[Setting, dict], un
         else:
             parts.append(f"{s.label()} {r.get('error', 'failed')}")
     device = resolve_device(item.train.device)
-    return (f"auto settings for {class_label(cost_class(item.macs))} ({item.spec.display_name}, "
+    name, cls = item.spec.display_name, class_label(cost_class(item.macs))
+    return (f"auto settings for {f'{name} alone ({cls}' if alone else f'{cls} ({name}'}, "
             f"{_threads(item.train)} thread{'s' * (_threads(item.train) != 1)}, {cal.device_name(device)}): "
             f"{choice.label()}; measured side by side: {'; '.join(parts)}")
 
@@ -508,7 +583,8 @@ def resolve(spec: ModelSpec, optim: OptimConfig, train: TrainConfig) -> TrainCon
     train = replace(train, threads=_threads(train))
     item = Item(spec, optim, train)
     choice = decided(item)
-    if choice is None or (choice != Setting(*SAFE) and not is_checked(item, choice)):
+    unsure = choice is None or close_pair(item) is not None  # undecided, or a close class not checked for it
+    if unsure or (choice != Setting(*SAFE) and not is_checked(item, choice)):
         tuner = Tuner(1, _threads(train))
         try:
             resolved = tuner.resolve_all([item])

@@ -53,6 +53,12 @@ class Calibration:
     key: dict[str, Any]
     cached: bool = False
     warmup_epoch_seconds: float = 0.0  # the first probe epoch in all (what dse.autotune compares to abandon)
+    measured_unix: float = 0.0  # when it was measured (seconds since the epoch): a cached one may be hours old
+
+    def scaled(self, factor: float) -> Calibration:
+        """The same calibration on a host `factor` times as fast (both rates x factor, warm-up / factor)."""
+        return replace(self, train_img_per_s=self.train_img_per_s * factor, eval_img_per_s=self.eval_img_per_s *
+                       factor, warmup_seconds=self.warmup_seconds / factor)
 
     def trial_seconds(self, epochs: int, train_images: int, eval_images: int) -> float:
         return self.warmup_seconds + epochs * (train_images / self.train_img_per_s + eval_images / self.eval_img_per_s)
@@ -121,7 +127,8 @@ def load_cached(key: dict[str, Any], cache_dir: str | os.PathLike | None = None)
         d = json.loads(path.read_text())
         if d["key"] == key:
             return Calibration(d["train_img_per_s"], d["eval_img_per_s"], d["warmup_seconds"], key, cached=True,
-                               warmup_epoch_seconds=float(d.get("warmup_epoch_seconds", 0.0)))
+                               warmup_epoch_seconds=float(d.get("warmup_epoch_seconds", 0.0)),
+                               measured_unix=float(d.get("measured_unix") or path.stat().st_mtime))
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("ignoring unreadable calibration %s (%s); measuring again", path, e)
     return None
@@ -207,7 +214,7 @@ def measure(spec: ModelSpec, train: TrainConfig, optim: OptimConfig, steps: int,
 
 def from_measurement(m: dict[str, float], key: dict[str, Any]) -> Calibration:
     return Calibration(m["train_img_per_s"], m["eval_img_per_s"], m["warmup_seconds"], key,
-                       warmup_epoch_seconds=m.get("warmup_epoch_seconds", 0.0))
+                       warmup_epoch_seconds=m.get("warmup_epoch_seconds", 0.0), measured_unix=time.time())
 
 
 def _measure(spec: ModelSpec, train: TrainConfig, optim: OptimConfig, steps: int) -> dict[str, float]:

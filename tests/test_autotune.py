@@ -185,17 +185,69 @@ class FakePool:
             FakePool.jobs.append(job)
             t = job.train
             s = A.Setting(t["precision"], t["channels_last"], t["fast_path"])
-            if ModelSpec.from_dict(job.spec).name == self.crashing and s == FP32_CL:
+            name = ModelSpec.from_dict(job.spec).name
+            if name == self.crashing and s == FP32_CL:
                 out[job.key] = {"ok": False, "crashed": True, "signal": 11,
                                 "error": "the probe process died (signal 11)"}
             else:
-                out[job.key] = {"ok": True, "train_img_per_s": self.RATES[s], "eval_img_per_s": 500.0,
+                out[job.key] = {"ok": True, "train_img_per_s": self.rate(name, s), "eval_img_per_s": 500.0,
                                 "warmup_seconds": 0.1, "warmup_epoch_seconds": 1.0}
             if on_result is not None:
                 on_result(job, out[job.key])
 
+    def rate(self, name: str, s: A.Setting) -> float:
+        return self.RATES[s]
+
     def close(self) -> None:
         pass
+
+
+class ClosePool(FakePool):
+    """float32 channels_last 1.1x float32 NCHW for the class's cheapest architecture (a close call), while a
+    wider member of the class trains NCHW faster; nothing crashes."""
+
+    crashing = None
+    wider = "shallow_sqnxt_06_0_2x"
+
+    def rate(self, name: str, s: A.Setting) -> float:
+        if name == self.wider and s in (FP32, FP32_CL):
+            return 120.0 if s == FP32 else 100.0
+        return {FP32: 100.0, FP32_CL: 110.0, BF16: 50.0, BF16_CL: 40.0}[s]
+
+
+def test_a_close_class_is_decided_per_architecture_side_by_side(monkeypatch) -> None:
+    monkeypatch.setattr(A, "ProbePool", ClosePool)
+    FakePool.jobs = []
+    lines: list[str] = []
+    names = ("shallow_sqnxt_06_0_15x", "shallow_sqnxt_06_0_2x", "shallow_sqnxt_06_0_3x")  # classes -1, -1, 0
+    cheapest, wider, other = items = [A.Item(spec_from_name(n), OptimConfig(), AUTO) for n in names]
+    resolved = A.Tuner(2, 1, say=lines.append).resolve_all(items)
+    assert A.setting_of(resolved[cheapest]) == FP32_CL and A.setting_of(resolved[wider]) == FP32
+    assert A.setting_of(resolved[other]) == FP32_CL  # a class of its own, checked the same way
+    pairs = [(ModelSpec.from_dict(j.spec).name, A.setting_of(j.train)) for j in FakePool.jobs[-6:]]
+    assert pairs[:2] == [(names[0], FP32_CL), (names[0], FP32)]  # a pair runs one right after the other
+    assert any(ln.startswith("auto settings for Shallow SqueezeNext-06-0.2x alone (0.25-1 M MACs") and
+               "fp32 nchw eager; measured side by side" in ln for ln in lines), lines
+    assert A.decided(wider) == FP32 and A.close_pair(wider) is None  # decided for good (cached)
+    assert not A.unchecked(resolved)  # the pairs were the calibrations
+    FakePool.jobs = []
+    assert A.Tuner(2, 1).resolve_all(items) == resolved and FakePool.jobs == []
+    # an architecture of a close class that no study checked yet is checked before it trains
+    newcomer = A.Item(spec_from_name("shallow_sqnxt_06_0_125x"), OptimConfig(), AUTO)
+    assert A.close_pair(newcomer) == (FP32_CL, FP32)
+    assert A.setting_of(A.resolve(newcomer.spec, newcomer.optim, AUTO)) == FP32_CL
+    assert len(FakePool.jobs) == 2 and A.close_pair(newcomer) is None
+
+
+def test_a_clear_class_is_not_checked_per_architecture(monkeypatch) -> None:
+    monkeypatch.setattr(A, "ProbePool", FakePool)
+    FakePool.jobs = []
+    names = ("shallow_sqnxt_06_0_15x", "shallow_sqnxt_06_0_3x")
+    items = [A.Item(spec_from_name(n), OptimConfig(), AUTO) for n in names]
+    A.Tuner(1, 1).resolve_all(items)
+    assert all(A.close_pair(it) is None for it in items)  # 150 against 100 img/s: not a close call
+    timed = [(ModelSpec.from_dict(j.spec).name, A.setting_of(j.train)) for j in FakePool.jobs]
+    assert len(timed) == len(set(timed)) == 8  # each class's chain of four, nothing timed twice
 
 
 def test_a_crash_is_unsafe_for_that_architecture_alone(monkeypatch) -> None:

@@ -29,7 +29,7 @@ def test_calibration_measures_then_hits_the_cache(tmp_path: Path, monkeypatch) -
     assert first.key["fast_path"] == "eager" and first.key["batch_size"] == 16 and first.key["threads"] == 1
     second = C.calibrate(SPEC, TRAIN, steps=2, cache_dir=tmp_path)
     assert second.cached and len(calls) == 1
-    assert second.train_img_per_s == first.train_img_per_s
+    assert second.train_img_per_s == first.train_img_per_s and second.measured_unix == first.measured_unix > 0
     # another batch size is another key: measured again, in its own file
     C.calibrate(SPEC, replace(TRAIN, batch_size=8), steps=2, cache_dir=tmp_path)
     assert len(calls) == 2 and len(list(tmp_path.glob("*.json"))) == 2
@@ -76,3 +76,40 @@ def test_estimate_study_packs_calibrated_trials() -> None:
     assert C.estimate_study(trials, 2, calibrate_fn=fake_calibrate) == pytest.approx(185)
     assert seen[0] == ("shallow_sqnxt_06_0_4x", 2, "sgd_nesterov")
     assert C.estimate_study([], 4, calibrate_fn=fake_calibrate) == 0.0
+
+
+class _Pool:
+    """A probe pool whose every job trains at `rate` img/s; it records the jobs it ran."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.jobs = rate, []
+
+    def run(self, jobs):
+        self.jobs += list(jobs)
+        return {j.key: {"ok": True, "train_img_per_s": self.rate} for j in self.jobs}
+
+
+def test_old_calibrations_follow_the_host_speed_now(monkeypatch) -> None:
+    import time
+    from types import SimpleNamespace
+
+    from dse import autotune
+    from dse.sweep import tune
+
+    items = [autotune.Item(spec_from_name(n), OptimConfig(), TRAIN) for n in ("shallow_sqnxt_06_0_2x",
+                                                                               "shallow_sqnxt_06_0_6x")]
+    old, new = time.time() - 2 * tune.STALE_AFTER_S, time.time()
+    cals = {items[0]: C.Calibration(100.0, 400.0, 2.0, {}, measured_unix=old),
+            items[1]: C.Calibration(50.0, 200.0, 3.0, {}, measured_unix=new)}
+    resolved = {it: it.train for it in items}
+    slow = SimpleNamespace(processes=2, pool=_Pool(55.0))  # the host trains at 0.55x its old speed
+    out = tune.host_speed(slow, items, resolved, cals)
+    assert len(slow.pool.jobs) == 2  # the stale architecture, once per process, side by side
+    assert out[items[0]].train_img_per_s == pytest.approx(55.0) and out[items[0]].warmup_seconds == pytest.approx(
+        2.0 / 0.55) and out[items[0]].eval_img_per_s == pytest.approx(220.0)
+    assert out[items[1]] == cals[items[1]]  # measured in this command: already the host's speed now
+    steady = SimpleNamespace(processes=2, pool=_Pool(108.0))  # within DRIFT: noise, not drift
+    assert tune.host_speed(steady, items, resolved, cals) == cals
+    fresh = SimpleNamespace(processes=2, pool=_Pool(1.0))
+    assert tune.host_speed(fresh, items, resolved, {items[1]: cals[items[1]]}) == {items[1]: cals[items[1]]}
+    assert fresh.pool.jobs == []  # nothing old: nothing measured

@@ -9,7 +9,8 @@ Run once by the command's main process, after planning and before any worker sta
    and every architecture's first run with its choice made in a probe process (its calibration, also when
    study.estimate=false): a setting that crashes an architecture is replaced for it before a trial runs it.
 3. The estimate: every queued architecture calibrated with the settings it will run (cached per machine), each
-   trial's time packed onto the workers longest-first (dse.calibrate), printed before training.
+   trial's time packed onto the workers longest-first (dse.calibrate), printed before training. Calibrations
+   cached over 10 minutes ago follow the host's speed now (host_speed: one architecture trained again).
 
 Every step prints a line as it goes (a probe per cost class, a calibration per architecture), so the command
 shows progress within seconds. The decisions land in the on-disk cache, where every worker finds them.
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 from omegaconf import DictConfig
@@ -31,6 +33,9 @@ from dse.errors import first_line
 from dse.sweep.progress import fmt_duration
 
 log = logging.getLogger("dse.sweep")
+
+STALE_AFTER_S = 600  # a calibration measured over 10 minutes before this command is checked against the host now
+DRIFT = 1.15  # a host over 15 % faster or slower than at calibration time rescales the old calibrations
 
 
 def usable_cores() -> int:
@@ -57,6 +62,7 @@ def tune_study(cfg: DictConfig, queue: Any, base: dict[str, Any], only: set[str]
             tuner.check_all(resolved)
             return None
         cals = tuner.calibrate_all(resolved)  # replaces a choice that crashes an architecture in `resolved`
+        cals = host_speed(tuner, items, resolved, cals)
     except Exception as e:  # noqa: BLE001 - the probe is a courtesy: the trials say the real error themselves
         log.warning("no settings probe or estimate: %s", first_line(e))
         return None
@@ -98,6 +104,33 @@ def settle_workers(cfg: DictConfig, configs: list[Any]) -> autotune.Tuner | None
         if cfg.trainer.threads is None:
             cfg.trainer.threads = threads
     return tuner
+
+
+def host_speed(tuner: autotune.Tuner, items: list[autotune.Item], resolved: dict, cals: dict) -> dict:
+    """`cals` with the ones measured long ago (STALE_AFTER_S) rescaled to the host's speed now, when it moved by
+    more than DRIFT: the study's typical stale architecture trained again with its settings on every probe
+    process side by side (as it was calibrated), the mean against its cached rate. The shared 2-core host
+    trained one architecture with the same settings 1.8x slower 50 minutes after calibrating it (AMD EPYC
+    family 26 model 2, 2026-12-02), and the estimate built on the old calibration was 92 % short."""
+    now = time.time()
+    stale = {it for it in items if it in cals and now - cals[it].measured_unix > STALE_AFTER_S}
+    if not stale:
+        return cals
+    rep = autotune.typical(sorted(stale, key=lambda it: it.macs))
+    job = autotune.job_for(autotune.Item(rep.spec, rep.optim, resolved[rep]))
+    runs = tuner.pool.run([replace(job, key=str(i)) for i in range(tuner.processes)]).values()
+    rates = [r["train_img_per_s"] for r in runs if r.get("ok")]
+    if not rates:
+        return cals
+    factor = sum(rates) / len(rates) / cals[rep].train_img_per_s
+    said = (f"host speed check: {rep.spec.display_name} trains at {factor:.2f}x its calibration of "
+            f"{(now - cals[rep].measured_unix) / 60:.0f} min ago")
+    if 1 / DRIFT <= factor <= DRIFT:
+        log.info("%s: calibrations kept", said)
+        return cals
+    log.info("%s: the %d calibrations older than %.0f min are scaled by it for this estimate", said, len(stale),
+             STALE_AFTER_S / 60)
+    return {it: c.scaled(factor) if it in stale else c for it, c in cals.items()}
 
 
 def estimate(configs: list[Any], items: list[autotune.Item], resolved: dict, cals: dict, workers: int) -> float:
