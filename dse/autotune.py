@@ -361,6 +361,27 @@ def _differs_only_in(a: Setting, b: Setting, field: str) -> bool:
         getattr(a, f) == getattr(b, f) for f in ("precision", "channels_last", "fast_path") if f != field)
 
 
+def probed(item: Item, setting: Setting, job: Job, result: dict[str, Any]) -> dict[str, Any]:
+    """A probe's `result`, after its consequences: a crash (not a kill from outside: SIGKILL, SIGTERM) marks
+    `setting` unsafe for `item`'s architecture, a measurement is saved as its calibration."""
+    if result.get("signal") in CRASH_SIGNALS:
+        mark_unsafe(item, setting.label())
+    _calibration(job, result)
+    return result
+
+
+def settle(key: str, item: Item, measured: dict[Setting, dict[str, Any]], say: Callable[[str], None],
+           alone: bool = False) -> Setting:
+    """Decide from `measured` (the settings that crashed `item` excluded), save it under `key` (a class's
+    decision, or with `alone` the architecture's own) and say it in one line."""
+    unsafe = unsafe_settings(item)
+    choice = choose(measured, unsafe)
+    line = decision_line(item, choice, measured, unsafe, alone)
+    save_decision(json.loads(key), choice, item.spec, line, measured)
+    say(line)
+    return choice
+
+
 class Tuner:
     """Decides `auto` settings for many architectures at once with a pool of probe processes, and calibrates
     every architecture for the study estimate with the settings it will run. `say` prints progress lines."""
@@ -411,20 +432,13 @@ class Tuner:
 
         def on_result(job: Job, result: dict[str, Any]) -> None:
             k, s = back[job.key]
-            if result.get("signal") in CRASH_SIGNALS:
-                mark_unsafe(pairs[k][0], s.label())
-            _calibration(job, result)
-            measured[k][s] = result
+            measured[k][s] = probed(pairs[k][0], s, job, result)
 
         self.say(f"timing each class's two best settings side by side for {len(pairs)} architecture"
                  f"{'s' * (len(pairs) != 1)} (their class probe was a close call: within {CLOSE_RATIO}x)")
         self.pool.run(jobs, on_result)
         for k, (it, _) in pairs.items():
-            unsafe = unsafe_settings(it)
-            choice = choose(measured[k], unsafe)
-            line = decision_line(it, choice, measured[k], unsafe, alone=True)
-            save_decision(json.loads(k), choice, it.spec, line, measured[k])
-            self.say(line)
+            settle(k, it, measured[k], self.say, alone=True)
 
     def _decide(self, reps: dict[str, Item]) -> None:
         """Probe the cost classes in `reps` side by side on the pool, each class as a chain (Chain), then decide
@@ -448,18 +462,11 @@ class Tuner:
 
         def on_result(job: Job, result: dict[str, Any]) -> None:
             chain, setting = jobs[job.key]
-            if result.get("signal") in CRASH_SIGNALS:  # not a kill from outside (SIGKILL, SIGTERM)
-                mark_unsafe(chain.item, setting.label())
-            _calibration(job, result)
-            chain.done(setting, result)
+            chain.done(setting, probed(chain.item, setting, job, result))
 
         self.pool.run(next_job, on_result)
         for k, chain in chains.items():
-            unsafe = unsafe_settings(chain.item)
-            choice = choose(chain.measured, unsafe)
-            line = decision_line(chain.item, choice, chain.measured, unsafe)
-            save_decision(json.loads(k), choice, chain.item.spec, line, chain.measured)
-            self.say(line)
+            settle(k, chain.item, chain.measured, self.say)
 
     def calibrate_all(self, resolved: dict[Item, TrainConfig], verb: str = "calibrated"
                       ) -> dict[Item, cal.Calibration]:
@@ -487,8 +494,11 @@ class Tuner:
 
         def line(job: Job, result: dict[str, Any]) -> None:
             its, c = back.pop(job.key), _calibration(job, result)
-            retry = self._fall_back(its, resolved, job, result) if result.get("signal") in CRASH_SIGNALS else []
+            retry = fall_back(its, resolved, job) if result.get("signal") in CRASH_SIGNALS else []
             if retry:
+                self.say(f"{its[0].spec.display_name}: {setting_of(job.train).label()} crashed its probe "
+                         f"({result.get('error')}); it trains with {setting_of(resolved[retry[0]]).label()} here "
+                         "instead (cached)")
                 count[1] -= 1  # measured again under its next setting: one line for the architecture
                 enqueue(retry)
                 return
@@ -513,23 +523,20 @@ class Tuner:
         self.calibrate_all(todo, verb="checked")
         resolved.update(todo)
 
-    def _fall_back(self, its: list[Item], resolved: dict[Item, TrainConfig], job: Job,
-                   result: dict[str, Any]) -> list[Item]:
-        """After `job` crashed: mark its setting unsafe for the architecture and give `its` their next choice in
-        `resolved`; the items to measure again ([] when nothing else can be chosen: explicit settings, or SAFE
-        itself crashed)."""
-        crashed = setting_of(job.train)
-        retry = []
-        for it in its:
-            if is_auto(it.train):
-                mark_unsafe(it, crashed.label())
-                resolved[it] = finalize(it, decided(it))
-                if setting_of(resolved[it]) != crashed:
-                    retry.append(it)
-        if retry:
-            self.say(f"{its[0].spec.display_name}: {crashed.label()} crashed its probe ({result.get('error')}); "
-                     f"it trains with {setting_of(resolved[retry[0]]).label()} here instead (cached)")
-        return retry
+
+def fall_back(its: list[Item], resolved: dict[Item, TrainConfig], job: Job) -> list[Item]:
+    """After `job` crashed: mark its setting unsafe for the architecture and give `its` their next choice in
+    `resolved`; the items to measure again ([] when nothing else can be chosen: explicit settings, or SAFE
+    itself crashed)."""
+    crashed = setting_of(job.train)
+    retry = []
+    for it in its:
+        if is_auto(it.train):
+            mark_unsafe(it, crashed.label())
+            resolved[it] = finalize(it, decided(it))
+            if setting_of(resolved[it]) != crashed:
+                retry.append(it)
+    return retry
 
 
 def setting_of(train: TrainConfig | dict[str, Any]) -> Setting:

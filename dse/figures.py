@@ -30,17 +30,15 @@ import pandas as pd  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 from dse.common import atomic_write, pareto_front  # noqa: E402
+from dse.models.registry import ARCHITECTURES  # noqa: E402
 from dse.tables.match import FULL_EPOCH_IMAGES, trial_ref  # noqa: E402
 from dse.tables.render import pct  # noqa: E402
 
 MB = 1_000_000  # bytes per MB, as the paper counts them
 
-#: One colour per arch, stable across runs (tab10).
-ARCH_COLOURS = {"squeezenet_1_0": "#1f77b4", "squeezenet_1_1": "#17becf", "sqnxt": "#ff7f0e",
-                "modified_sqnxt": "#9467bd", "shallow_sqnxt": "#2ca02c"}
-ARCH_LABELS = {"squeezenet_1_0": "SqueezeNet-v1.0", "squeezenet_1_1": "SqueezeNet-v1.1",
-               "sqnxt": "SqueezeNext", "modified_sqnxt": "Modified SqueezeNext",
-               "shallow_sqnxt": "Shallow SqueezeNext"}
+#: One colour per arch, stable across runs (dse.models.registry.ARCHITECTURES), and its family's name.
+ARCH_COLOURS = {a: d.colour for a, d in ARCHITECTURES.items()}
+ARCH_LABELS = {a: d.display for a, d in ARCHITECTURES.items()}
 
 #: The three panels of Figure 9: (title, how to pick the trial).
 FIG9_PANELS = (

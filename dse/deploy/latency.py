@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -159,59 +160,19 @@ def _loadavg() -> float | None:
 
 
 def _child(req: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process: load the model in `req["format"]`, run it `req["warmup"]` times, then time
+    `req["runs"]` single-image runs; the peak memory counted above the process's RSS once the runtime is
+    imported (so it is the model's and its runtime's working memory, not the interpreter's)."""
     import numpy as np
 
     fmt, path, threads = req["format"], req["path"], int(req["threads"])
-    if fmt in ("torch", "torchscript"):
-        import warnings
-
-        import torch
-
-        torch.set_num_threads(threads)
-        torch.set_num_interop_threads(1)
-        runtime = f"torch {torch.__version__.split('+')[0]}"
-        if fmt == "torch":
-            from dse.models import ModelSpec, build_model  # imported before the baseline, like torch itself
-    else:
-        import onnxruntime as ort
-
-        runtime = f"onnxruntime {ort.__version__}"
+    runtime = _import_runtime(fmt, threads)  # imported before the baseline: its code is not the model's memory
     images = np.load(req["inputs"])
     gc.collect()
     load_before = _loadavg()
     hwm_reset = _reset_hwm()
     baseline = _proc_status("VmRSS")
-
-    if fmt in ("torch", "torchscript"):
-        if fmt == "torch":
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            model = build_model(ModelSpec.from_dict(blob["spec"]))
-            model.load_state_dict(blob["state_dict"])
-            del blob
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = torch.jit.load(path, map_location="cpu")
-        model.eval()
-        feeds = [torch.from_numpy(images[i:i + 1]) for i in range(len(images))]
-
-        def run(i: int) -> None:
-            with torch.inference_mode():
-                model(feeds[i % len(feeds)])
-    else:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        feeds = [{name: images[i:i + 1]} for i in range(len(images))]
-
-        def run(i: int) -> None:
-            sess.run(None, feeds[i % len(feeds)])
-
+    run = _torch_runner(fmt, path, images) if fmt in ("torch", "torchscript") else _ort_runner(path, threads, images)
     for i in range(int(req["warmup"])):
         run(i)
     gc.collect()
@@ -231,6 +192,68 @@ def _child(req: dict[str, Any]) -> dict[str, Any]:
         "hwm_bytes": hwm, "baseline_rss_bytes": baseline, "hwm_reset": hwm_reset, "runtime": runtime,
         "load_before": load_before, "load_after": _loadavg(),
     }
+
+
+def _import_runtime(fmt: str, threads: int) -> str:
+    """Import the runtime `fmt` runs on (with `threads` intra-op threads for torch) and name its version."""
+    if fmt in ("torch", "torchscript"):
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(1)
+        if fmt == "torch":
+            import dse.models  # noqa: F401 - the model code is the runtime's, not the model's memory
+        return f"torch {torch.__version__.split('+')[0]}"
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__}"
+
+
+def _torch_runner(fmt: str, path: str, images: Any) -> Callable[[int], None]:
+    """Run i: the PyTorch checkpoint (or TorchScript file) at `path` on image i (mod the images), batch 1."""
+    import warnings
+
+    import torch
+
+    from dse.models import ModelSpec, build_model
+
+    if fmt == "torch":
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(ModelSpec.from_dict(blob["spec"]))
+        model.load_state_dict(blob["state_dict"])
+        del blob
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.jit.load(path, map_location="cpu")
+    model.eval()
+    feeds = [torch.from_numpy(images[i:i + 1]) for i in range(len(images))]
+
+    def run(i: int) -> None:
+        with torch.inference_mode():
+            model(feeds[i % len(feeds)])
+
+    return run
+
+
+def _ort_runner(path: str, threads: int, images: Any) -> Callable[[int], None]:
+    """Run i: the ONNX file at `path` in onnxruntime (sequential, `threads` intra-op threads) on image i."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    feeds = [{name: images[i:i + 1]} for i in range(len(images))]
+
+    def run(i: int) -> None:
+        sess.run(None, feeds[i % len(feeds)])
+
+    return run
 
 
 if __name__ == "__main__":

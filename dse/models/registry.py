@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import importlib
 import math
 import numbers
 import re
@@ -37,27 +38,42 @@ from typing import Any
 
 from torch import nn
 
-ARCHS = ("squeezenet_1_0", "squeezenet_1_1", "sqnxt", "modified_sqnxt", "shallow_sqnxt")
-SQUEEZENET_ARCHS = ("squeezenet_1_0", "squeezenet_1_1")
-SQNXT_ARCHS = ("sqnxt", "modified_sqnxt", "shallow_sqnxt")
-ACTIVATIONS = ("elu", "relu")
 
-#: Per-arch defaults: SqueezeNet's classifier dropout (Iandola 2016), none in the SqueezeNext reference,
-#: p = 0.3 for Shallow SqueezeNext (section 3, Table 4); ELU for Shallow SqueezeNext (Fig. 6), ReLU otherwise.
-DEFAULT_DROPOUT = {
-    "squeezenet_1_0": 0.5,
-    "squeezenet_1_1": 0.5,
-    "sqnxt": 0.0,
-    "modified_sqnxt": 0.0,
-    "shallow_sqnxt": 0.3,
+@dataclass(frozen=True)
+class Arch:
+    """One architecture of the zoo, everything the rest of the code knows about it. Adding one is one entry in
+    ARCHITECTURES (and its module); names, defaults, the builder and the figures' colours follow."""
+
+    display: str  # the paper's name: the family's ("Shallow SqueezeNext") or, without stages, the model's
+    staged: bool  # four stages of blocks and a width multiplier (the SqueezeNext family); else neither
+    dropout: float  # default classifier dropout probability
+    activation: str  # default activation
+    builder: str  # "module:Class"; staged: Class(stage_depths, width=, num_classes=, dropout=, activation=),
+    #               else Class(variant, num_classes, dropout, activation)
+    colour: str  # its points in the figures (matplotlib tab10: stable across runs)
+    variant: str = ""  # the builder's version argument (SqueezeNet "1_0" / "1_1")
+    v5: bool = False  # has the SqueezeNext-23v5 layout (2-4-14-1) under the name {arch}_23v5_{W}x
+
+
+#: SqueezeNet's classifier dropout 0.5 (Iandola 2016), none in the SqueezeNext reference, p = 0.3 for Shallow
+#: SqueezeNext (section 3, Table 4); ELU for Shallow SqueezeNext (Fig. 6), ReLU otherwise.
+ARCHITECTURES: dict[str, Arch] = {
+    "squeezenet_1_0": Arch("SqueezeNet-v1.0", False, 0.5, "relu", "dse.models.squeezenet:SqueezeNet", "#1f77b4",
+                           variant="1_0"),
+    "squeezenet_1_1": Arch("SqueezeNet-v1.1", False, 0.5, "relu", "dse.models.squeezenet:SqueezeNet", "#17becf",
+                           variant="1_1"),
+    "sqnxt": Arch("SqueezeNext", True, 0.0, "relu", "dse.models.squeezenext:SqueezeNext", "#ff7f0e", v5=True),
+    "modified_sqnxt": Arch("Modified SqueezeNext", True, 0.0, "relu", "dse.models.squeezenext:ModifiedSqueezeNext",
+                           "#9467bd", v5=True),
+    "shallow_sqnxt": Arch("Shallow SqueezeNext", True, 0.3, "elu",
+                          "dse.models.shallow_squeezenext:ShallowSqueezeNext", "#2ca02c"),
 }
-DEFAULT_ACTIVATION = {
-    "squeezenet_1_0": "relu",
-    "squeezenet_1_1": "relu",
-    "sqnxt": "relu",
-    "modified_sqnxt": "relu",
-    "shallow_sqnxt": "elu",
-}
+ARCHS = tuple(ARCHITECTURES)
+SQUEEZENET_ARCHS = tuple(a for a, d in ARCHITECTURES.items() if not d.staged)
+SQNXT_ARCHS = tuple(a for a, d in ARCHITECTURES.items() if d.staged)
+ACTIVATIONS = ("elu", "relu")
+DEFAULT_DROPOUT = {a: d.dropout for a, d in ARCHITECTURES.items()}
+DEFAULT_ACTIVATION = {a: d.activation for a, d in ARCHITECTURES.items()}
 
 SQNXT_23 = (6, 6, 8, 1)
 SQNXT_23V5 = (2, 4, 14, 1)
@@ -79,14 +95,6 @@ PAPER_CANONICAL: dict[int, tuple[int, int, int, int]] = {
     21: (2, 2, 14, 1),
     23: SQNXT_23,
 }
-
-_ARCH_DISPLAY = {
-    "sqnxt": "SqueezeNext",
-    "modified_sqnxt": "Modified SqueezeNext",
-    "shallow_sqnxt": "Shallow SqueezeNext",
-}
-_SQUEEZENET_DISPLAY = {"squeezenet_1_0": "SqueezeNet-v1.0", "squeezenet_1_1": "SqueezeNet-v1.1"}
-
 
 class InvalidModelConfig(ValueError):
     """A model name or spec field is invalid; the message names the bad value and what is allowed."""
@@ -191,7 +199,7 @@ class ModelSpec:
             return self.arch
         assert self.stage_depths is not None and self.depth is not None
         w = format_width(self.width, "_")
-        if self.arch != "shallow_sqnxt" and self.stage_depths == SQNXT_23V5:
+        if ARCHITECTURES[self.arch].v5 and self.stage_depths == SQNXT_23V5:
             return f"{self.arch}_23v5_{w}x"
         base = f"{self.arch}_{self.depth:02d}_{w}x"
         if self.stage_depths == canonical_stage_depths(self.depth):
@@ -201,15 +209,12 @@ class ModelSpec:
     @property
     def display_name(self) -> str:
         """The paper's naming: "Shallow SqueezeNext-06-0.4x", "SqueezeNext-23-2x", "SqueezeNet-v1.1"."""
-        if self.arch in SQUEEZENET_ARCHS:
-            return _SQUEEZENET_DISPLAY[self.arch]
+        arch = ARCHITECTURES[self.arch]
+        if not arch.staged:
+            return arch.display
         assert self.depth is not None
-        tag = (
-            "23v5"
-            if self.arch != "shallow_sqnxt" and self.stage_depths == SQNXT_23V5
-            else f"{self.depth:02d}"
-        )
-        return f"{_ARCH_DISPLAY[self.arch]}-{tag}-{format_width(self.width)}x"
+        tag = "23v5" if arch.v5 and self.stage_depths == SQNXT_23V5 else f"{self.depth:02d}"
+        return f"{arch.display}-{tag}-{format_width(self.width)}x"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of all fields (stage_depths as a list, defaults filled in)."""
@@ -239,8 +244,13 @@ class ModelSpec:
             ) from e
 
 
+def _alternatives(names: Iterable[str]) -> str:
+    """A regex alternation of `names`, longest first (so "shallow_sqnxt" is not read as "sqnxt")."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+
+
 _NAME_RE = re.compile(
-    r"^(?P<arch>shallow_sqnxt|modified_sqnxt|sqnxt)_(?P<depth>\d+)(?P<v5>v5)?_(?P<width>\d+(?:_\d+)?)x"
+    rf"^(?P<arch>{_alternatives(SQNXT_ARCHS)})_(?P<depth>\d+)(?P<v5>v5)?_(?P<width>\d+(?:_\d+)?)x"
     r"(?:_s(?P<s>\d+_\d+_\d+_\d+))?$"
 )
 
@@ -261,10 +271,9 @@ def spec_from_name(
     arch, depth = m["arch"], int(m["depth"])
     width = float(m["width"].replace("_", "."))
     if m["v5"]:
-        if arch == "shallow_sqnxt" or depth != 23 or m["s"]:
-            raise InvalidModelConfig(
-                f"unknown model {name!r}: the v5 tag exists only as sqnxt_23v5_Wx / modified_sqnxt_23v5_Wx"
-            )
+        if not ARCHITECTURES[arch].v5 or depth != 23 or m["s"]:
+            known = " / ".join(f"{a}_23v5_Wx" for a, d in ARCHITECTURES.items() if d.v5)
+            raise InvalidModelConfig(f"unknown model {name!r}: the v5 tag exists only as {known}")
         depths = SQNXT_23V5
     elif m["s"]:
         depths = tuple(int(v) for v in m["s"].split("_"))
@@ -282,26 +291,13 @@ def build_model(spec: ModelSpec) -> nn.Module:
     """Instantiate the ``nn.Module`` a spec describes (weights freshly initialised, train mode, CPU)."""
     if not isinstance(spec, ModelSpec):
         raise InvalidModelConfig(f"build_model needs a ModelSpec, got {type(spec).__name__}")
-    if spec.arch in SQUEEZENET_ARCHS:
-        from dse.models.squeezenet import SqueezeNet
-
-        return SqueezeNet(
-            spec.arch.removeprefix("squeezenet_"), spec.num_classes, spec.dropout, spec.activation
-        )
-    kw = dict(
-        width=spec.width, num_classes=spec.num_classes, dropout=spec.dropout, activation=spec.activation
-    )
-    if spec.arch == "sqnxt":
-        from dse.models.squeezenext import SqueezeNext
-
-        return SqueezeNext(spec.stage_depths, **kw)
-    if spec.arch == "modified_sqnxt":
-        from dse.models.squeezenext import ModifiedSqueezeNext
-
-        return ModifiedSqueezeNext(spec.stage_depths, **kw)
-    from dse.models.shallow_squeezenext import ShallowSqueezeNext
-
-    return ShallowSqueezeNext(spec.stage_depths, **kw)
+    arch = ARCHITECTURES[spec.arch]
+    module, _, cls = arch.builder.partition(":")
+    net = getattr(importlib.import_module(module), cls)  # imported when needed: a spec needs no torch modules
+    if not arch.staged:
+        return net(arch.variant, spec.num_classes, spec.dropout, spec.activation)
+    return net(spec.stage_depths, width=spec.width, num_classes=spec.num_classes, dropout=spec.dropout,
+               activation=spec.activation)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
@@ -331,7 +327,7 @@ class PaperRow:
 
 
 _PAPER_NAME_RE = re.compile(
-    r"^(?P<fam>Shallow SqueezeNext|Modified SqueezeNext|SqueezeNext)-(?P<depth>\d+)(?P<v5>v5)?"
+    rf"^(?P<fam>{_alternatives(d.display for d in ARCHITECTURES.values() if d.staged)})-(?P<depth>\d+)(?P<v5>v5)?"
     r"-(?P<width>\d+(?:\.\d+)?)x?$"
 )
 _PAPER_ALIASES = {"Squeezed CNN (SqueezeNet implementation)": "SqueezeNet-v1.0"}
@@ -388,48 +384,51 @@ def paper_spec(
     Empty strings and NaN (pandas) count as "not given"; ``dropout`` None = the arch default (0.3).
     """
     norm = normalize_paper_name(model)
-    if norm in _SQUEEZENET_DISPLAY.values():
-        arch = next(a for a, d in _SQUEEZENET_DISPLAY.items() if d == norm)
-        return ModelSpec(arch, None, 1.0, None if _blank(dropout) else float(dropout), None, num_classes)
+    by_display = {d.display: a for a, d in ARCHITECTURES.items()}
+    if norm in by_display and not ARCHITECTURES[by_display[norm]].staged:
+        return ModelSpec(by_display[norm], None, 1.0, None if _blank(dropout) else float(dropout), None, num_classes)
     m = _PAPER_NAME_RE.match(norm)
     if m is None:
         raise InvalidModelConfig(
             f"unknown paper model {model!r}; expected 'SqueezeNet-v1.0', 'SqueezeNet-v1.1' "
             "or '[Shallow |Modified ]SqueezeNext-DD-Wx'"
         )
-    arch = {
-        "SqueezeNext": "sqnxt",
-        "Modified SqueezeNext": "modified_sqnxt",
-        "Shallow SqueezeNext": "shallow_sqnxt",
-    }[m["fam"]]
+    arch = by_display[m["fam"]]
     depth = int(m["depth"])
-    name_width = float(m["width"])
-    if _blank(width):
-        w = name_width
-    else:
-        w = float(width)
-        if not math.isclose(w, name_width, rel_tol=1e-9):
-            raise InvalidModelConfig(
-                f"width {width!r} disagrees with the width in {model!r} ({name_width:g})"
-            )
+    w = _paper_width(model, width, float(m["width"]))
     if _blank(resolution):
         depths = SQNXT_23V5 if m["v5"] else canonical_stage_depths(depth)
     else:
-        if isinstance(resolution, str):
-            parts = [p for p in re.split(r"[-,\s]+", resolution.strip()) if p]
-            try:
-                depths = tuple(int(p) for p in parts)
-            except ValueError:
-                raise InvalidModelConfig(f"resolution must look like '1-2-8-1', got {resolution!r}") from None
-        else:
-            depths = tuple(resolution)
-        depths = _norm_depths(depths)
-        assert depths is not None
-        if sum(depths) + 2 != depth:
-            raise InvalidModelConfig(
-                f"resolution {resolution!r} has {sum(depths)} blocks + 2 != depth {depth} of {model!r}"
-            )
+        depths = _paper_depths(model, resolution, depth)
     return ModelSpec(arch, depths, w, None if _blank(dropout) else float(dropout), None, num_classes)
+
+
+def _paper_width(model: str, width: Any, name_width: float) -> float:
+    """A row's width multiplier: the name's, which a given ``width`` must agree with."""
+    if _blank(width):
+        return name_width
+    if not math.isclose(float(width), name_width, rel_tol=1e-9):
+        raise InvalidModelConfig(f"width {width!r} disagrees with the width in {model!r} ({name_width:g})")
+    return float(width)
+
+
+def _paper_depths(model: str, resolution: str | Iterable[int], depth: int) -> tuple[int, ...]:
+    """A row's stage depths from its resolution ("1-2-8-1" or a sequence), which must add up to the name's depth
+    (its blocks + the first convolution and the classifier)."""
+    if isinstance(resolution, str):
+        parts = [p for p in re.split(r"[-,\s]+", resolution.strip()) if p]
+        try:
+            depths = tuple(int(p) for p in parts)
+        except ValueError:
+            raise InvalidModelConfig(f"resolution must look like '1-2-8-1', got {resolution!r}") from None
+    else:
+        depths = tuple(resolution)
+    depths = _norm_depths(depths)
+    assert depths is not None
+    if sum(depths) + 2 != depth:
+        raise InvalidModelConfig(f"resolution {resolution!r} has {sum(depths)} blocks + 2 != depth {depth} of "
+                                 f"{model!r}")
+    return depths
 
 
 # The paper's Tables 1-7 (model, resolution, width, size MB[, dropout, note]); same as the CSVs in

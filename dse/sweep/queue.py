@@ -27,11 +27,73 @@ log = logging.getLogger("dse.sweep")
 CLAIMABLE = (st.QUEUED, st.INTERRUPTED, st.PLANNED)  # "planned": rows written by older versions
 
 
-class Queue:
-    """One worker's view of one study's queue."""
+class StudyRows:
+    """One study's ``dse_trials`` rows as they stand: reading only (Queue changes them)."""
+
+    def __init__(self, store: st.Store, study: str) -> None:
+        self.store, self.study = store, study
+
+    def waiting(self) -> list[TrialRow]:
+        """Trials waiting for a worker (queued, interrupted)."""
+        return self._rows(TrialRow.status.in_(CLAIMABLE))
+
+    def unrecorded(self) -> list[TrialRow]:
+        """Finished trials whose result has not reached Optuna yet (rejected ones; an outage in between)."""
+        return self._rows(TrialRow.status.in_(st.TERMINAL), TrialRow.recorded_at.is_(None))
+
+    def failed(self) -> list[TrialRow]:
+        return self._rows(TrialRow.status == st.FAILED)
+
+    def _rows(self, *cond: Any) -> list[TrialRow]:
+        def go() -> list[TrialRow]:
+            with self.store.session() as s:
+                return list(s.scalars(select(TrialRow).where(TrialRow.study == self.study, *cond)
+                                      .order_by(TrialRow.id)))
+
+        return self.store.retry(go, "reading the queue")
+
+    def get(self, row_id: int) -> TrialRow:
+        def go() -> TrialRow:
+            with self.store.session() as s:
+                return s.get_one(TrialRow, row_id)
+
+        return self.store.retry(go, "reading a trial")
+
+    def counts(self) -> dict[str, int]:
+        def go() -> dict[str, int]:
+            with self.store.session() as s:
+                q = select(TrialRow.status, func.count()).where(TrialRow.study == self.study)
+                return {k: int(v) for k, v in s.execute(q.group_by(TrialRow.status))}
+
+        return self.store.retry(go, "counting trials")
+
+    def unfinished_rows(self) -> list[TrialRow]:
+        """Trials still to do or being done by someone."""
+        return self._rows(TrialRow.status.in_((*CLAIMABLE, st.RUNNING)))
+
+    def unfinished(self, only: set[str] | None = None) -> int:
+        """Trials still to do or being done by someone (of ``only`` when given)."""
+        cond = [TrialRow.status.in_((*CLAIMABLE, st.RUNNING))]
+        if only is not None:
+            cond.append(TrialRow.identity.in_(sorted(only)))
+        return len(self._rows(*cond))
+
+    def curve(self, row_id: int) -> dict[int, float]:
+        """Validation accuracy (percent) per epoch, as stored."""
+        def go() -> dict[int, float]:
+            with self.store.session() as s:
+                q = select(st.EpochRow.epoch, st.EpochRow.val_acc).where(st.EpochRow.trial_id == row_id)
+                return {int(e): float(v) for e, v in s.execute(q) if v is not None}
+
+        return self.store.retry(go, "reading a trial's curve")
+
+
+class Queue(StudyRows):
+    """One worker's view of one study's queue: claims, leases and every change of a trial's state."""
 
     def __init__(self, store: st.Store, study: str, lease_seconds: float) -> None:
-        self.store, self.study, self.lease = store, study, float(lease_seconds)
+        super().__init__(store, study)
+        self.lease = float(lease_seconds)
         self.host = socket.gethostname()
         self.worker = f"{self.host}:{os.getpid()}"
         self.sqlite = store.engine.dialect.name == "sqlite"
@@ -138,9 +200,6 @@ class Queue:
             status=st.QUEUED, queued_at=st._now(), recorded_at=None,
             fail_reason=TrialRow.fail_reason.concat(" (re-queued by retry_failed=true)")), "re-queueing failed trials")
 
-    def failed(self) -> list[TrialRow]:
-        return self._rows(TrialRow.status == st.FAILED)
-
     def requeue_failed(self, ids: list[int], reason: str) -> int:
         """Failed trials ``ids`` back to the queue, to be recorded anew when they finish."""
         if not ids:
@@ -158,57 +217,6 @@ class Queue:
     def unmark_recorded(self, row_id: int) -> None:
         self._run(update(TrialRow).where(TrialRow.id == row_id).values(recorded_at=None), "unmarking a trial")
 
-    def waiting(self) -> list[TrialRow]:
-        """Trials waiting for a worker (queued, interrupted)."""
-        return self._rows(TrialRow.status.in_(CLAIMABLE))
-
-    def unrecorded(self) -> list[TrialRow]:
-        """Finished trials whose result has not reached Optuna yet (rejected ones; an outage in between)."""
-        return self._rows(TrialRow.status.in_(st.TERMINAL), TrialRow.recorded_at.is_(None))
-
-    # -- reading ------------------------------------------------------------------------------------------------
-    def _rows(self, *cond: Any) -> list[TrialRow]:
-        def go() -> list[TrialRow]:
-            with self.store.session() as s:
-                return list(s.scalars(select(TrialRow).where(TrialRow.study == self.study, *cond)
-                                      .order_by(TrialRow.id)))
-
-        return self.store.retry(go, "reading the queue")
-
-    def get(self, row_id: int) -> TrialRow:
-        def go() -> TrialRow:
-            with self.store.session() as s:
-                return s.get_one(TrialRow, row_id)
-
-        return self.store.retry(go, "reading a trial")
-
-    def counts(self) -> dict[str, int]:
-        def go() -> dict[str, int]:
-            with self.store.session() as s:
-                q = select(TrialRow.status, func.count()).where(TrialRow.study == self.study)
-                return {k: int(v) for k, v in s.execute(q.group_by(TrialRow.status))}
-
-        return self.store.retry(go, "counting trials")
-
-    def unfinished_rows(self) -> list[TrialRow]:
-        """Trials still to do or being done by someone."""
-        return self._rows(TrialRow.status.in_((*CLAIMABLE, st.RUNNING)))
-
-    def unfinished(self, only: set[str] | None = None) -> int:
-        """Trials still to do or being done by someone (of ``only`` when given)."""
-        cond = [TrialRow.status.in_((*CLAIMABLE, st.RUNNING))]
-        if only is not None:
-            cond.append(TrialRow.identity.in_(sorted(only)))
-        return len(self._rows(*cond))
-
-    def curve(self, row_id: int) -> dict[int, float]:
-        """Validation accuracy (percent) per epoch, as stored."""
-        def go() -> dict[int, float]:
-            with self.store.session() as s:
-                q = select(st.EpochRow.epoch, st.EpochRow.val_acc).where(st.EpochRow.trial_id == row_id)
-                return {int(e): float(v) for e, v in s.execute(q) if v is not None}
-
-        return self.store.retry(go, "reading a trial's curve")
 
 
 class Lease(threading.Thread):

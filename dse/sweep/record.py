@@ -69,6 +69,46 @@ def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
     raise ConfigError(f"pruner.name={p.name!r} is unknown; allowed: none, median, successive_halving, hyperband")
 
 
+def open_study(cfg: DictConfig, plan: StudyPlan, storage: optuna.storages.BaseStorage, url: str) -> optuna.Study:
+    """The plan's study in `storage`: created and described when new, else loaded after checking that it was
+    made for the same search space and objective directions."""
+    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    existing = names.get(plan.name)
+    if existing is not None:
+        fp = existing.user_attrs.get(FINGERPRINT_ATTR)
+        if fp is not None and fp != plan.fingerprint:
+            raise SweepError(f"study {plan.name!r} in {st.redact(url)} was created with a different search space "
+                             f"(fingerprint {fp} != {plan.fingerprint}); choose another study.name=... (nothing "
+                             "changed)")
+        have = [d.name.lower() for d in existing.directions]
+        if have != plan.directions:
+            raise SweepError(f"study {plan.name!r} has objective directions {have}, this config asks "
+                             f"{plan.directions}; choose another study.name=...")
+    d = plan.directions
+    study = optuna.create_study(
+        study_name=plan.name, storage=storage, load_if_exists=True, sampler=make_sampler(cfg),
+        pruner=make_pruner(cfg), **({"directions": d} if len(d) > 1 else {"direction": d[0]}))
+    if existing is None or FINGERPRINT_ATTR not in existing.user_attrs:  # new, or its creation was cut short
+        describe(study, cfg, plan)
+    return study
+
+
+def describe(study: optuna.Study, cfg: DictConfig, plan: StudyPlan) -> None:
+    """Study attributes: what the dashboard labels, the constants, the grid's varying parameters (as
+    distributions any worker can read back) and (last: it marks the study complete) the fingerprint."""
+    study.set_metric_names([OBJECTIVES[o][2] for o in plan.objectives])
+    for k, v in (("experiment", cfg.study.experiment), ("budget", cfg.budget), ("objectives", plan.objectives),
+                 ("mode", plan.mode)):
+        study.set_user_attr(k, v)
+    if plan.mode == "grid":
+        dists, constants = grid_space(plan.trials)
+        study.set_user_attr(SPACE_ATTR, json.dumps(
+            {k: optuna.distributions.distribution_to_json(v) for k, v in dists.items()}))
+        for k, v in constants.items():
+            study.set_user_attr(f"constant {k}", v)
+    study.set_user_attr(FINGERPRINT_ATTR, plan.fingerprint)
+
+
 class Record:
     """The study in Optuna's tables, for one worker."""
 
@@ -89,51 +129,12 @@ class Record:
                 kwargs = {"connect_args": {"timeout": 60}} if self.url.startswith("sqlite") else \
                     {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
                 self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
-                self._open_study()
+                self.study = open_study(self.cfg, self.plan, self.storage, self.url)
 
         self.retry(go, "opening the Optuna study")
         self.study_id = self.storage.get_study_id_from_name(self.plan.name)
         space = json.loads(self.study.user_attrs.get(SPACE_ATTR, "{}"))
         self.distributions = {k: optuna.distributions.json_to_distribution(v) for k, v in space.items()}
-
-    def _open_study(self) -> None:
-        names = {s.study_name: s for s in optuna.get_all_study_summaries(self.storage)}
-        existing = names.get(self.plan.name)
-        if existing is not None:
-            fp = existing.user_attrs.get(FINGERPRINT_ATTR)
-            if fp is not None and fp != self.plan.fingerprint:
-                raise SweepError(f"study {self.plan.name!r} in {st.redact(self.url)} was created with a different "
-                                 f"search space (fingerprint {fp} != {self.plan.fingerprint}); choose another "
-                                 "study.name=... (nothing changed)")
-            have = [d.name.lower() for d in existing.directions]
-            if have != self.plan.directions:
-                raise SweepError(f"study {self.plan.name!r} has objective directions {have}, this config asks "
-                                 f"{self.plan.directions}; choose another study.name=...")
-        d = self.plan.directions
-        self.study = optuna.create_study(
-            study_name=self.plan.name, storage=self.storage, load_if_exists=True, sampler=make_sampler(self.cfg),
-            pruner=make_pruner(self.cfg), **({"directions": d} if len(d) > 1 else {"direction": d[0]}))
-        if existing is None or FINGERPRINT_ATTR not in existing.user_attrs:  # new, or its creation was cut short
-            self._describe()
-
-    def _describe(self) -> None:
-        """Study attributes: what the dashboard labels, the constants, and (last: it marks the study complete)
-        the fingerprint."""
-        self.study.set_metric_names([OBJECTIVES[o][2] for o in self.objectives])
-        for k, v in (("experiment", self.cfg.study.experiment), ("budget", self.cfg.budget),
-                     ("objectives", self.objectives), ("mode", self.plan.mode)):
-            self.study.set_user_attr(k, v)
-        if self.plan.mode == "grid":
-            self._set_space()
-        self.study.set_user_attr(FINGERPRINT_ATTR, self.plan.fingerprint)
-
-    def _set_space(self) -> None:
-        """The grid's varying parameters (as distributions any worker can read back) and its constants."""
-        dists, constants = grid_space(self.plan.trials)
-        self.study.set_user_attr(SPACE_ATTR, json.dumps(
-            {k: optuna.distributions.distribution_to_json(v) for k, v in dists.items()}))
-        for k, v in constants.items():
-            self.study.set_user_attr(f"constant {k}", v)
 
     # -- sample mode ------------------------------------------------------------------------------------------
     def ask(self) -> optuna.Trial:

@@ -45,7 +45,7 @@ def run_worker(cfg: DictConfig, plan: Any, url: str, prepared: bool = False, wor
 
 
 def _result(worker: Any) -> Any:
-    from dse.sweep.worker import RunResult
+    from dse.sweep.trial import RunResult
 
     return getattr(worker, "result", None) or RunResult()
 

@@ -16,9 +16,17 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from dse.tables import Generated, Options
+    from dse.tables.render import TableResult
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line parser, its description and examples taken from this module's docstring."""
     from dse.tables import default_db_url
 
     head, examples = __doc__.split("\n\n")[:2]
@@ -40,46 +48,66 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs-csv", metavar="PATH", type=Path,
                     help="also write every epoch of the selected studies to PATH (CSV: study, Optuna trial "
                          "number, model, dataset, seed, store trial id, then the per-epoch metrics)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return ap
 
-    from dse.errors import DSEError
+
+def _generate(args: argparse.Namespace) -> tuple[Options, Generated]:
+    """The options that ``args`` ask for, and what generating them wrote (also the epochs CSV when asked)."""
     from dse.store import resolve_url
     from dse.tables import Options, generate, parse_formats
 
+    opts = Options(db_url=resolve_url(args.db), out_dir=Path(args.out),
+                   formats=parse_formats(args.format), studies=tuple(args.study) if args.study else None,
+                   paper_dir=Path(args.paper_dir) if args.paper_dir else None,
+                   figures=not args.no_figures)
+    res = generate(opts)
+    if args.epochs_csv:
+        from dse.tables import write_epochs_csv
+
+        n = write_epochs_csv(res.data, args.epochs_csv)
+        res.files.append(args.epochs_csv)
+        print(f"{n:,} epoch rows -> {args.epochs_csv}")
+    return opts, res
+
+
+def _trials_summary(trials: pd.DataFrame) -> str:
+    """One line: how many trials of each status from how many studies (or that the store has none)."""
+    if trials.empty:
+        return ("note: the store has no trials; every row is 'not run' "
+                "(start with: python -m dse.sweep experiment=tables)")
+    counts = trials["status"].value_counts()
+    return (f"{len(trials):,} trials ({', '.join(f'{v:,} {k}' for k, v in counts.items())}) from "
+            f"{trials['study'].nunique()} studies")
+
+
+def _table_summary(n: int, t: TableResult) -> str:
+    """One line for table ``n``: rows with results, and the missing, GPU-budget and flagged rows."""
+    st = t.rows["status"]
+    flagged = sum(1 for f in t.flags if f)
+    gpu = int((st == "gpu budget").sum())
+    missing = int(((st != "ok") & (st != "gpu budget")).sum())
+    return (f"Table {n}: {int((st == 'ok').sum())}/{len(st)} rows with results"
+            + (f", {missing} missing (run: {t.command})" if missing else "")
+            + (f", {gpu} GPU budget (run: {t.gpu_command})" if gpu else "")
+            + (f", {flagged} rows flagged" if flagged else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the tables, figures and report that ``argv`` asks for; returns the exit status (1: an error)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from dse.errors import DSEError
+
     t0 = time.perf_counter()
     try:
-        opts = Options(db_url=resolve_url(args.db), out_dir=Path(args.out),
-                       formats=parse_formats(args.format), studies=tuple(args.study) if args.study else None,
-                       paper_dir=Path(args.paper_dir) if args.paper_dir else None,
-                       figures=not args.no_figures)
-        res = generate(opts)
-        if args.epochs_csv:
-            from dse.tables import write_epochs_csv
-
-            n = write_epochs_csv(res.data, args.epochs_csv)
-            res.files.append(args.epochs_csv)
-            print(f"{n:,} epoch rows -> {args.epochs_csv}")
+        opts, res = _generate(args)
     except DSEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    trials = res.data.trials
-    if trials.empty:
-        print("note: the store has no trials; every row is 'not run' "
-              "(start with: python -m dse.sweep experiment=tables)")
-    else:
-        counts = trials["status"].value_counts()
-        print(f"{len(trials):,} trials ({', '.join(f'{v:,} {k}' for k, v in counts.items())}) from "
-              f"{trials['study'].nunique()} studies")
+    print(_trials_summary(res.data.trials))
     for n, t in res.tables.items():
-        st = t.rows["status"]
-        flagged = sum(1 for f in t.flags if f)
-        gpu = int((st == "gpu budget").sum())
-        missing = int(((st != "ok") & (st != "gpu budget")).sum())
-        print(f"Table {n}: {int((st == 'ok').sum())}/{len(st)} rows with results"
-              + (f", {missing} missing (run: {t.command})" if missing else "")
-              + (f", {gpu} GPU budget (run: {t.gpu_command})" if gpu else "")
-              + (f", {flagged} rows flagged" if flagged else ""))
+        print(_table_summary(n, t))
     print(f"wrote {len(res.files)} files under {opts.out_dir}/ (report: {opts.out_dir / 'report.md'}) "
           f"in {time.perf_counter() - t0:.1f} s")
     return 0

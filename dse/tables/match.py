@@ -83,10 +83,14 @@ def candidates(paper: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     return cand[ok.to_numpy()]
 
 
+#: The key of a paper row (a list: pandas reads a tuple as one key).
+_ROW = ["table", "row"]
+
+
 def aggregate(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFrame | None = None
               ) -> pd.DataFrame:
     """One result row per paper row (same order), columns ``RESULT_COLUMNS``; see the module docstring."""
-    base = paper[["table", "row"]].copy()
+    base = paper[_ROW].copy()
     cand = candidates(paper, trials) if len(trials) else pd.DataFrame()
     if cand.empty:
         out = base.assign(status="not run")
@@ -94,88 +98,124 @@ def aggregate(paper: pd.DataFrame, trials: pd.DataFrame, deployments: pd.DataFra
 
     done = cand[cand["status"] == COMPLETE].copy()
     if not done.empty:
-        nominal = done["data_fraction"].astype(float) * NOMINAL_TRAIN_IMAGES
-        imgs = done["train_images"].astype(float).fillna(nominal)
-        done["_budget"] = done["epochs"].astype(float) * imgs
-        # seconds per full 50,000-image epoch from the measured images/s (unknown without train_images)
-        done["_sec_full"] = (done["sec_per_epoch"].astype(float) * FULL_EPOCH_IMAGES
-                             / done["train_images"].astype(float))
-        done["_bkey"] = _key(done, ("epochs", "data_fraction", "train_images"))
-        g = done.groupby(["table", "row"])
-        n_budgets = g["_bkey"].nunique().rename("n_budgets")
-        # largest budget; among equal budget products, more epochs first
-        done["_rank"] = done["_budget"] * 1e6 + done["epochs"].astype(float)
-        done = done[done["_rank"] == done.groupby(["table", "row"])["_rank"].transform("max")]
-        done["_ckey"] = _key(done, CONFIG_COLUMNS)
-        cg = done.groupby(["table", "row", "_ckey"]).agg(_val=("best_val_acc", "mean"), _n=("id", "size"))
-        cg = cg.reset_index().sort_values(["table", "row", "_val", "_n"],
-                                          ascending=[True, True, False, False],
-                                          na_position="last")
-        n_configs = cg.groupby(["table", "row"]).size().rename("n_configs")
-        best = cg.drop_duplicates(["table", "row"])[["table", "row", "_ckey"]]
-        chosen = done.merge(best, on=["table", "row", "_ckey"]).sort_values("id")
-        chosen["_tref"] = [trial_ref(s, n) for s, n in zip(chosen["study"], chosen["optuna_trial_number"],
-                                                          strict=True)]
-        g = chosen.groupby(["table", "row"])
-        agg = g.agg(
-            acc_mean=("test_acc", "mean"), acc_std=("test_acc", "std"), n=("test_acc", "count"),
-            val_mean=("best_val_acc", "mean"), ckpt_bytes=("checkpoint_bytes", "median"),
-            params=("params", "median"), macs=("macs", "median"), sec_mean=("sec_per_epoch", "mean"),
-            sec_full_mean=("_sec_full", "mean"),
-            epochs=("epochs", "first"), data_fraction=("data_fraction", "first"),
-            train_images=("train_images", "max"), test_images=("test_images", "max"),
-            int8_trial=("int8_bytes", "median"),
-            devices=("device", _joined), precisions=("precision", _joined),
-            data_sources=("data_source", _joined),
-            studies=("study", _joined), trial_ids=("id", lambda s: sorted(int(v) for v in s)),
-            trial_refs=("_tref", list),
-            config=("_ckey", "first"),
-        )
-        agg = agg.join(n_budgets).join(n_configs).reset_index()
-        agg["status"] = "ok"
-        agg["config"] = [_describe_config(k) for k in agg["config"]]
-        base = base.merge(agg, on=["table", "row"], how="left")
+        base = base.merge(_complete_results(done), on=_ROW, how="left")
     else:
         base["status"] = pd.NA
-
-    # rows without a complete trial: failed (with the latest reason) or pending, else not run
-    failed = cand[cand["status"] == FAILED].sort_values("id").groupby(["table", "row"]).agg(
-        _reason=("fail_reason", "last"), _nfail=("id", "size"))
-    pending = cand[cand["status"].isin(PENDING)].groupby(["table", "row"])["status"].agg(
-        lambda s: ", ".join(f"{k} {v}" for k, v in s.value_counts().sort_index().items())).rename("_pending")
-    # our size of the architecture from any trial of it (cheap facts are recorded before training)
-    size_any = cand.groupby(["table", "row"]).agg(_ckpt_any=("checkpoint_bytes", "median"),
-                                                  _params_any=("params", "median"),
-                                                  _macs_any=("macs", "median"))
-    base = base.merge(failed, on=["table", "row"], how="left").merge(
-        pending, on=["table", "row"], how="left").merge(size_any, on=["table", "row"], how="left")
-    ok = base["status"].astype("object").eq("ok")
-    status, text = [], []
-    for is_ok, reason, nfail, pend in zip(ok, base["_reason"], base["_nfail"], base["_pending"], strict=True):
-        if bool(is_ok):
-            status.append("ok")
-            text.append("")
-        elif isinstance(pend, str):
-            status.append("pending")
-            text.append(f"in progress ({pend})")
-        elif isinstance(reason, str) or (nfail is not None and not pd.isna(nfail)):
-            # whole reason, one line: the renderer puts it in a footnote rather than cutting it
-            status.append("failed")
-            text.append(" ".join(str(reason or "no reason recorded").split()))
-        else:
-            status.append("not run")
-            text.append("")
-    base["status"] = status
-    base["status_text"] = text
-    for c, src in (("ckpt_bytes", "_ckpt_any"), ("params", "_params_any"), ("macs", "_macs_any")):
-        if c not in base:
-            base[c] = np.nan
-        base[c] = base[c].astype(float).fillna(base[src].astype(float))
+    base = _merge_other_states(base, cand)
+    _set_status(base)
+    _fill_sizes(base)
     base = base.drop(columns=[c for c in base.columns if c.startswith("_")])
     out = _finish(base)
     if deployments is not None and len(deployments):
         out = _attach_int8(out, paper, deployments)
     return out
+
+
+def _complete_results(done: pd.DataFrame) -> pd.DataFrame:
+    """One row per (table, row) with a complete trial: its chosen config's seed statistics, status "ok"."""
+    _add_budget(done)
+    n_budgets = done.groupby(_ROW)["_bkey"].nunique().rename("n_budgets")
+    chosen, n_configs = _best_config(_largest_budget(done))
+    agg = _seed_stats(chosen).join(n_budgets).join(n_configs).reset_index()
+    agg["status"] = "ok"
+    agg["config"] = [_describe_config(k) for k in agg["config"]]
+    return agg
+
+
+def _add_budget(done: pd.DataFrame) -> None:
+    """Adds to ``done`` its budget (epochs x images), seconds per full epoch (s) and a budget key."""
+    nominal = done["data_fraction"].astype(float) * NOMINAL_TRAIN_IMAGES
+    imgs = done["train_images"].astype(float).fillna(nominal)
+    done["_budget"] = done["epochs"].astype(float) * imgs
+    # seconds per full 50,000-image epoch from the measured images/s (unknown without train_images)
+    done["_sec_full"] = (done["sec_per_epoch"].astype(float) * FULL_EPOCH_IMAGES
+                         / done["train_images"].astype(float))
+    done["_bkey"] = _key(done, ("epochs", "data_fraction", "train_images"))
+
+
+def _largest_budget(done: pd.DataFrame) -> pd.DataFrame:
+    """The trials of ``done`` at their (table, row)'s largest budget."""
+    # largest budget; among equal budget products, more epochs first
+    done["_rank"] = done["_budget"] * 1e6 + done["epochs"].astype(float)
+    return done[done["_rank"] == done.groupby(_ROW)["_rank"].transform("max")]
+
+
+def _best_config(done: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """The trials of each row's best config (mean validation accuracy), and the number of configs per row."""
+    # chosen on validation, never on test: choosing on the test set would leak it into the result
+    done["_ckey"] = _key(done, CONFIG_COLUMNS)
+    cg = done.groupby([*_ROW, "_ckey"]).agg(_val=("best_val_acc", "mean"), _n=("id", "size"))
+    cg = cg.reset_index().sort_values([*_ROW, "_val", "_n"],
+                                      ascending=[True, True, False, False],
+                                      na_position="last")
+    n_configs = cg.groupby(_ROW).size().rename("n_configs")
+    best = cg.drop_duplicates(_ROW)[[*_ROW, "_ckey"]]
+    chosen = done.merge(best, on=[*_ROW, "_ckey"]).sort_values("id")
+    chosen["_tref"] = [trial_ref(s, n) for s, n in zip(chosen["study"], chosen["optuna_trial_number"],
+                                                      strict=True)]
+    return chosen, n_configs
+
+
+def _seed_stats(chosen: pd.DataFrame) -> pd.DataFrame:
+    """Per (table, row) index: accuracy mean/std/n over the chosen trials (percent), their sizes, speeds, facts."""
+    return chosen.groupby(_ROW).agg(
+        acc_mean=("test_acc", "mean"), acc_std=("test_acc", "std"), n=("test_acc", "count"),
+        val_mean=("best_val_acc", "mean"), ckpt_bytes=("checkpoint_bytes", "median"),
+        params=("params", "median"), macs=("macs", "median"), sec_mean=("sec_per_epoch", "mean"),
+        sec_full_mean=("_sec_full", "mean"),
+        epochs=("epochs", "first"), data_fraction=("data_fraction", "first"),
+        train_images=("train_images", "max"), test_images=("test_images", "max"),
+        int8_trial=("int8_bytes", "median"),
+        devices=("device", _joined), precisions=("precision", _joined),
+        data_sources=("data_source", _joined),
+        studies=("study", _joined), trial_ids=("id", lambda s: sorted(int(v) for v in s)),
+        trial_refs=("_tref", list),
+        config=("_ckey", "first"),
+    )
+
+
+def _merge_other_states(base: pd.DataFrame, cand: pd.DataFrame) -> pd.DataFrame:
+    """``base`` with each row's latest failure and failure count, pending states and any trial's sizes."""
+    # rows without a complete trial: failed (with the latest reason) or pending, else not run
+    failed = cand[cand["status"] == FAILED].sort_values("id").groupby(_ROW).agg(
+        _reason=("fail_reason", "last"), _nfail=("id", "size"))
+    pending = cand[cand["status"].isin(PENDING)].groupby(_ROW)["status"].agg(
+        lambda s: ", ".join(f"{k} {v}" for k, v in s.value_counts().sort_index().items())).rename("_pending")
+    # our size of the architecture from any trial of it (cheap facts are recorded before training)
+    size_any = cand.groupby(_ROW).agg(_ckpt_any=("checkpoint_bytes", "median"),
+                                      _params_any=("params", "median"),
+                                      _macs_any=("macs", "median"))
+    return base.merge(failed, on=_ROW, how="left").merge(
+        pending, on=_ROW, how="left").merge(size_any, on=_ROW, how="left")
+
+
+def _set_status(base: pd.DataFrame) -> None:
+    """Sets ``status`` and ``status_text`` of every row of ``base`` from its results, failures and pending trials."""
+    ok = base["status"].astype("object").eq("ok")
+    pairs = [_row_status(bool(is_ok), reason, nfail, pend)
+             for is_ok, reason, nfail, pend in zip(ok, base["_reason"], base["_nfail"], base["_pending"], strict=True)]
+    base["status"] = [s for s, _ in pairs]
+    base["status_text"] = [text for _, text in pairs]
+
+
+def _row_status(is_ok: bool, reason, nfail, pend) -> tuple[str, str]:
+    """(status, status text) of one row: ok, pending, failed (with its reason) or not run."""
+    if is_ok:
+        return "ok", ""
+    if isinstance(pend, str):
+        return "pending", f"in progress ({pend})"
+    if isinstance(reason, str) or (nfail is not None and not pd.isna(nfail)):
+        # whole reason, one line: the renderer puts it in a footnote rather than cutting it
+        return "failed", " ".join(str(reason or "no reason recorded").split())
+    return "not run", ""
+
+
+def _fill_sizes(base: pd.DataFrame) -> None:
+    """Fills missing checkpoint bytes, params and MACs of ``base`` from any trial of the same row."""
+    for c, src in (("ckpt_bytes", "_ckpt_any"), ("params", "_params_any"), ("macs", "_macs_any")):
+        if c not in base:
+            base[c] = np.nan
+        base[c] = base[c].astype(float).fillna(base[src].astype(float))
 
 
 def _describe_config(key: str) -> str:

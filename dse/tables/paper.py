@@ -135,64 +135,91 @@ def paper_flags(paper: pd.DataFrame, ours_mb: Mapping[tuple[str, str], float]
     flags: dict[tuple[int, int], list[str]] = {(int(t), int(r)): [] for t, r in keys}
     rows = list(paper.itertuples(index=False))
     c10 = [r for r in rows if r.dataset == "cifar10"]
-
     for r in rows:
-        key = (int(r.table), int(r.row))
-        # 1-2: CIFAR-100 rows against the CIFAR-10 numbers
-        if r.dataset == "cifar100":
-            same = [o for o in c10 if math.isclose(o.accuracy_pct, r.accuracy_pct, abs_tol=1e-9)]
-            if same:
-                where = "; ".join(f"Table {o.table}'s {_short(o.model)}" for o in same)
-                flags[key].append(f"CIFAR-100 accuracy {r.accuracy_pct:g} % repeats a CIFAR-10 accuracy "
-                                  f"printed elsewhere ({where})")
-            ref = [o.accuracy_pct for o in c10 if o.model_name == r.model_name]
-            if ref and r.accuracy_pct >= max(ref) - CIFAR100_GAP_POINTS:
-                flags[key].append(f"implausible for CIFAR-100: {r.accuracy_pct:g} % vs {max(ref):g} % on "
-                                  f"CIFAR-10 for the same model in the paper")
-        # 3: the same numbers under another architecture's name
-        for o in rows:
-            if (o.model_name != r.model_name and o.dataset == r.dataset
-                    and math.isclose(o.size_mb, r.size_mb, abs_tol=1e-9)
-                    and math.isclose(o.sec_per_epoch, r.sec_per_epoch, abs_tol=1e-9)
-                    and abs(o.accuracy_pct - r.accuracy_pct) <= DUPLICATE_ACC_POINTS):
-                flags[key].append(f"same numbers as {o.model} in Table {o.table} ({o.accuracy_pct:g} %, "
-                                  f"{o.size_mb:g} MB, {o.sec_per_epoch:g} s vs {r.accuracy_pct:g} %, "
-                                  f"{r.size_mb:g} MB, {r.sec_per_epoch:g} s): one measurement printed twice?")
-        # 4: size must grow with width for one layout; compare with every wider variant
-        wider: dict[str, list] = {}
-        for o in rows:
-            if (o.arch == r.arch and o.stage_depths == r.stage_depths and o.dataset == r.dataset
-                    and o.width > r.width and o.size_mb <= r.size_mb):
-                wider.setdefault(o.model_name, []).append(o)
-        for name, os_ in wider.items():
-            o = os_[0]
-            a, b = ours_mb.get((r.model_name, r.dataset)), ours_mb.get((name, r.dataset))
-            ours = f"; ours: {a:.3f} vs {b:.3f} MB" if a and b else ""
-            flags[key].append(f"size does not grow with width: {r.size_mb:g} MB at {r.width:g}x but "
-                              f"{_short(o.model)} ({o.width:g}x) is listed at "
-                              f"{', '.join(sorted({f'{x.size_mb:g}' for x in os_}))} MB "
-                              f"({_tables(x.table for x in os_)}){ours}")
-        # 5: the same architecture at other sizes elsewhere
-        other = [o for o in rows if o.model_name == r.model_name and o.dataset == r.dataset
-                 and not math.isclose(o.size_mb, r.size_mb, abs_tol=1e-9)]
-        if other:
-            sizes = sorted({o.size_mb for o in other})
-            why = ""
-            if not pd.isna(r.optimizer) and any(not pd.isna(o.optimizer) and o.optimizer != r.optimizer
-                                                for o in other):
-                why = (" (those rows differ by optimizer: consistent with checkpoints that include the "
-                       "optimizer's per-weight state, e.g. 2 buffers for Adam-like, 1 for SGD momentum)")
-            flags[key].append(f"same architecture listed at {', '.join(f'{s:g}' for s in sizes)} MB in "
-                              f"{_tables(o.table for o in other)}{why}")
-        # 6: against our checkpoint of that architecture
-        mb = ours_mb.get((r.model_name, r.dataset))
-        if mb and r.size_mb > 0:
-            ratio = r.size_mb / mb
-            if ratio > SIZE_RATIO_LIMIT or ratio < 1 / SIZE_RATIO_LIMIT:
-                flags[key].append(f"paper size {r.size_mb:g} MB is {ratio:.2f}x our float32 checkpoint "
-                                  f"({mb:.3f} MB) of {r.model_name}")
-        # 7
-        note = TRANSCRIPTION_NOTES.get((int(r.table), str(r.model)))
-        if note:
-            flags[key].append(note)
+        flags[(int(r.table), int(r.row))].extend([
+            *_cifar100_flags(r, c10), *_renamed_flags(r, rows), *_width_flags(r, rows, ours_mb),
+            *_other_size_flags(r, rows), *_our_size_flags(r, ours_mb), *_transcription_flags(r)])
     return flags
+
+
+def _cifar100_flags(r, c10: list) -> list[str]:
+    """Rules 1-2: a CIFAR-100 row's accuracy repeating, or too close to, the paper's CIFAR-10 accuracies."""
+    if r.dataset != "cifar100":
+        return []
+    out = []
+    same = [o for o in c10 if math.isclose(o.accuracy_pct, r.accuracy_pct, abs_tol=1e-9)]
+    if same:
+        where = "; ".join(f"Table {o.table}'s {_short(o.model)}" for o in same)
+        out.append(f"CIFAR-100 accuracy {r.accuracy_pct:g} % repeats a CIFAR-10 accuracy "
+                   f"printed elsewhere ({where})")
+    ref = [o.accuracy_pct for o in c10 if o.model_name == r.model_name]
+    if ref and r.accuracy_pct >= max(ref) - CIFAR100_GAP_POINTS:
+        out.append(f"implausible for CIFAR-100: {r.accuracy_pct:g} % vs {max(ref):g} % on "
+                   f"CIFAR-10 for the same model in the paper")
+    return out
+
+
+def _renamed_flags(r, rows: list) -> list[str]:
+    """Rule 3: one flag per other architecture's row with the same size, speed and (nearly) accuracy as ``r``."""
+    return [f"same numbers as {o.model} in Table {o.table} ({o.accuracy_pct:g} %, "
+            f"{o.size_mb:g} MB, {o.sec_per_epoch:g} s vs {r.accuracy_pct:g} %, "
+            f"{r.size_mb:g} MB, {r.sec_per_epoch:g} s): one measurement printed twice?"
+            for o in rows
+            if (o.model_name != r.model_name and o.dataset == r.dataset
+                and math.isclose(o.size_mb, r.size_mb, abs_tol=1e-9)
+                and math.isclose(o.sec_per_epoch, r.sec_per_epoch, abs_tol=1e-9)
+                and abs(o.accuracy_pct - r.accuracy_pct) <= DUPLICATE_ACC_POINTS)]
+
+
+def _width_flags(r, rows: list, ours_mb: Mapping[tuple[str, str], float]) -> list[str]:
+    """Rule 4: one flag per wider variant of ``r``'s stage layout listed at no more MB than ``r``."""
+    # size must grow with width for one layout; compare with every wider variant
+    wider: dict[str, list] = {}
+    for o in rows:
+        if (o.arch == r.arch and o.stage_depths == r.stage_depths and o.dataset == r.dataset
+                and o.width > r.width and o.size_mb <= r.size_mb):
+            wider.setdefault(o.model_name, []).append(o)
+    out = []
+    for name, os_ in wider.items():
+        o = os_[0]
+        a, b = ours_mb.get((r.model_name, r.dataset)), ours_mb.get((name, r.dataset))
+        ours = f"; ours: {a:.3f} vs {b:.3f} MB" if a and b else ""
+        out.append(f"size does not grow with width: {r.size_mb:g} MB at {r.width:g}x but "
+                   f"{_short(o.model)} ({o.width:g}x) is listed at "
+                   f"{', '.join(sorted({f'{x.size_mb:g}' for x in os_}))} MB "
+                   f"({_tables(x.table for x in os_)}){ours}")
+    return out
+
+
+def _other_size_flags(r, rows: list) -> list[str]:
+    """Rule 5: a flag when ``r``'s architecture is listed at other sizes (MB) elsewhere in the paper."""
+    other = [o for o in rows if o.model_name == r.model_name and o.dataset == r.dataset
+             and not math.isclose(o.size_mb, r.size_mb, abs_tol=1e-9)]
+    if not other:
+        return []
+    sizes = sorted({o.size_mb for o in other})
+    why = ""
+    if not pd.isna(r.optimizer) and any(not pd.isna(o.optimizer) and o.optimizer != r.optimizer
+                                        for o in other):
+        why = (" (those rows differ by optimizer: consistent with checkpoints that include the "
+               "optimizer's per-weight state, e.g. 2 buffers for Adam-like, 1 for SGD momentum)")
+    return [f"same architecture listed at {', '.join(f'{s:g}' for s in sizes)} MB in "
+            f"{_tables(o.table for o in other)}{why}"]
+
+
+def _our_size_flags(r, ours_mb: Mapping[tuple[str, str], float]) -> list[str]:
+    """Rule 6: a flag when ``r``'s size is over ``SIZE_RATIO_LIMIT``x off our checkpoint of that architecture."""
+    mb = ours_mb.get((r.model_name, r.dataset))
+    if not (mb and r.size_mb > 0):
+        return []
+    ratio = r.size_mb / mb
+    if ratio > SIZE_RATIO_LIMIT or ratio < 1 / SIZE_RATIO_LIMIT:
+        return [f"paper size {r.size_mb:g} MB is {ratio:.2f}x our float32 checkpoint "
+                f"({mb:.3f} MB) of {r.model_name}"]
+    return []
+
+
+def _transcription_flags(r) -> list[str]:
+    """Rule 7: ``r``'s transcription note, if it has one."""
+    note = TRANSCRIPTION_NOTES.get((int(r.table), str(r.model)))
+    return [note] if note else []

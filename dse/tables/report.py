@@ -52,10 +52,15 @@ def budget_lines(trials: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def _chance_models(tab: TableResult) -> list[str]:
+    """The models of ``tab``'s rows with results whose accuracy is within NEAR_CHANCE_POINTS of guessing."""
+    return [str(r.model) for r in tab.rows.itertuples(index=False)
+            if r.status == "ok" and near_chance(r.acc_mean, r.dataset)]
+
+
 def chance_lines(tables: dict[int, TableResult]) -> list[str]:
     """A warning naming the rows whose accuracy is within NEAR_CHANCE_POINTS of guessing (none: no lines)."""
-    rows = [(n, str(r.model)) for n, tab in tables.items() for r in tab.rows.itertuples(index=False)
-            if r.status == "ok" and near_chance(r.acc_mean, r.dataset)]
+    rows = [(n, m) for n, tab in tables.items() for m in _chance_models(tab)]
     if not rows:
         return []
     shown = ", ".join(f"Table {n} {m}" for n, m in rows[:8]) + (" ..." if len(rows) > 8 else "")
@@ -64,73 +69,99 @@ def chance_lines(tables: dict[int, TableResult]) -> list[str]:
             "paper says nothing about the model. They are marked \"≈ chance\" in the tables.", ""]
 
 
-def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, opts: Options,
-                figures: list[Path]) -> str:
-    t = data.trials
+def _header_lines(data: StoreData, opts: Options) -> list[str]:
+    """The report's title, when, by what and from which store and studies it was made (now, in UTC)."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     studies = (", ".join(opts.studies) if opts.studies
                else "all (" + (", ".join(data.all_studies) or "none") + ")")
     lines = ["# Reproduction report: Shallow SqueezeNext (Duggal & El-Sharkawy 2020)", "",
              f"Generated {now} by `python -m dse.tables` (dse {dse.__version__}, commit {git_commit() or 'unknown'}) "
              f"from `{redact(opts.db_url)}`; studies: {studies}.", ""]
-    if t.empty:
+    if data.trials.empty:
         lines += ["**The store has no trials**: every row below is 'not run'. Start with "
                   "`python -m dse.sweep experiment=tables`.", ""]
-    lines += ["## Budget", "", "Every accuracy and timing below was measured at this budget (the paper's: full "
-              "CIFAR training set, every test image). Speeds are shown as seconds per full 50,000-image epoch, "
-              "computed from the measured images per second.", "", *budget_lines(t), *chance_lines(tables)]
-    lines += ["## Tables", "",
-              "| Table | Caption | rows with results | ≈ chance | not run / GPU budget / failed / pending | "
-              "flagged rows | files |",
-              "|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _budget_section(trials: pd.DataFrame, tables: dict[int, TableResult]) -> list[str]:
+    """The "Budget" section: the budgets of the complete trials and the rows at chance."""
+    return ["## Budget", "", "Every accuracy and timing below was measured at this budget (the paper's: full "
+            "CIFAR training set, every test image). Speeds are shown as seconds per full 50,000-image epoch, "
+            "computed from the measured images per second.", "", *budget_lines(trials), *chance_lines(tables)]
+
+
+def _tables_section(tables: dict[int, TableResult], opts: Options) -> list[str]:
+    """The "Tables" section: per table its rows by status, flagged rows and files, then how to run the rest."""
+    lines = ["## Tables", "",
+             "| Table | Caption | rows with results | ≈ chance | not run / GPU budget / failed / pending | "
+             "flagged rows | files |",
+             "|---|---|---|---|---|---|---|"]
     for n, tab in tables.items():
         st = tab.rows["status"]
         files = [f"[{fmt}](tables/table{n}.{fmt})" for fmt in opts.formats]
         flagged = sum(1 for f in tab.flags if f)
-        chance = sum(1 for r in tab.rows.itertuples(index=False)
-                     if r.status == "ok" and near_chance(r.acc_mean, r.dataset))
+        chance = len(_chance_models(tab))
         lines.append(f"| {n} | {tab.caption} | {int((st == 'ok').sum())} / {len(st)} | {chance} | "
                      f"{int((st == 'not run').sum())} / {int((st == 'gpu budget').sum())} / "
                      f"{int((st == 'failed').sum())} / "
                      f"{int((st == 'pending').sum())} | {flagged} | {' '.join(files)} |")
     gpu = sorted({tab.gpu_command for tab in tables.values() if (tab.rows["status"] == "gpu budget").any()})
-    lines += ["", "Rows not run: `python -m dse.sweep experiment=tableN` runs table N "
-              "(`experiment=tables` runs all seven)." + (
-                  " Rows marked GPU budget are left out of the default CPU study on purpose (too heavy for its CPU "
-                  "budget): " + ", ".join(f"`{c}`" for c in gpu) + " runs them." if gpu else ""), ""]
-    if figures:
-        lines += ["## Figures", ""]
-        for f in figures:
-            rel = f.relative_to(out_dir) if f.is_relative_to(out_dir) else f
-            lines += [f"### {f.stem}", "", f"![{f.stem}]({rel.as_posix()})", ""]
-    lines += ["## Provenance", ""]
-    if t.empty:
-        lines += ["No trials recorded.", ""]
-    else:
-        by = t.groupby(["study", "status"]).size().unstack(fill_value=0)
-        by.insert(0, "total", by.sum(axis=1))
-        by = by.reset_index()
-        lines += ["Trials by study and status:", "", *_md_table(by), ""]
-        done = t[t["status"] == "complete"]
-        budgets = done["epochs"].astype(str) + " ep x " + done["data_fraction"].map(pct) + " of the training pool"
-        lines += [f"- git commits of the trials: {_counts(t['git_commit'])}",
-                  f"- torch versions: {_counts(t['torch_version'])}",
-                  f"- devices (complete trials): {_counts(done['device'])}",
-                  f"- precisions (complete trials): {_counts(done['precision'])}",
-                  f"- data copies: {_counts(t['data_source'])}",
-                  f"- datasets: {_counts(t['dataset'])}",
-                  f"- hosts: {_counts(t['host'])}",
-                  f"- budgets (complete trials): {_counts(budgets)}"]
-        if len(data.deployments):
-            d = data.deployments
-            lines.append(f"- deployments: {len(d):,} measurements; formats {_counts(d['format'])}; "
-                         f"runtimes {_counts(d['runtime'])}; machines {_counts(d['machine'])}")
-        lines.append("")
-    lines += ["Paper numbers: `experiments/paper_tables/` (transcribed from the paper's section 4). "
-              "Model size = bytes of the saved float32 checkpoint / 1e6; model speed = training seconds per "
-              "full 50,000-image epoch (the paper's: RTX 2080 Ti; Table 7's: Bluebox2.0). Timings compare like "
-              "for like only within one device and precision.", ""]
-    return "\n".join(lines)
+    return lines + ["", "Rows not run: `python -m dse.sweep experiment=tableN` runs table N "
+                    "(`experiment=tables` runs all seven)." + (
+                        " Rows marked GPU budget are left out of the default CPU study on purpose (too heavy for "
+                        "its CPU budget): " + ", ".join(f"`{c}`" for c in gpu) + " runs them." if gpu else ""), ""]
+
+
+def _figures_section(out_dir: Path, figures: list[Path]) -> list[str]:
+    """The "Figures" section: each figure under a heading, linked relative to ``out_dir`` (none: no lines)."""
+    if not figures:
+        return []
+    lines = ["## Figures", ""]
+    for f in figures:
+        rel = f.relative_to(out_dir) if f.is_relative_to(out_dir) else f
+        lines += [f"### {f.stem}", "", f"![{f.stem}]({rel.as_posix()})", ""]
+    return lines
+
+
+def _provenance_section(data: StoreData) -> list[str]:
+    """The "Provenance" section: trials by study and status, where they ran, and what the paper's numbers mean."""
+    lines = ["## Provenance", "", *(["No trials recorded.", ""] if data.trials.empty else _provenance_facts(data))]
+    return lines + ["Paper numbers: `experiments/paper_tables/` (transcribed from the paper's section 4). "
+                    "Model size = bytes of the saved float32 checkpoint / 1e6; model speed = training seconds per "
+                    "full 50,000-image epoch (the paper's: RTX 2080 Ti; Table 7's: Bluebox2.0). Timings compare "
+                    "like for like only within one device and precision.", ""]
+
+
+def _provenance_facts(data: StoreData) -> list[str]:
+    """The trials (there are some) by study and status, then their commits, versions, devices, data and hosts."""
+    t = data.trials
+    by = t.groupby(["study", "status"]).size().unstack(fill_value=0)
+    by.insert(0, "total", by.sum(axis=1))
+    by = by.reset_index()
+    done = t[t["status"] == "complete"]
+    budgets = done["epochs"].astype(str) + " ep x " + done["data_fraction"].map(pct) + " of the training pool"
+    lines = ["Trials by study and status:", "", *_md_table(by), "",
+             f"- git commits of the trials: {_counts(t['git_commit'])}",
+             f"- torch versions: {_counts(t['torch_version'])}",
+             f"- devices (complete trials): {_counts(done['device'])}",
+             f"- precisions (complete trials): {_counts(done['precision'])}",
+             f"- data copies: {_counts(t['data_source'])}",
+             f"- datasets: {_counts(t['dataset'])}",
+             f"- hosts: {_counts(t['host'])}",
+             f"- budgets (complete trials): {_counts(budgets)}"]
+    if len(data.deployments):
+        d = data.deployments
+        lines.append(f"- deployments: {len(d):,} measurements; formats {_counts(d['format'])}; "
+                     f"runtimes {_counts(d['runtime'])}; machines {_counts(d['machine'])}")
+    return lines + [""]
+
+
+def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, opts: Options,
+                figures: list[Path]) -> str:
+    """The Markdown text of ``report.md``: header, budget, tables, figures and provenance sections."""
+    return "\n".join([*_header_lines(data, opts), *_budget_section(data.trials, tables),
+                      *_tables_section(tables, opts), *_figures_section(out_dir, figures),
+                      *_provenance_section(data)])
 
 
 def write_report(out_dir: Path, tables: dict[int, TableResult], data: StoreData, opts: Options,
