@@ -30,9 +30,9 @@ class _StubResult:  # what fit returns, for a trial that "trained" in no time
 
 
 def _stub_train(self, row, tcfg, ckpt, lease):  # noqa: ANN001 - replaces Worker.train
-    self.store.record_epoch(row.id, {"epoch": 1, "train_loss": 1.0, "train_acc": 50.0, "val_loss": 1.0,
-                                     "val_acc": 50.0, "test_acc": 50.0, "lr": 0.01, "train_seconds": 0.0,
-                                     "eval_seconds": 0.0})
+    self.queue.record_epoch(row.id, {"epoch": 1, "train_loss": 1.0, "train_acc": 50.0, "val_loss": 1.0,
+                                    "val_acc": 50.0, "test_acc": 50.0, "lr": 0.01, "train_seconds": 0.0,
+                                    "eval_seconds": 0.0})
     return _StubResult()
 
 

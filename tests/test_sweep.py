@@ -326,3 +326,18 @@ def test_a_version_1_store_gets_the_queue_columns(tmp_path):
     with sqlite3.connect(db) as c:
         cols = {r[1] for r in c.execute("pragma table_info(dse_trials)")}
     assert {"lease_until", "heartbeat_at", "recorded_at"} <= cols
+
+
+def test_planned_rows_of_an_older_version_open_as_queued(tmp_path):
+    """Older versions wrote "planned" for trials waiting to be claimed; opening such a store makes them "queued",
+    the one state workers claim, and leaves every other row as it was."""
+    db = tmp_path / "old.db"
+    store = Store(f"sqlite:///{db}")
+    base = dict(study="s", model_name="m", arch="shallow_sqnxt", width=0.2, dropout=0.3, activation="elu",
+                num_classes=10, optimizer="sgd_nesterov", schedule="step", dataset="cifar10", data_fraction=1.0,
+                epochs=1, batch_size=8, seed=0, params=1, macs=1, checkpoint_bytes=1, config_json="{}")
+    store.insert_missing([{**base, "identity": "a", "status": "planned"},
+                          {**base, "identity": "b", "status": "complete"}])
+    store.dispose()
+    assert {r.identity: r.status for r in Store(f"sqlite:///{db}", create=False).rows("s")} == {
+        "a": "queued", "b": "complete"}

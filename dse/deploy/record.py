@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import select
+
 from dse.deploy.report import DeployReport
+from dse.store import DeploymentRow, Store, utc_now
 
 
 def _runtime_of(fmt: str) -> str:
@@ -16,7 +21,28 @@ def _runtime_of(fmt: str) -> str:
     return f"torch {torch.__version__.split('+')[0]}"
 
 
-def record(store, report: DeployReport) -> None:
+def _put(store: Store, values: dict[str, Any]) -> None:
+    """Insert or replace the measurement of one (trial, model, format, host): deployment is this table's one
+    writer."""
+
+    def go() -> None:
+        with store.session() as s:
+            row = s.scalars(select(DeploymentRow).where(
+                DeploymentRow.trial_id == values.get("trial_id"),
+                DeploymentRow.model_name == values["model_name"],
+                DeploymentRow.format == values["format"],
+                DeploymentRow.host == values["host"])).first()
+            if row is None:
+                s.add(DeploymentRow(**values))
+            else:
+                for k, v in values.items():
+                    setattr(row, k, v)
+                row.created_at = utc_now()
+
+    store.retry(go, "recording a deployment")
+
+
+def record(store: Store, report: DeployReport) -> None:
     """One ``dse_deployments`` row per format (insert or replace); the trial's ``int8_bytes``.
 
     A run without latency (``--no-latency``) leaves the latency columns of an existing row as they were, so a
@@ -31,7 +57,7 @@ def record(store, report: DeployReport) -> None:
             values.update(p50_ms=r.latency["p50_ms"], p99_ms=r.latency["p99_ms"],
                           peak_mem_bytes=r.latency["peak_mem_bytes"], threads=r.latency["threads"],
                           runtime=r.latency["runtime"])
-        store.record_deployment(**values)
+        _put(store, values)
     if report.trial_id is not None:
         store.update_trial(report.trial_id, int8_bytes=report.format("onnx_int8").file_bytes)
 

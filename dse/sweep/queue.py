@@ -24,7 +24,7 @@ from dse.store import TrialRow
 
 log = logging.getLogger("dse.sweep")
 
-CLAIMABLE = (st.QUEUED, st.INTERRUPTED, st.PLANNED)  # "planned": rows written by older versions
+CLAIMABLE = (st.QUEUED, st.INTERRUPTED)
 
 
 class StudyRows:
@@ -126,7 +126,7 @@ class Queue(StudyRows):
         oldest = select(TrialRow.id).where(*cond).order_by(cost, TrialRow.id).limit(1).scalar_subquery()
         stmt = (update(TrialRow).where(TrialRow.id == oldest, TrialRow.status.in_(CLAIMABLE))
                 .values(status=st.RUNNING, worker=self.worker, host=self.host, attempts=TrialRow.attempts + 1,
-                        lease_until=self.now(self.lease), heartbeat_at=self.now(), started_at=st._now(),
+                        lease_until=self.now(self.lease), heartbeat_at=self.now(), started_at=st.utc_now(),
                         finished_at=None).returning(TrialRow.id))
 
         def go() -> int | None:
@@ -148,7 +148,7 @@ class Queue(StudyRows):
             try:
                 with self.store.session() as s:
                     row = TrialRow(**fields, status=st.RUNNING, worker=self.worker, host=self.host, attempts=1,
-                                   started_at=st._now())
+                                   started_at=st.utc_now())
                     s.add(row)
                     s.flush()
                     s.execute(update(TrialRow).where(TrialRow.id == row.id).values(
@@ -172,13 +172,33 @@ class Queue(StudyRows):
     def release(self, row_id: int, status: str, reason: str) -> bool:
         """Put our running trial back (queued or interrupted), with why; it keeps its epochs and last.pt."""
         return self._run(update(TrialRow).where(*self._mine(row_id)).values(
-            status=status, fail_reason=reason[:2000], worker=None, lease_until=None, queued_at=st._now()),
+            status=status, fail_reason=reason[:2000], worker=None, lease_until=None, queued_at=st.utc_now()),
             f"putting a trial back ({status})") == 1
 
     def finish(self, row_id: int, status: str, **values: Any) -> bool:
         """Move our running trial to a terminal state, with its results; False if it is not ours any more."""
         return self._run(update(TrialRow).where(*self._mine(row_id)).values(
-            status=status, finished_at=st._now(), lease_until=None, **values), f"finishing a trial ({status})") == 1
+            status=status, finished_at=st.utc_now(), lease_until=None, **values), f"finishing a trial ({status})") == 1
+
+    def note(self, row_id: int, **values: Any) -> None:
+        """Facts a trial learns while it runs (the data copy it read, its image counts, its Optuna number)."""
+        self._run(update(TrialRow).where(TrialRow.id == row_id).values(**values), "updating a trial")
+
+    def record_epoch(self, row_id: int, metrics: dict[str, Any]) -> None:
+        """Insert or replace the row of one epoch (a resumed trial rewrites the epochs it repeats)."""
+
+        def go() -> None:
+            with self.store.session() as s:
+                row = s.scalars(select(st.EpochRow).where(st.EpochRow.trial_id == row_id,
+                                                          st.EpochRow.epoch == metrics["epoch"])).first()
+                if row is None:
+                    s.add(st.EpochRow(trial_id=row_id, **metrics))
+                else:
+                    for k, v in metrics.items():
+                        setattr(row, k, v)
+                s.execute(update(TrialRow).where(TrialRow.id == row_id).values(epochs_done=metrics["epoch"]))
+
+        self.store.retry(go, "recording an epoch")
 
     def requeue_expired(self) -> int:
         """Every running trial of the study whose lease ran out goes back to the queue (the next claim of it
@@ -186,7 +206,7 @@ class Queue(StudyRows):
         n = self._run(update(TrialRow).where(
             TrialRow.study == self.study, TrialRow.status == st.RUNNING,
             or_(TrialRow.lease_until.is_(None), TrialRow.lease_until < self.now())).values(
-            status=st.QUEUED, lease_until=None, queued_at=st._now(),
+            status=st.QUEUED, lease_until=None, queued_at=st.utc_now(),
             fail_reason="re-queued: its worker stopped renewing the lease (killed, or its host lost)"),
             "re-queueing expired trials")
         if n:
@@ -197,7 +217,7 @@ class Queue(StudyRows):
     def retry_failed(self) -> int:
         """retry_failed=true: failed trials go back to the queue (their next result is recorded anew)."""
         return self._run(update(TrialRow).where(TrialRow.study == self.study, TrialRow.status == st.FAILED).values(
-            status=st.QUEUED, queued_at=st._now(), recorded_at=None,
+            status=st.QUEUED, queued_at=st.utc_now(), recorded_at=None,
             fail_reason=TrialRow.fail_reason.concat(" (re-queued by retry_failed=true)")), "re-queueing failed trials")
 
     def requeue_failed(self, ids: list[int], reason: str) -> int:
@@ -205,14 +225,14 @@ class Queue(StudyRows):
         if not ids:
             return 0
         return self._run(update(TrialRow).where(TrialRow.id.in_(ids), TrialRow.status == st.FAILED).values(
-            status=st.QUEUED, queued_at=st._now(), recorded_at=None, fail_reason=reason), "re-queueing trials")
+            status=st.QUEUED, queued_at=st.utc_now(), recorded_at=None, fail_reason=reason), "re-queueing trials")
 
     # -- recording in Optuna exactly once ------------------------------------------------------------------------
     def mark_recorded(self, row_id: int) -> bool:
         """Compare-and-set: True for exactly one caller per finished trial (the one that records it)."""
         return self._run(update(TrialRow).where(TrialRow.id == row_id, TrialRow.recorded_at.is_(None),
                                                 TrialRow.status.in_(st.TERMINAL))
-                         .values(recorded_at=st._now()), "marking a trial recorded") == 1
+                         .values(recorded_at=st.utc_now()), "marking a trial recorded") == 1
 
     def unmark_recorded(self, row_id: int) -> None:
         self._run(update(TrialRow).where(TrialRow.id == row_id).values(recorded_at=None), "unmarking a trial")

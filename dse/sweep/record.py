@@ -219,7 +219,7 @@ class Record:
         # the dashboard shows, so the store keeps it for the tables and the deploy folders
         trial_id = self.storage.create_new_trial(self.study_id, template_trial=frozen)
         number = self.storage.get_trial_number_from_id(trial_id)
-        self.queue.store.update_trial(row.id, optuna_trial_number=number)
+        self.queue.note(row.id, optuna_trial_number=number)
 
     def record_pending(self) -> None:
         """Record the study's finished trials that Optuna has not got yet (rejected ones, an outage between

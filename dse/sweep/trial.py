@@ -50,7 +50,7 @@ class TrialRun:
 
     def __init__(self, worker: Any) -> None:
         w = worker
-        self.cfg, self.base, self.plan, self.store, self.queue = w.cfg, w.base, w.plan, w.store, w.queue
+        self.cfg, self.base, self.plan, self.queue = w.cfg, w.base, w.plan, w.queue
         self.record, self.stop, self.result, self.checkpoint_root = w.record, w.stop, w.result, w.checkpoint_root()
 
     def run(self, row: st.TrialRow) -> None:
@@ -87,7 +87,7 @@ class TrialRun:
             epoch, acc = int(md["epoch"]), float(md["val_acc"])
             if any(e not in curve for e in range(1, epoch)):  # resumed past epochs the store never got
                 self.catch_up(row, ckpt / "last.pt", curve, epoch)
-            self.store.record_epoch(row.id, {k: md.get(k) for k in EPOCH_COLUMNS})
+            self.queue.record_epoch(row.id, {k: md.get(k) for k in EPOCH_COLUMNS})
             curve[epoch] = acc
             if lease.lost.is_set():
                 raise LeaseLost
@@ -103,7 +103,7 @@ class TrialRun:
             raise EnvironmentFault(f"data: {first_line(e)}") from e
         n_train = int(data.train_x.shape[0])
         facts = self.plan.sources.get(source_key(tcfg.data))
-        self.store.update_trial(row.id, data_source=data.source, train_images=n_train,
+        self.queue.note(row.id, data_source=data.source, train_images=n_train,
                                 data_fingerprint=facts.fingerprint if facts else None,
                                 data_fraction=n_train / data.train_pool if data.train_pool else 1.0,
                                 test_images=int(data.test_x.shape[0]))
@@ -119,7 +119,7 @@ class TrialRun:
         history = {int(h["epoch"]): h for h in load_checkpoint(last).get("history", [])}
         missing = [e for e in range(1, epoch) if e not in curve and e in history]
         for e in missing:
-            self.store.record_epoch(row.id, {k: history[e].get(k) for k in EPOCH_COLUMNS})
+            self.queue.record_epoch(row.id, {k: history[e].get(k) for k in EPOCH_COLUMNS})
             curve[e] = float(history[e]["val_acc"])
             self.record.intermediate(row, e, curve[e])
         if missing:

@@ -66,9 +66,9 @@ class Worker:
         self.check_data_unchanged()
         rows = []
         for p in self.plan.runnable:
-            rows.append({**row_fields(self.plan.name, p.trial, p.facts, self.commit), "queued_at": st._now(),
+            rows.append({**row_fields(self.plan.name, p.trial, p.facts, self.commit), "queued_at": st.utc_now(),
                          **({"status": st.REJECTED, "fail_reason": f"rejected by constraint: {p.rejected}",
-                             "finished_at": st._now()} if p.rejected else {"status": st.QUEUED})})
+                             "finished_at": st.utc_now()} if p.rejected else {"status": st.QUEUED})})
         new = self.store.insert_missing(rows)
         if self.cfg.retry_failed:
             n = self.queue.retry_failed()
