@@ -9,17 +9,19 @@ values of the right type but outside what is allowed (one line naming the value 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dse.common import REPO
 from dse.errors import ConfigError, first_line
+from dse.spec import DataConfig, OptimConfig, TrainConfig
 
 CONF_DIR = Path(os.environ.get("DSE_CONF_DIR", REPO / "conf"))
 EXPERIMENTS_DIR = Path(os.environ.get("DSE_EXPERIMENTS_DIR", REPO / "experiments"))
@@ -46,49 +48,32 @@ class ModelConf:
     activation: str | None = None  # elu | relu
 
 
-@dataclass
-class DataConf:
-    dataset: str = "cifar10"  # cifar10 | cifar100 | imagefolder
-    root: str | None = None  # None -> $DSE_DATA_DIR -> data/
-    val_size: int = 5000  # images held out of the training set for the search (class-balanced)
-    val_seed: int = 0
-    subset: float | None = None  # fraction of the remaining training images (low-fidelity trials)
-    subset_size: int | None = None  # or a count of training images (class-balanced, seeded)
-    subset_seed: int = 0
-    test_size: int | None = None  # evaluate on a class-balanced subset of the test set (cheap budgets); null = all
-    download: bool = True
-    cache_dir: str | None = None  # None -> $DSE_CACHE_DIR -> ~/.cache/dse
+def hydra_schema(core: type, name: str, *, leave_out: tuple[str, ...] = (), loose: tuple[str, ...] = ()) -> type:
+    """The Hydra schema of a config group, derived from the core's dataclass (``dse.spec``) so every field, type
+    and default is declared once: a mutable copy (overrides must be able to set it) whose tuples are lists (what
+    YAML writes). ``leave_out``: fields the group does not set (the sweep fills them per trial); ``loose``: fields
+    typed Any here because a value such as ``auto`` is only resolved later, by measurement (``dse.autotune``)."""
+    hints = get_type_hints(core)
+    fields = []
+    for f in dataclasses.fields(core):
+        if f.name in leave_out or not f.init:
+            continue
+        kind = Any if f.name in loose else hints[f.name]
+        if get_origin(kind) is tuple:
+            kind = list[get_args(kind)[0]]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, (tuple, list)):
+            fields.append((f.name, kind, field(default_factory=lambda d=tuple(default): list(d))))
+        else:
+            fields.append((f.name, kind, field(default=default)))
+    return dataclasses.make_dataclass(name, fields)
 
 
-@dataclass
-class OptimizerConf:
-    name: str = "sgd_nesterov"
-    lr: float | None = None  # None -> the paper's default for the optimizer
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    final_lr: float = 0.1  # AdaBound
-    schedule: str = "step"  # step | cosine | onecycle | none
-    step_epochs: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-
-
-@dataclass
-class TrainerConf:
-    epochs: int = 200
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | amp | auto (measured on this machine: dse.autotune)
-    channels_last: Any = False  # true | false | auto
-    compile: bool = False
-    deterministic: bool = False
-    progress: str = "auto"  # auto | bar | log | none
-    threads: int | None = None
-    fast_path: str = "auto"  # auto | graph | compile | eager (dse.fastpath; auto: measured with the others)
-    gpu_memory_fraction: float | None = None  # per-worker cap on the CUDA device's memory, in (0, 1]
-    tensorboard_dir: str | None = None  # TensorBoard event files, one subfolder per trial (None: off)
+DataConf = hydra_schema(DataConfig, "DataConf")
+OptimizerConf = hydra_schema(OptimConfig, "OptimizerConf")
+# seed, checkpoint_dir and resume are the sweep's, per trial; channels_last is true, false or auto
+TrainerConf = hydra_schema(TrainConfig, "TrainerConf", leave_out=("seed", "checkpoint_dir", "resume"),
+                           loose=("channels_last",))
 
 
 @dataclass

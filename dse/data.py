@@ -35,8 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dse.common import REPO, atomic_torch_save, cache_root
+from dse.common import atomic_torch_save
 from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError
+from dse.spec import DataConfig, is_int
 
 log = logging.getLogger(__name__)
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec (not installed here); they still work and
@@ -45,7 +46,6 @@ warnings.filterwarnings(
     "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
 )
 
-DATASETS = ("cifar10", "cifar100", "imagefolder")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per channel, on pixels scaled to [0, 1]
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGE_SIZE = 32  # pixels (height = width); every source is decoded to this size
@@ -55,70 +55,6 @@ CACHE_FORMAT = 1  # bump when the cached .pt layout changes, so old caches are n
 
 _CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 _CIFAR_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-
-
-# --------------------------------------------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class DataConfig:
-    """Which dataset, where it lives, and how the training set is split.
-
-    dataset: "cifar10", "cifar100" (fine labels, 100 classes) or "imagefolder" (root/train/<class>/*,
-      root/test/<class>/*). For "cifar10", a root holding train/ and test/ class folders is read as an ImageFolder
-      tree (e.g. the JPEG copy of CIFAR-10 in ../shared/data/cifar10-jpg).
-    root: folder holding the data; None -> env DSE_DATA_DIR -> <repo>/data.
-    val_size: images (count) held out from the training set for validation, class-balanced; 0 = no validation.
-    val_seed: seed of the validation draw.
-    subset / subset_size: keep only a fraction (0, 1] / a count of the remaining training images, class-balanced,
-      seeded by subset_seed. At most one of them may be set.
-    test_size: evaluate on a class-balanced seeded (seed 0) subset of this many test images; None = the whole
-      test set. For cheap budgets only: test accuracy every epoch on 10,000 images costs more than a small
-      training epoch on a CPU. Tables report the test images used.
-    download: fetch official CIFAR via torchvision when missing (needs internet).
-    cache_dir: where decoded tensors are cached; None -> env DSE_CACHE_DIR -> ~/.cache/dse.
-    """
-
-    dataset: str = "cifar10"
-    root: str | None = None
-    val_size: int = 5000
-    val_seed: int = 0
-    subset: float | None = None
-    subset_size: int | None = None
-    subset_seed: int = 0
-    test_size: int | None = None
-    download: bool = True
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.test_size is not None and (not _is_int(self.test_size) or self.test_size < 1):
-            raise ConfigError(f"data.test_size={self.test_size!r} must be an integer >= 1 (images) or null")
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"data.dataset={self.dataset!r} is unknown; allowed: {', '.join(DATASETS)}")
-        if not _is_int(self.val_size) or self.val_size < 0:
-            raise ConfigError(f"data.val_size={self.val_size!r} must be an integer >= 0 (images)")
-        if not _is_int(self.val_seed) or not _is_int(self.subset_seed):
-            raise ConfigError(f"data.val_seed={self.val_seed!r} / subset_seed={self.subset_seed!r} must be integers")
-        if self.subset is not None and self.subset_size is not None:
-            raise ConfigError(
-                f"data.subset={self.subset!r} and data.subset_size={self.subset_size!r} are both set; set at most one"
-            )
-        if self.subset is not None and (
-            isinstance(self.subset, bool) or not isinstance(self.subset, (int, float)) or not 0 < self.subset <= 1
-        ):
-            raise ConfigError(f"data.subset={self.subset!r} must be a fraction in (0, 1]")
-        if self.subset_size is not None and (not _is_int(self.subset_size) or self.subset_size < 1):
-            raise ConfigError(f"data.subset_size={self.subset_size!r} must be an integer >= 1 (images)")
-
-    def resolved_root(self) -> Path:
-        """The data folder: `root`, else env DSE_DATA_DIR, else <repo>/data."""
-        return Path(self.root or os.environ.get("DSE_DATA_DIR") or REPO / "data").expanduser()
-
-    def resolved_cache_dir(self) -> Path:
-        """The cache folder: `cache_dir`, else env DSE_CACHE_DIR, else ~/.cache/dse."""
-        return cache_root(self.cache_dir)
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 # --------------------------------------------------------------------------------------------------------- bundle
@@ -701,7 +637,7 @@ def batches(
     host-device copy), so seeding it per epoch makes the epoch reproducible. A final training batch of a
     single image is dropped (BatchNorm cannot train on one). train=False: the split in order, unaugmented.
     """
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1")
     x, y = bundle.split(split)
     n = len(y)

@@ -49,35 +49,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from dse import optimizers
 from dse.errors import first_line
+from dse.spec import FAST_PATHS
 
 log = logging.getLogger(__name__)
 
-FAST_PATHS = ("auto", "graph", "compile", "eager")
 WARMUP_STEPS = 3  # eager steps on a side stream before the capture (PyTorch's documented recipe uses 3)
-#: Constructor flags that make each optimizer of Table 6 run inside a CUDA graph: its state (step counts, lr) on
-#: the device and no host reads. Adagrad keeps its step count on the host in PyTorch (no capturable option) and
-#: AdaBound (third party) does its bound arithmetic in Python floats: neither can be captured.
+#: Constructor flags that make an optimizer run inside a CUDA graph (its state, step counts and lr on the device,
+#: no host reads), by optimizer: ``graph_flags`` of its entry in dse.optimizers.TABLE, where it has them.
 GRAPH_FLAGS: dict[str, dict[str, bool]] = {
-    "sgd_nesterov": {"fused": True},
-    "sgd": {"fused": True},
-    "adam": {"capturable": True},
-    "adamax": {"capturable": True},
-    "adadelta": {"capturable": True},
-    "asgd": {"capturable": True},
-    "rmsprop": {"capturable": True},
-    "rprop": {"capturable": True},
-}
-_OPTIMIZER_CLASSES = {
-    "sgd_nesterov": "SGD",
-    "sgd": "SGD",
-    "adam": "Adam",
-    "adamax": "Adamax",
-    "adadelta": "Adadelta",
-    "asgd": "ASGD",
-    "rmsprop": "RMSprop",
-    "rprop": "Rprop",
-}
+    name: o.graph_flags for name, o in optimizers.TABLE.items() if o.graph_flags is not None}
 _LOGGED: set[str] = set()
 
 
@@ -89,22 +71,16 @@ def _log_once(key: str, message: str, *args: Any) -> None:
 
 def graph_blocker(optimizer: str, schedule: str, momentum: float, precision: str) -> str | None:
     """Why a training step with these settings cannot be captured in a CUDA graph here, or None when it can."""
-    flags = GRAPH_FLAGS.get(optimizer)
-    if flags is None:
-        what = (
-            "a third-party optimizer computing in Python floats"
-            if optimizer == "adabound"
-            else ("PyTorch's Adagrad keeps its step count on the host")
-        )
-        return f"optimizer {optimizer}: {what}"
-    cls = getattr(torch.optim, _OPTIMIZER_CLASSES[optimizer])
-    missing = [f for f in flags if f not in inspect.signature(cls.__init__).parameters]
+    entry = optimizers.TABLE[optimizer]
+    if entry.graph_flags is None:
+        return f"optimizer {optimizer}: {entry.no_graph}"
+    cls = entry.cls()
+    missing = [f for f in entry.graph_flags if f not in inspect.signature(cls.__init__).parameters]
     if missing:
         return f"optimizer {optimizer}: this PyTorch's {cls.__name__} has no {', '.join(missing)} option"
     if precision == "amp":
         return "precision amp: GradScaler reads its inf check on the host every step (use bf16)"
-    cycles_momentum = optimizer in ("sgd_nesterov", "adam", "adamax") or (optimizer == "sgd" and momentum > 0)
-    if schedule == "onecycle" and cycles_momentum:
+    if schedule == "onecycle" and entry.cycles_momentum(momentum):
         return f"schedule onecycle with {optimizer}: the momentum it cycles is a constant inside a captured graph"
     return None
 

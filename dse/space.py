@@ -30,10 +30,13 @@ SEED = "seed"
 SEARCHABLE_GROUPS = ("model", "data", "optimizer", "trainer")
 # Trainer fields that do not change what is learned (not part of the identity).
 _NON_SEMANTIC_TRAINER = {
-    "device", "progress", "threads", "compile", "channels_last", "eval_batch_size",
+    "device", "progress", "threads", "channels_last", "eval_batch_size",
     "fast_path", "gpu_memory_fraction", "tensorboard_dir",
 }
 _NON_SEMANTIC_DATA = {"root", "download", "cache_dir"}
+# Trainer fields that rows written by older versions carry and this one no longer has (compile: fast_path=compile;
+# it was never part of the identity)
+_RETIRED_TRAINER = {"compile"}
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,9 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
         """The inverse of ``to_dict``: a queued row carries its whole trial config, so any worker can run it."""
+        trainer = {k: v for k, v in d["trainer"].items() if k not in _RETIRED_TRAINER}
         return cls(model=ModelSpec.from_dict(d["model"]), data=dict(d["data"]), optimizer=dict(d["optimizer"]),
-                   trainer=dict(d["trainer"]), seed=int(d["seed"]))
+                   trainer=trainer, seed=int(d["seed"]))
 
     def on_this_machine(self, data: dict[str, Any], trainer: dict[str, Any]) -> TrialConfig:
         """The same trial (same identity) with this worker's machine settings: data root, device, threads..."""

@@ -35,195 +35,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dse import fastpath
+from dse import fastpath, optimizers
 from dse.common import atomic_torch_save
 from dse.data import DataBundle, batches, device_generator
 from dse.errors import CheckpointError, ConfigError, DivergedError, first_line
 from dse.models import ModelSpec, build_model, model_facts
+from dse.spec import (
+    DEFAULT_LR,
+    OPTIMIZERS,
+    PER_ITERATION_SCHEDULES,
+    PRECISIONS,
+    SCHEDULES,
+    OptimConfig,
+    TrainConfig,
+    is_int,
+    plain,
+)
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd_nesterov", "sgd", "adam", "adamax", "adagrad", "adadelta", "asgd", "rmsprop", "rprop", "adabound")
-#: Learning rate (step size, in units of the parameters per unit gradient) when OptimConfig.lr is None: the
-#: paper's 0.01 for SGD and 0.001 for AdaBound; PyTorch's defaults for the rest of Table 6.
-DEFAULT_LR = {
-    "sgd_nesterov": 0.01,
-    "sgd": 0.01,
-    "adabound": 1e-3,
-    "adam": 1e-3,
-    "adamax": 2e-3,
-    "adagrad": 1e-2,
-    "adadelta": 1.0,
-    "asgd": 1e-2,
-    "rmsprop": 1e-2,
-    "rprop": 1e-2,
-}
-ADABOUND_GAMMA = 1e-3  # convergence speed of AdaBound's bounds (its authors' recommendation)
-SCHEDULES = ("step", "cosine", "onecycle", "none")
-PER_ITERATION_SCHEDULES = ("onecycle",)  # stepped after every batch; the others after every epoch
-PRECISIONS = ("fp32", "bf16", "amp")
-PROGRESS = ("auto", "bar", "log", "none")
 CHECKPOINT_FORMAT = "dse.checkpoint"
 CHECKPOINT_VERSION = 1
 DIVERGENCE_CHECK_EVERY = 25  # batches between host syncs that check the running loss for NaN/inf
-
-
-# --------------------------------------------------------------------------------------------------------- configs
-def _num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimizer and learning-rate schedule (paper section 2.4, Table 6).
-
-    lr: step size (parameter units per unit of gradient; for adadelta a multiplier of its own step);
-      None -> DEFAULT_LR[name]. momentum: SGD momentum (sgd_nesterov needs > 0); other optimizers ignore it.
-    weight_decay: L2 coefficient added to the gradient (rprop has none in PyTorch and ignores it).
-    betas: Adam/Adamax/AdaBound moment decays. final_lr: AdaBound's final SGD-like lr (scaled with lr).
-    schedule: "step" (the paper's: lr x gamma at each fraction of `step_epochs` of the epochs), "cosine" (to 0
-      over the epochs), "onecycle" (per batch, peak = lr), "none". label_smoothing: in [0, 1).
-    """
-
-    name: str = "sgd_nesterov"
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    final_lr: float = 0.1
-    schedule: str = "step"
-    step_epochs: tuple[float, ...] = (0.5, 0.75)
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        # YAML gives lists; store tuples so the config stays hashable and compares equal either way
-        object.__setattr__(self, "betas", tuple(self.betas) if isinstance(self.betas, (list, tuple)) else self.betas)
-        object.__setattr__(
-            self,
-            "step_epochs",
-            tuple(self.step_epochs) if isinstance(self.step_epochs, (list, tuple)) else self.step_epochs,
-        )
-        if self.name not in OPTIMIZERS:
-            raise ConfigError(f"optim.name={self.name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
-        if self.lr is not None and (not _num(self.lr) or self.lr <= 0):
-            raise ConfigError(
-                f"optim.lr={self.lr!r} must be a number > 0 (or null for the default "
-                f"{DEFAULT_LR[self.name]} of {self.name})"
-            )
-        if not _num(self.momentum) or not 0 <= self.momentum < 1:
-            raise ConfigError(f"optim.momentum={self.momentum!r} must be in [0, 1)")
-        if self.name == "sgd_nesterov" and self.momentum == 0:
-            raise ConfigError(
-                "optim.momentum=0 is not allowed with sgd_nesterov (Nesterov needs momentum > 0); "
-                "use name=sgd for plain SGD"
-            )
-        if not _num(self.weight_decay) or self.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay={self.weight_decay!r} must be a number >= 0")
-        if (
-            not isinstance(self.betas, tuple)
-            or len(self.betas) != 2
-            or not all(_num(b) and 0 <= b < 1 for b in self.betas)
-        ):
-            raise ConfigError(f"optim.betas={self.betas!r} must be two numbers in [0, 1)")
-        if not _num(self.final_lr) or self.final_lr <= 0:
-            raise ConfigError(f"optim.final_lr={self.final_lr!r} must be a number > 0")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"optim.schedule={self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
-        if (
-            not isinstance(self.step_epochs, tuple)
-            or not all(_num(f) and 0 < f <= 1 for f in self.step_epochs)
-            or list(self.step_epochs) != sorted(self.step_epochs)
-        ):
-            raise ConfigError(f"optim.step_epochs={self.step_epochs!r} must be ascending fractions in (0, 1]")
-        if not _num(self.gamma) or not 0 < self.gamma <= 1:
-            raise ConfigError(f"optim.gamma={self.gamma!r} must be in (0, 1] (lr multiplier per step)")
-        if not _num(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"optim.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
-
-    @property
-    def resolved_lr(self) -> float:
-        """The learning rate used: `lr`, or the default of the optimizer."""
-        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.name]
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train: epochs, batch size, device and speed knobs, checkpoints, progress display.
-
-    device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N". precision: "fp32", "bf16" (autocast to
-    bfloat16; fast on CPUs with AMX/AVX512-BF16 and on Ampere+ GPUs, 3x slower on CPUs without) or "amp" (CUDA
-    float16 autocast + GradScaler). precision="auto" and channels_last="auto" are decided by measurement on this
-    machine (dse.autotune.resolve) before `fit`, which takes concrete values only.
-    threads: CPU threads for this fit (None: env DSE_THREADS, else PyTorch's default, one per core). With several
-    workers or other load on the machine use cores // workers: an OpenMP thread that loses its core makes every
-    op wait (measured 10-30x slower with 2 threads on 2 shared cores). checkpoint_dir: where last.pt and
-    best.pt go (None: no checkpoints). resume: continue from a matching last.pt. progress: "auto" (a bar when stderr
-    is a terminal, else one log line per epoch), "bar", "log", "none".
-    fast_path: "auto" (CUDA: the whole step in one CUDA graph when the optimizer allows it; else eager), "graph",
-    "compile" (torch.compile reduce-overhead), "eager"; see dse.fastpath. compile=True is the older spelling of
-    fast_path=compile (honoured when fast_path is "auto"). gpu_memory_fraction: cap on this process's share of the
-    CUDA device's memory, in (0, 1] (None: no cap), so several workers can share one GPU. tensorboard_dir: write
-    TensorBoard event files with per-epoch scalars there (None: off; needs the tensorboard package).
-    """
-
-    epochs: int = 200
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    device: str = "auto"
-    precision: str = "fp32"
-    channels_last: bool | str = False
-    compile: bool = False
-    seed: int = 0
-    deterministic: bool = False
-    checkpoint_dir: str | None = None
-    resume: bool = True
-    progress: str = "auto"
-    threads: int | None = None
-    fast_path: str = "auto"
-    gpu_memory_fraction: float | None = None
-    tensorboard_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.fast_path not in fastpath.FAST_PATHS:
-            raise ConfigError(
-                f"train.fast_path={self.fast_path!r} is unknown; allowed: {', '.join(fastpath.FAST_PATHS)}"
-            )
-        f = self.gpu_memory_fraction
-        if f is not None and (not _num(f) or not 0 < f <= 1):
-            raise ConfigError(f"train.gpu_memory_fraction={f!r} must be a fraction in (0, 1] or null")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            v = getattr(self, name)
-            if not _int(v) or v < 1:
-                raise ConfigError(f"train.{name}={v!r} must be an integer >= 1")
-        if not isinstance(self.device, str) or not (
-            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
-        ):
-            raise ConfigError(f"train.device={self.device!r} is unknown; allowed: auto, cpu, cuda, cuda:N, mps")
-        if self.precision not in (*PRECISIONS, "auto"):
-            raise ConfigError(f"train.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}, auto")
-        if self.channels_last not in (True, False, "auto"):
-            raise ConfigError(f"train.channels_last={self.channels_last!r} is unknown; allowed: true, false, auto")
-        if self.progress not in PROGRESS:
-            raise ConfigError(f"train.progress={self.progress!r} is unknown; allowed: {', '.join(PROGRESS)}")
-        if not _int(self.seed) or self.seed < 0:
-            raise ConfigError(f"train.seed={self.seed!r} must be an integer >= 0")
-        if self.threads is not None and (not _int(self.threads) or self.threads < 1):
-            raise ConfigError(f"train.threads={self.threads!r} must be an integer >= 1 or null")
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
-
-    def semantic_dict(self) -> dict[str, Any]:
-        """The fields that change what is computed (resume matches on these); speed and display knobs excluded."""
-        return {k: getattr(self, k) for k in ("epochs", "batch_size", "precision", "seed")}
 
 
 @dataclass
@@ -280,15 +113,6 @@ class TrialResult:
         return d
 
 
-def _plain(obj: Any) -> Any:
-    """Tuples -> lists, recursively: the JSON-like form stored in checkpoints and compared on resume."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 # ------------------------------------------------------------------------------------------ optimizers, schedules
 def build_optimizer(
     params: Iterable[torch.Tensor] | Iterable[dict], cfg: OptimConfig, **flags: bool
@@ -298,41 +122,18 @@ def build_optimizer(
     flags: extra constructor flags of PyTorch's optimizers (e.g. capturable=True, fused=True; dse.fastpath's
     GRAPH_FLAGS); AdaBound takes none.
     """
-    lr, wd, name = cfg.resolved_lr, cfg.weight_decay, cfg.name
-    o = torch.optim
-    if flags and name == "adabound":
-        raise ConfigError(f"optimizer adabound takes no extra flags, got {sorted(flags)}")
-    f = flags
-    if name == "sgd_nesterov":
-        return o.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd, **f)
-    if name == "sgd":
-        return o.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd, **f)
-    if name == "adam":
-        return o.Adam(params, lr=lr, betas=cfg.betas, weight_decay=wd, **f)
-    if name == "adamax":
-        return o.Adamax(params, lr=lr, betas=cfg.betas, weight_decay=wd, **f)
-    if name == "adagrad":
-        return o.Adagrad(params, lr=lr, weight_decay=wd, **f)
-    if name == "adadelta":
-        return o.Adadelta(params, lr=lr, weight_decay=wd, **f)
-    if name == "asgd":
-        return o.ASGD(params, lr=lr, weight_decay=wd, **f)
-    if name == "rmsprop":
-        return o.RMSprop(params, lr=lr, weight_decay=wd, **f)
-    if name == "rprop":
-        if wd:
-            log.info("rprop has no weight decay in PyTorch; optim.weight_decay=%g is ignored", wd)
-        return o.Rprop(params, lr=lr, **f)
-    if name == "adabound":
-        import adabound
-
+    entry = optimizers.TABLE.get(cfg.name)
+    if entry is None:
+        raise ConfigError(f"optim.name={cfg.name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    if flags and entry.graph_flags is None:
+        raise ConfigError(f"optimizer {cfg.name} takes no extra flags, got {sorted(flags)}")
+    if cfg.weight_decay and "weight_decay" not in entry.options:
+        log.info("%s has no weight decay in PyTorch; optim.weight_decay=%g is ignored", cfg.name, cfg.weight_decay)
+    if cfg.name == "adabound":
         # adabound 0.0.5 uses add_(Number, Tensor) overloads that PyTorch deprecates; the maths is unaffected
         warnings.filterwarnings("ignore", message=r".*overload of add", module="adabound")
         warnings.filterwarnings("ignore", message=r".*overload of addcmul", module="adabound")
-        return adabound.AdaBound(
-            params, lr=lr, betas=cfg.betas, final_lr=cfg.final_lr, gamma=ADABOUND_GAMMA, weight_decay=wd
-        )
-    raise ConfigError(f"optim.name={name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    return entry.build(params, cfg, **flags)
 
 
 def build_scheduler(
@@ -342,7 +143,7 @@ def build_scheduler(
     PER_ITERATION_SCHEDULES ("onecycle"). "step" decays by cfg.gamma after round(f * epochs) epochs for each
     f in cfg.step_epochs (defaults: at 50 % and 75 % of training)."""
     s = torch.optim.lr_scheduler
-    if not _int(epochs) or epochs < 1 or not _int(steps_per_epoch) or steps_per_epoch < 1:
+    if not is_int(epochs) or epochs < 1 or not is_int(steps_per_epoch) or steps_per_epoch < 1:
         raise ConfigError(f"epochs={epochs!r} and steps_per_epoch={steps_per_epoch!r} must be integers >= 1")
     if cfg.schedule == "step":
         milestones = sorted({max(1, round(f * epochs)) for f in cfg.step_epochs})
@@ -640,8 +441,7 @@ def _check_inputs(spec: ModelSpec, data: DataBundle, optim: OptimConfig, train: 
 
 def fast_path_mode(train: TrainConfig, optim: OptimConfig, device: torch.device) -> str:
     """The step mode a fit with these configs runs on `device`: "graph", "compile" or "eager" (dse.fastpath)."""
-    requested = "compile" if train.compile and train.fast_path == "auto" else train.fast_path
-    return fastpath.choose(requested, device, optim.name, optim.schedule, optim.momentum, train.precision)
+    return fastpath.choose(train.fast_path, device, optim.name, optim.schedule, optim.momentum, train.precision)
 
 
 @dataclass
@@ -826,7 +626,7 @@ def _checkpoint_meta(
     spec: ModelSpec, optim: OptimConfig, train: TrainConfig, data: DataBundle, device: torch.device
 ) -> dict[str, Any]:
     """What every checkpoint carries; its "config" must match for a resume."""
-    config = _plain(
+    config = plain(
         {
             "spec": spec.to_dict(),
             "optim": optim.to_dict(),

@@ -73,6 +73,42 @@ def test_identity_ignores_machine_settings_but_not_semantics():
     assert len({a.identity, c.identity, d.identity}) == 3
 
 
+def test_a_row_of_an_older_version_keeps_its_identity_without_the_retired_compile_key():
+    from omegaconf import OmegaConf
+
+    from dse.space import TrialConfig
+
+    trial = resolve_trial(OmegaConf.to_container(compose(["experiment=custom"]), resolve=True), {}, 0)
+    old = trial.to_dict()
+    old["trainer"] = {**old["trainer"], "compile": False}  # what older versions stored in config_json
+    back = TrialConfig.from_dict(old)
+    assert "compile" not in back.trainer and back.identity == trial.identity
+    back.train_config(None)  # the core takes it
+
+
+def test_the_hydra_schema_is_the_core_dataclasses():
+    """Every field of the core's data, optimizer and trainer configs is a key of its Hydra group with the same
+    default (declared once, in dse.spec), except what the sweep sets per trial."""
+    import dataclasses
+
+    from dse.config import Config
+    from dse.spec import DataConfig, OptimConfig, TrainConfig
+
+    cfg = compose([])
+    schema = {f.name: f.default_factory() for f in dataclasses.fields(Config) if f.name in ("data", "optimizer",
+                                                                                         "trainer")}
+    per_trial = {"seed", "checkpoint_dir", "resume"}
+    for group, core in (("data", DataConfig), ("optimizer", OptimConfig), ("trainer", TrainConfig)):
+        fields = {f.name: f for f in dataclasses.fields(core)}
+        assert set(cfg[group]) == set(fields) - per_trial, group
+        for name in set(fields) - per_trial:
+            f = fields[name]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            mine = getattr(schema[group], name)
+            assert (list(mine) if isinstance(mine, list) else mine) == (
+                list(default) if isinstance(default, tuple) else default), (group, name)
+
+
 def test_budget_is_an_override_of_the_same_experiment():
     smoke = compose(["experiment=table3", "budget=smoke"])
     paper = compose(["experiment=table3", "budget=paper"])
