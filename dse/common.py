@@ -20,6 +20,7 @@ from pathlib import Path
 from dse.errors import first_line
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: relative paths of a study are taken from here
+PAPER_TABLES = REPO / "experiments" / "paper_tables"  # the paper's Tables 1-7 as CSV (table<N>_<topic>.csv)
 
 
 def cache_root(explicit: str | os.PathLike | None = None) -> Path:

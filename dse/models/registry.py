@@ -25,6 +25,7 @@ paper (Table 2's 14-1x is 1-5-5-1, Table 1's 14-1.5x is 1-2-8-1).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import fnmatch
 import importlib
@@ -34,9 +35,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from dse.common import PAPER_TABLES
 
 
 @dataclass(frozen=True)
@@ -431,74 +435,29 @@ def _paper_depths(model: str, resolution: str | Iterable[int], depth: int) -> tu
     return depths
 
 
-# The paper's Tables 1-7 (model, resolution, width, size MB[, dropout, note]); same as the CSVs in
-# experiments/paper_tables and the paper's own folder beside the repository (tests check that they agree). Kept
-# here so the package needs no data path.
-_PAPER_ROWS_RAW: tuple[tuple, ...] = (
-    ("table1", "SqueezeNet-v1.0 (baseline)", None, None, 3.013),
-    ("table1", "SqueezeNet-v1.1", None, None, 2.961),
-    ("table1", "SqueezeNext-23-1x (baseline)", "6-6-8-1", 1.0, 2.586),
-    ("table1", "SqueezeNext-23-2x", "6-6-8-1", 2.0, 9.525),
-    ("table1", "Shallow SqueezeNext-14-1.5x", "1-2-8-1", 1.5, 8.720),
-    ("table1", "Shallow SqueezeNext-21-0.2x", "2-2-14-1", 0.2, 1.814),
-    ("table1", "Shallow SqueezeNext-12-1.0x", None, 1.0, 0.504),
-    ("table1", "Shallow SqueezeNext-06-0.4x", "1-1-1-1", 0.4, 0.272),
-    ("table1", "Shallow SqueezeNext-06-0.2x", "1-1-1-1", 0.2, 0.273),
-    ("table2", "Shallow SqueezeNext-06-0.2x", "1-1-1-1", 0.2, 0.296),
-    ("table2", "Shallow SqueezeNext-06-2x", "1-1-1-1", 2.0, 4.210),
-    ("table2", "Shallow SqueezeNext-08-2x", "1-2-2-1", 2.0, 2.961),
-    ("table2", "Shallow SqueezeNext-10-1x", "1-3-3-1", 1.0, 2.560),
-    ("table2", "Shallow SqueezeNext-12-2x", "1-4-4-1", 2.0, 2.563),
-    ("table2", "Shallow SqueezeNext-14-1x", "1-5-5-1", 1.0, 0.370),
-    ("table2", "Shallow SqueezeNext-14-1.5x", "1-2-8-1", 1.5, 8.720),
-    ("table2", "Shallow SqueezeNext-16-1x", "1-6-6-1", 1.0, 1.240),
-    ("table2", "Shallow SqueezeNext-21-0.2x", "2-2-14-1", 0.2, 1.814),
-    ("table3", "Shallow SqueezeNext-06-0.125x", None, 0.125, 0.115),
-    ("table3", "Shallow SqueezeNext-06-0.15x", None, 0.150, 0.141),
-    ("table3", "Shallow SqueezeNext-06-0.2x", None, 0.200, 0.296),
-    ("table3", "Shallow SqueezeNext-06-0.3x", None, 0.300, 0.196),
-    ("table3", "Shallow SqueezeNext-12-0.4x", None, 0.400, 0.485),
-    ("table3", "Shallow SqueezeNext-14-0.5x", None, 0.500, 0.772),
-    ("table3", "Shallow SqueezeNext-06-0.6x", None, 0.600, 0.480),
-    ("table3", "Shallow SqueezeNext-07-0.7x", None, 0.700, 0.704),
-    ("table3", "Shallow SqueezeNext-06-0.8x", None, 0.800, 0.774),
-    ("table3", "Shallow SqueezeNext-06-0.9x", None, 0.900, 0.950),
-    ("table3", "Shallow SqueezeNext-12-1.0x", None, 1.000, 0.504),
-    ("table3", "Shallow SqueezeNext-06-1.5x", None, 1.500, 2.442),
-    ("table3", "Shallow SqueezeNext-06-2.0x", None, 2.000, 4.201),
-    *(
-        ("table4", "Shallow SqueezeNext-06-0.2x-v1", "1-1-1-1", 0.2, 0.273, p, f"p={p}")
-        for p in (0.1, 0.2, 0.3, 0.4, 0.5)
-    ),
-    ("table5", "Shallow SqueezeNext-14-1.5x-v1", "1-2-8-1", 1.5, 8.720),
-    ("table5", "Shallow SqueezeNext-21-0.2x-v1", "2-2-14-1", 0.2, 1.814),
-    ("table5", "Shallow SqueezeNext-06-0.575x-v1", "1-1-1-1", 0.575, 0.449),
-    ("table5", "Shallow SqueezeNext-06-0.4x-v1", "1-1-1-1", 0.4, 0.272),
-    ("table5", "Shallow SqueezeNext-09-0.5x-v1", "1-1-4-1", 0.5, 0.531),
-    ("table6", "Shallow SqueezeNext-14-1.0x", None, 1.0, 6.90, None, "adabound"),
-    *(
-        ("table6", "Shallow SqueezeNext-09-0.5x", "1-1-4-1", 0.5, s, None, o)
-        for o, s in (
-            ("adam", 1.40),
-            ("adamax", 1.40),
-            ("adagrad", 1.00),
-            ("adabound", 1.40),
-            ("adadelta", 1.40),
-            ("asgd", 1.00),
-            ("rmsprop", 1.40),
-            ("rprop", 1.40),
-            ("sgd_nesterov", 1.10),
-        )
-    ),
-    ("table7", "Squeezed CNN (SqueezeNet implementation)", None, None, 12.9),
-    ("table7", "Shallow SqueezeNext-14-1.5x", "1-2-8-1", 1.5, 8.72),
-    ("table7", "Shallow SqueezeNext-06-0.575x", "1-1-1-1", 0.575, 0.449),
-    ("table7", "Shallow SqueezeNext-09-0.5x", "1-1-4-1", 0.5, 0.531),
-)
+def _read_paper_rows(folder: Path = PAPER_TABLES) -> tuple[PaperRow, ...]:
+    """Every row of ``folder``'s ``table<N>_*.csv``, Table 1 first; a missing folder is an error, not no rows."""
+    files = sorted(folder.glob("table[1-7]_*.csv"))
+    if not files:
+        raise FileNotFoundError(f"no paper tables (table1_*.csv ... table7_*.csv) in {folder}; dse runs from its "
+                                "checkout (pip install -e .), where experiments/paper_tables holds them")
+    rows = []
+    for f in files:
+        with f.open(newline="") as fh:
+            for r in csv.DictReader(fh):
+                dropout = r.get("dropout") or None
+                rows.append(PaperRow(
+                    table=f.name.split("_")[0], model=r["model"], resolution=r["resolution"] or None,
+                    width=float(r["width"]) if r["width"] else None, size_mb=float(r["size_mb"]),
+                    dropout=float(dropout) if dropout else None,
+                    extra=r.get("optimizer") or (f"p={dropout}" if dropout else "")))  # what --table shows
+    return tuple(rows)
 
-#: Every row of the paper's Tables 1-7, in order (``PaperRow.spec`` is its ModelSpec, 10 classes; Table 6
-#: rows are CIFAR-100 in the paper but keep num_classes=10 here: pass num_classes to ``paper_spec`` instead).
-PAPER_ROWS: tuple[PaperRow, ...] = tuple(PaperRow(*r) for r in _PAPER_ROWS_RAW)
+
+#: Every row of the paper's Tables 1-7, in order, read from ``experiments/paper_tables`` (``PaperRow.spec`` is its
+#: ModelSpec, 10 classes; Table 6 rows are CIFAR-100 in the paper but keep num_classes=10 here: pass num_classes
+#: to ``paper_spec`` instead).
+PAPER_ROWS: tuple[PaperRow, ...] = _read_paper_rows()
 
 
 def _table_models() -> dict[str, list[ModelSpec]]:

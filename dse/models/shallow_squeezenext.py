@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dse.models.squeezenext import SqnxtBottleneck, make_activation, net_plan
+from dse.models.squeezenext import SqnxtBottleneck, build_stages, make_activation, net_plan
 
 
 class BasicBlock(nn.Sequential):
@@ -58,18 +58,7 @@ class ShallowSqueezeNext(nn.Module):
             return BasicBlock(i, o, k, s, pad, activation)
 
         self.stem = unit(3, plan.stem_ch, 3, 1, 1)
-        self.stages = nn.Sequential(
-            *[
-                nn.Sequential(
-                    *[
-                        SqnxtBottleneck(b, unit, activation, projection_bn_first=False)
-                        for b in plan.blocks
-                        if b.stage == s
-                    ]
-                )
-                for s in range(4)
-            ]
-        )
+        self.stages = build_stages(plan, lambda b: SqnxtBottleneck(b, unit, activation, projection_bn_first=False))
         self.spatial = unit(plan.last_ch, plan.head_ch, 1)  # the 1x1 "spatial resolution" layer
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -182,8 +182,14 @@ class SqnxtBottleneck(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
-class SqueezeNext(nn.Module):
-    """SqueezeNext for 32x32 inputs: stem, four stages of bottlenecks, 1x1 head conv, pool, dropout?, FC."""
+def build_stages(plan: NetPlan, block: Callable[[BlockPlan], nn.Module]) -> nn.Sequential:
+    """The plan's blocks as four stages (``stages.<stage>.<block>``, the names checkpoints hold)."""
+    return nn.Sequential(*[nn.Sequential(*[block(b) for b in plan.blocks if b.stage == s]) for s in range(4)])
+
+
+class StagedNet(nn.Module):
+    """The frame SqueezeNext and Modified SqueezeNext share: stem, four stages of ``block``s, 1x1 head conv, pool,
+    dropout?, FC, all from conv + BN + activation units (``ConvBnAct``)."""
 
     def __init__(
         self,
@@ -194,28 +200,32 @@ class SqueezeNext(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        plan = net_plan(stage_depths, width)
-        self.plan = plan
+        self.plan = plan = net_plan(stage_depths, width)
 
-        def unit(i, o, k, s=1, pad=0):
+        def unit(i: int, o: int, k: int, s: int = 1, pad: int = 0) -> nn.Module:
             return ConvBnAct(i, o, k, s, pad, activation)
 
         self.stem = unit(3, plan.stem_ch, 3, 1, 1)
-        self.stages = nn.Sequential(
-            *[
-                nn.Sequential(*[SqnxtBottleneck(b, unit, activation) for b in plan.blocks if b.stage == s])
-                for s in range(4)
-            ]
-        )
+        self.stages = build_stages(plan, lambda b: self.block(b, unit, activation))
         self.head = unit(plan.last_ch, plan.head_ch, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(plan.head_ch, num_classes)
 
+    def block(self, b: BlockPlan, unit: Callable[..., nn.Module], activation: str) -> nn.Module:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.stages(self.stem(x)))
         x = torch.flatten(self.pool(x), 1)
         return self.fc(self.dropout(x))
+
+
+class SqueezeNext(StagedNet):
+    """SqueezeNext for 32x32 inputs: stem, four stages of bottlenecks, 1x1 head conv, pool, dropout?, FC."""
+
+    def block(self, b: BlockPlan, unit: Callable[..., nn.Module], activation: str) -> nn.Module:
+        return SqnxtBottleneck(b, unit, activation)
 
 
 class ModifiedFirstBlock(nn.Sequential):
@@ -228,44 +238,14 @@ class ModifiedFirstBlock(nn.Sequential):
         )
 
 
-class ModifiedSqueezeNext(nn.Module):
+class ModifiedSqueezeNext(StagedNet):
     """Modified SqueezeNext (Duggal 2020, section 2.3): first block per stage = basic block + max pool,
     the remaining blocks = bottlenecks of basic blocks with identity skips."""
 
-    def __init__(
-        self,
-        stage_depths: tuple[int, int, int, int],
-        width: float = 1.0,
-        num_classes: int = 10,
-        dropout: float = 0.0,
-        activation: str = "relu",
-    ) -> None:
-        super().__init__()
-        plan = net_plan(stage_depths, width)
-        self.plan = plan
-
-        def unit(i, o, k, s=1, pad=0):
-            return ConvBnAct(i, o, k, s, pad, activation)
-
-        def block(b: BlockPlan) -> nn.Module:
-            if b.first_in_stage:
-                return ModifiedFirstBlock(b, activation)
-            # inside a stage the shape is constant: identity skip only
-            return SqnxtBottleneck(b, unit, activation, allow_projection=False)
-
-        self.stem = unit(3, plan.stem_ch, 3, 1, 1)
-        self.stages = nn.Sequential(
-            *[nn.Sequential(*[block(b) for b in plan.blocks if b.stage == s]) for s in range(4)]
-        )
-        self.head = unit(plan.last_ch, plan.head_ch, 1)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(plan.head_ch, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(self.stages(self.stem(x)))
-        x = torch.flatten(self.pool(x), 1)
-        return self.fc(self.dropout(x))
+    def block(self, b: BlockPlan, unit: Callable[..., nn.Module], activation: str) -> nn.Module:
+        if b.first_in_stage:
+            return ModifiedFirstBlock(b, activation)
+        return SqnxtBottleneck(b, unit, activation, allow_projection=False)  # constant shape: identity skip
 
 
 #: Stage block counts of the named SqueezeNext-23 layouts (Gholami 2018, Table/Fig. 6).

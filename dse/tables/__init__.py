@@ -13,7 +13,7 @@ Library use::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,13 @@ from sqlalchemy.engine import make_url
 
 from dse.common import atomic_write
 from dse.errors import ConfigError, DSEError
-from dse.store import DEFAULT_URL, EpochRow, Store, StoreError, TrialRow
+from dse.store import DEFAULT_URL, Store, StoreError, TrialRow, resolve_url
 from dse.tables.gpu import GpuRows, gpu_rows
+from dse.tables.inputs import Options, StoreData
 from dse.tables.match import aggregate, deployments_by_row
 from dse.tables.paper import DEFAULT_PAPER_DIR, load_paper_tables, paper_flags
 from dse.tables.render import MB, TableResult, to_csv_frame, to_latex, to_markdown
+from dse.tables.report import write_report
 
 DEFAULT_DB_URL = DEFAULT_URL  # the store every command opens when told none (dse.store)
 FORMATS = ("md", "csv", "tex")
@@ -39,42 +41,12 @@ class TablesError(DSEError):
 
 def default_db_url() -> str:
     """``$DSE_STORAGE_URL`` if set, else the embedded default ``sqlite:///results/dse.db``."""
-    from dse.store import resolve_url
-
     return resolve_url()
 
 
 def run_command(table: int) -> str:
     """The exact command that runs a table's missing rows."""
     return f"python -m dse.sweep experiment=table{table}"
-
-
-@dataclass(frozen=True)
-class Options:
-    """What ``generate`` reads and writes. ``out_dir`` gets tables/, figures/ and report.md."""
-
-    db_url: str = DEFAULT_DB_URL
-    out_dir: Path = Path("results")
-    formats: tuple[str, ...] = ("md",)
-    studies: tuple[str, ...] | None = None  # None: every study in the store
-    paper_dir: Path | None = None  # None: experiments/paper_tables next to the package
-    figures: bool = True
-
-
-@dataclass
-class StoreData:
-    """The three frames everything is built from (one query each)."""
-
-    trials: pd.DataFrame
-    deployments: pd.DataFrame
-    store: Store | None = None
-    all_studies: list[str] = field(default_factory=list)
-
-    def epochs(self, trial_ids: list[int]) -> pd.DataFrame:
-        if self.store is None or not trial_ids:
-            return pd.DataFrame(columns=[*(c.name for c in EpochRow.__table__.columns), "study", "identity",
-                                         "model_name"])
-        return self.store.epochs(trial_ids=trial_ids)
 
 
 @dataclass
@@ -250,7 +222,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 def generate(opts: Options, data: StoreData | None = None) -> Generated:
     """Read the store (unless ``data`` is given), build every table, write tables, figures and the report."""
-    from dse.tables.report import write_report
 
     for f in opts.formats:
         if f not in FORMATS:

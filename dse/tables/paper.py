@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from dse.common import REPO
+from dse.common import PAPER_TABLES
 from dse.errors import ConfigError
 
 #: Where the paper's numbers live unless told otherwise (``--paper-dir``).
-DEFAULT_PAPER_DIR = REPO / "experiments" / "paper_tables"
+DEFAULT_PAPER_DIR = PAPER_TABLES
 
 #: Tables whose accuracies are CIFAR-100 (Table 6's caption); all others are CIFAR-10.
 CIFAR100_TABLES = frozenset({6})

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 import dse
 from dse.common import atomic_write, git_commit
 from dse.store import COMPLETE, redact
-from dse.tables.render import NEAR_CHANCE_POINTS, near_chance, pct, short_source
-
-if TYPE_CHECKING:
-    from dse.tables import Options, StoreData
-    from dse.tables.render import TableResult
+from dse.tables.inputs import Options, StoreData
+from dse.tables.render import NEAR_CHANCE_POINTS, TableResult, near_chance, pct, short_source
 
 
 def _counts(series: pd.Series) -> str:
