@@ -53,3 +53,31 @@ def test_eta_from_calibrated_estimates_corrects_itself(caplog):
     estimates["a"] = None  # a trial without a calibration: back to this run's pace per trial
     assert p.eta(2) is not None and p.eta(2) != 600.0
     p.close()
+
+
+class _RunningRow(_Row):
+    def __init__(self, identity: str, epochs: int, epochs_done: int) -> None:
+        super().__init__(identity, st.RUNNING)
+        self.id, self.epochs, self.epochs_done = 7, epochs, epochs_done
+
+
+def test_each_epoch_corrects_the_eta_and_a_host_off_its_calibration_is_said_once(caplog):
+    """A host that slowed down after the calibration (measured: 1.6x within a minute on a shared VM) shows in the
+    first epoch: the ETA scales by it then, not only when a trial finishes, and one line says so."""
+    q = _Queue()
+    running = _RunningRow("r", epochs=4, epochs_done=1)
+    q.unfinished_rows = lambda: [running, _Row("a")]
+    estimates = {"r": 400.0, "a": 400.0}
+    p = StudyProgress(q, total=10, workers=2, mode="log", estimate_of=lambda r: estimates[r.identity])
+    assert p.eta(2) == 400.0  # r: 3 of 4 epochs left (300) | a: 400
+    with caplog.at_level(logging.INFO, logger="dse.sweep"):
+        p.epoch_done(running, 100.0)  # as calibrated: nothing to say
+        assert "pace" not in caplog.text
+        p.epoch_done(running, 220.0)  # 320 s for 200 s estimated: 1.6x
+        p.epoch_done(running, 220.0)
+    assert caplog.text.count("pace: epochs take") == 1  # said once, at 320 s for 200 s estimated
+    assert "epochs take 1.60x their calibrated time" in caplog.text and "host is slower" in caplog.text
+    assert abs(p.eta(2) - 1.8 * 400.0) < 1e-6  # 540 s for 300 s estimated now: a's 400 s becomes 720 s
+    p.trial_done(running, 540.0)  # its epochs counted already: not twice
+    assert p.spent == 540.0 and p.expected == 300.0
+    p.close()

@@ -3,9 +3,11 @@
 Before training, dse.sweep.tune calibrates each architecture still queued (cached on disk by dse.calibrate) and
 prints the estimated wall time. During the run, a study bar (trial k of N, ETA) sits above the trial's own batch
 bar on a terminal; elsewhere (a log file, a SLURM job, workers=N children) it is one plain line per finished
-trial. The ETA packs the calibrated times of the trials left onto the workers, scaled by how far this run's
-finished trials were from their own estimates, so it corrects itself as trials finish; without calibrations it
-is this run's pace per trial.
+trial. The ETA packs the calibrated times of the trials left onto the workers (a running trial by the epochs it
+has left), scaled by how far this run's epochs were from their estimates, so it corrects itself from the first
+epoch on; without calibrations it is this run's pace per trial. A host whose speed changed since the calibration
+(a shared machine's neighbours, a burst that ended: measured 1.6x within a minute) is said in one line when the
+epochs run more than ``PACE_WARN`` off their estimate.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 from dse import store as st
 
 log = logging.getLogger("dse.sweep")
+
+PACE_WARN = 1.25  # epochs this much slower (or faster) than calibrated: say so once, with the corrected ETA
 
 
 def fmt_duration(seconds: float) -> str:
@@ -41,7 +45,9 @@ class StudyProgress:
         self.queue, self.total, self.workers = queue, total, max(1, workers)
         self.estimate_of = estimate_of
         self.start, self.done_here = time.monotonic(), 0
-        self.spent = self.expected = 0.0  # seconds of this run's finished trials, and what they were estimated
+        self.spent = self.expected = 0.0  # seconds of this run's epochs, and what they were estimated
+        self.pace_said = False
+        self.paced: set[str] = set()  # identities of the trials whose epochs have counted already
         self.done_before = self.finished()
         self.bar = None
         if mode == "bar" or (mode == "auto" and sys.stderr.isatty() and workers == 1):
@@ -56,8 +62,9 @@ class StudyProgress:
         return sum(counts.get(s, 0) for s in st.TERMINAL)
 
     def eta(self, done: int) -> float | None:
-        """Seconds left: the calibrated times of the trials left (running ones at half), scaled by this run's
-        actual / estimated ratio, packed onto the workers; else this run's pace per trial; None before any."""
+        """Seconds left: the calibrated times of the trials left (running ones by the share of their epochs still to
+        train), scaled by this run's actual / estimated ratio, packed onto the workers; else this run's pace per
+        trial; None before any."""
         left = self._left_estimates()
         if left is not None:
             from dse.calibrate import lpt_makespan
@@ -77,13 +84,39 @@ class StudyProgress:
             s = self.estimate_of(row)
             if s is None:
                 return None
-            out.append(s / 2 if row.status == st.RUNNING else s)
+            out.append(s * self._share_left(row))
         return out
 
+    @staticmethod
+    def _share_left(row: Any) -> float:
+        """How much of a trial is still to train: all of a queued one, a running one by its epochs (half when
+        the row does not say)."""
+        if row.status != st.RUNNING:
+            return 1.0
+        epochs = getattr(row, "epochs", None)
+        return 1 - (getattr(row, "epochs_done", 0) or 0) / epochs if epochs else 0.5
+
+    def epoch_done(self, row: Any, seconds: float) -> None:
+        """One epoch of this worker's trial `row` took `seconds` (training, evaluation and warm-up): the pace
+        against the calibration, which the ETA scales by; one line when it is PACE_WARN off."""
+        est = self.estimate_of(row) if self.estimate_of is not None else None
+        if not est:
+            return
+        self.paced.add(row.identity)
+        self.spent, self.expected = self.spent + seconds, self.expected + est / max(1, row.epochs)
+        ratio = self.spent / self.expected
+        if not self.pace_said and not 1 / PACE_WARN <= ratio <= PACE_WARN:
+            self.pace_said = True
+            eta = self.eta(self.finished())
+            log.warning("pace: epochs take %.2fx their calibrated time (trial t%d: %.1f s against %.1f s); the host "
+                        "is %s than when it was calibrated%s", ratio, row.id, seconds, est / max(1, row.epochs),
+                        "slower" if ratio > 1 else "faster", f"; ETA now {fmt_duration(eta)}" if eta else "")
+
     def trial_done(self, row: Any = None, seconds: float | None = None) -> None:
-        """One trial of this worker finished (`row`, after `seconds` of wall time: they correct the ETA)."""
+        """One trial of this worker finished (`row`, after `seconds` of wall time: they correct the ETA unless its
+        epochs did already)."""
         self.done_here += 1
-        if row is not None and seconds is not None and self.estimate_of is not None:
+        if row is not None and seconds is not None and self.estimate_of is not None and row.identity not in self.paced:
             est = self.estimate_of(row)
             if est:
                 self.spent, self.expected = self.spent + seconds, self.expected + est

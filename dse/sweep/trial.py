@@ -52,6 +52,7 @@ class TrialRun:
         w = worker
         self.cfg, self.base, self.plan, self.queue = w.cfg, w.base, w.plan, w.queue
         self.record, self.stop, self.result, self.checkpoint_root = w.record, w.stop, w.result, w.checkpoint_root()
+        self.progress = getattr(w, "progress", None)  # the study's ETA, corrected by each epoch's pace
 
     def run(self, row: st.TrialRow) -> None:
         """Train `row` under a lease and settle it in the store (complete, pruned, failed, or back in the queue);
@@ -88,6 +89,8 @@ class TrialRun:
             if any(e not in curve for e in range(1, epoch)):  # resumed past epochs the store never got
                 self.catch_up(row, ckpt / "last.pt", curve, epoch)
             self.queue.record_epoch(row.id, {k: md.get(k) for k in EPOCH_COLUMNS})
+            if self.progress is not None:
+                self.progress.epoch_done(row, m.train_seconds + m.eval_seconds + m.warmup_seconds)
             curve[epoch] = acc
             if lease.lost.is_set():
                 raise LeaseLost

@@ -132,8 +132,8 @@ class Worker:
         """Train trials until the study has none left for this worker (or max_trials)."""
         max_trials = self.cfg.max_trials
         total = len(self.plan.runnable) if self.plan.mode == "grid" else int(self.cfg.search.n_trials)
-        progress = StudyProgress(self.queue, total, int(self.cfg.workers), str(self.cfg.trainer.progress),
-                                 estimate_of=CachedEstimates(self.base))
+        self.progress = progress = StudyProgress(self.queue, total, int(self.cfg.workers),
+                                                 str(self.cfg.trainer.progress), estimate_of=CachedEstimates(self.base))
         self.stop.install()  # SIGINT/SIGTERM: stop at the next safe point (dse/sweep/stop.py)
         try:
             self._loop(max_trials, progress)
