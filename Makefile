@@ -11,7 +11,7 @@ export DSE_DATA_DIR ?= $(SHARED_DATA)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-fast test-e2e sweep tables bench bench-gpu bench-pack bench-settings gpu-kit gpu-check lint dashboard dry-run deploy clean
+.PHONY: help venv test test-fast test-e2e sweep tables bench bench-gpu bench-pack bench-settings gpu-kit gpu-check lint dashboard dry-run deploy clean clean-studies
 # The GPU machine has no .venv and no network: gpu-check runs with its python3 (after `source .gpu-kit/setup.sh`)
 GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
@@ -80,5 +80,14 @@ dashboard: $(STAMP)  ## optuna-dashboard on http://127.0.0.1:8080 (store: STORAG
 deploy: $(STAMP)  ## export/quantize/measure the best trials (ARGS="--study cpu-quick --pareto")
 	$(BIN)/python -m dse.deploy $(ARGS)
 
-clean:  ## remove the environment and generated results (keeps nothing from results/)
-	rm -rf $(VENV) results/*.db* results/tables results/figures results/checkpoints
+clean:  ## remove the environment and what `make tables` regenerates; keeps every study (stores, checkpoints, runs)
+	rm -rf $(VENV) results/tables results/figures results/report.md
+
+# Deleting studies cannot be undone: the target names what it would delete and asks, unless CONFIRM=delete.
+STUDY_FILES = $(wildcard results/*.db results/*.db-wal results/*.db-shm results/*.db.lock) $(wildcard results/checkpoints)
+clean-studies:  ## DELETE the default store's studies and checkpoints under results/ (asks; CONFIRM=delete to skip)
+	@if [ -z "$(strip $(STUDY_FILES))" ]; then echo "no stores or checkpoints under results/"; exit 0; fi; \
+	du -sh $(STUDY_FILES); \
+	answer="$(CONFIRM)"; \
+	if [ "$$answer" != delete ]; then printf 'delete these studies and checkpoints for good? type delete: '; read answer; fi; \
+	if [ "$$answer" = delete ]; then rm -rf $(STUDY_FILES) && echo deleted; else echo "kept (nothing deleted)"; exit 1; fi

@@ -202,7 +202,7 @@ class DataConfig:
 
     dataset: "cifar10", "cifar100" (fine labels, 100 classes) or "imagefolder" (root/train/<class>/*,
       root/test/<class>/*). For "cifar10", a root holding train/ and test/ class folders is read as an ImageFolder
-      tree (e.g. the JPEG copy of CIFAR-10 in ../shared/data/cifar10-jpg).
+      tree (e.g. a JPEG copy of CIFAR-10 in ImageFolder layout).
     root: folder holding the data; None -> env DSE_DATA_DIR -> <repo>/data.
     val_size: images (count) held out from the training set for validation, class-balanced; 0 = no validation.
     val_seed: seed of the validation draw.

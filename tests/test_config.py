@@ -195,3 +195,19 @@ def test_malformed_yaml_is_one_clear_line(tmp_path, monkeypatch, capsys):
     assert main(["experiment=table4", "dry_run=true"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "broken.yaml" in err
+
+
+def test_worker_children_get_a_slim_plan():
+    """workers=N children get the study's settings and the runnable identities, not the trial list (each queued
+    row carries its config): what is sent to each child stays small however large the study."""
+    import pickle
+
+    from dse.sweep.plan import make_plan
+
+    plan = make_plan(compose(["experiment=table3", "budget=paper"]), check_data=False)
+    slim = plan.slim()
+    assert slim.trials == [] and slim.runnable == []
+    assert slim.runnable_identities() == [p.identity for p in plan.runnable] and len(plan.runnable) == 13
+    assert (slim.name, slim.mode, slim.fingerprint, slim.objectives) == (plan.name, plan.mode, plan.fingerprint,
+                                                                        plan.objectives)
+    assert b"PlannedTrial" in pickle.dumps(plan) and b"PlannedTrial" not in pickle.dumps(slim)

@@ -341,3 +341,26 @@ def test_planned_rows_of_an_older_version_open_as_queued(tmp_path):
     store.dispose()
     assert {r.identity: r.status for r in Store(f"sqlite:///{db}", create=False).rows("s")} == {
         "a": "queued", "b": "complete"}
+
+
+def test_the_rows_are_derived_from_the_result_dataclasses():
+    """A field added to TrialResult reaches dse_trials by its name (or is named in RESULT_RENAMED), and every
+    column of dse_epochs is a field of EpochMetrics: nothing a fit reports is dropped on the way to the store."""
+    import dataclasses
+
+    from dse.store import TrialRow
+    from dse.sweep.trial import EPOCH_COLUMNS, RESULT_RENAMED, result_columns
+    from dse.train import EpochMetrics, TrialResult
+
+    columns = set(TrialRow.__table__.columns.keys())
+    for f in dataclasses.fields(TrialResult):
+        target = RESULT_RENAMED.get(f.name, f.name)
+        assert target is None or target in columns, f"TrialResult.{f.name} has no dse_trials column"
+    assert set(EPOCH_COLUMNS) <= {f.name for f in dataclasses.fields(EpochMetrics)}
+    r = TrialResult(best_val_acc=50.0, best_epoch=2, final_val_acc=49.0, test_acc=48.0, final_test_acc=47.0,
+                    sec_per_epoch=3.0, params=1, macs=2, checkpoint_bytes=3, device="cpu", precision="bf16",
+                    torch_version="2", epochs=[None, None], best_checkpoint="b.pt", threads=1, fast_path="eager",
+                    warmup_seconds=0.5, channels_last=True)
+    cols = result_columns(r)
+    assert cols["memory_format"] == "channels_last" and cols["epochs_done"] == 2 and cols["checkpoint_path"] == "b.pt"
+    assert set(cols) <= columns and "params" not in cols

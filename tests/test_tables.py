@@ -274,6 +274,15 @@ def test_figures_on_an_empty_store(tmp_path, store):
     assert "The store has no trials" in (out / "report.md").read_text()
 
 
+def test_every_format_on_a_store_without_a_finished_paper_row(tmp_path, store):
+    """A store holding only a sampled study's queued trial (no paper row has a result) still writes every format."""
+    add_trial(store, "shallow_sqnxt_06_0_2x", study="dse-quick", status="queued", test_acc=None)
+    out = tmp_path / "out"
+    generate(Options(db_url=store.url, out_dir=out, formats=("md", "csv", "tex"), figures=False))
+    frame = pd.read_csv(out / "tables" / "table3.csv")
+    assert frame["test_images"].isna().all() and len(frame) == 13
+
+
 def test_one_pareto_front_on_validation_accuracy_in_figure_and_deploy():
     """The figure rings the same trials ``dse.deploy --pareto`` deploys: validation accuracy up, size down, even
     where the test accuracy (what the figure plots) would give another front."""

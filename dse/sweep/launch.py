@@ -65,7 +65,8 @@ def launch(cfg: DictConfig, plan: StudyPlan, url: str, run_dir: str | None
     for i in range(n):
         # workers stays n: the children's study progress packs the trials left onto all of them
         child = OmegaConf.merge(cfg, {"trainer": worker_overrides(cfg, i, n, gpus)})
-        args = (OmegaConf.to_container(child, resolve=True), plan, url, i, run_dir, results)
+        # the config, the slim plan (no trial list: the rows carry their configs) and the store's URL
+        args = (OmegaConf.to_container(child, resolve=True), plan.slim(), url, i, run_dir, results)
         procs.append(ctx.Process(target=_child, args=args, name=f"dse-worker-{i}"))
     interrupted = _join_all(procs, log_started=lambda: log.info(
         "started %d workers (threads %s each)", n, worker_overrides(cfg, 0, n, gpus).get(

@@ -8,6 +8,7 @@ failing one by one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,6 +56,16 @@ class StudyPlan:
     runnable: list[PlannedTrial] = field(default_factory=list)  # ... of which this machine has the data for
     missing_data: list[str] = field(default_factory=list)  # one line per dataset that cannot be had
     sources: dict[tuple, SourceFacts] = field(default_factory=dict)  # per data source this machine has
+    runnable_ids: list[str] = field(default_factory=list)  # a slim plan's runnable identities (``slim``)
+
+    def runnable_identities(self) -> list[str]:
+        """The identities of the trials this machine can run (grid mode)."""
+        return self.runnable_ids or [p.identity for p in self.runnable]
+
+    def slim(self) -> StudyPlan:
+        """What a worker child needs once the parent has queued the plan and created the study: everything but the
+        trial list (each queued row carries its config), with the runnable trials' identities."""
+        return dataclasses.replace(self, trials=[], runnable=[], runnable_ids=self.runnable_identities())
 
     @property
     def multi(self) -> bool:

@@ -7,6 +7,7 @@ in the queue untouched and stops the worker; Ctrl-C marks it interrupted for the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import traceback
@@ -26,8 +27,26 @@ from dse.sweep.plan import source_key
 from dse.sweep.queue import Lease
 
 log = logging.getLogger("dse.sweep")
-EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr", "train_seconds",
-                 "eval_seconds")
+#: The EpochMetrics fields a dse_epochs row holds: its columns, less its keys
+EPOCH_COLUMNS = tuple(c.name for c in st.EpochRow.__table__.columns if c.name not in ("id", "trial_id"))
+#: TrialResult fields that reach dse_trials under another name (None: not stored there; planning stored the
+#: cheap facts already, the epochs go to dse_epochs)
+RESULT_RENAMED: dict[str, str | None] = {
+    "epochs": None, "resumed_from_epoch": None, "params": None, "macs": None, "checkpoint_bytes": None,
+    "best_checkpoint": "checkpoint_path", "channels_last": "memory_format"}
+
+
+def result_columns(r: Any) -> dict[str, Any]:
+    """The dse_trials columns of a finished fit (a dse.train.TrialResult), derived from its fields: a field is
+    stored under its own name unless RESULT_RENAMED says otherwise."""
+    out = {}
+    for f in dataclasses.fields(r):
+        name = RESULT_RENAMED.get(f.name, f.name)
+        if name is not None:
+            out[name] = getattr(r, f.name)
+    out["memory_format"] = "channels_last" if r.channels_last else "nchw"
+    out["epochs_done"] = len(r.epochs)
+    return out
 
 
 class LeaseLost(Exception):  # noqa: N818 - not an error: another worker holds the trial now
@@ -130,13 +149,7 @@ class TrialRun:
                      row.id, "s" * (len(missing) > 1), ", ".join(map(str, missing)), last)
 
     def complete(self, row: st.TrialRow, r: Any, ckpt: Path) -> None:
-        if not self.queue.finish(row.id, st.COMPLETE, fail_reason=None, best_val_acc=r.best_val_acc,
-                                 final_val_acc=r.final_val_acc, test_acc=r.test_acc, final_test_acc=r.final_test_acc,
-                                 best_epoch=r.best_epoch, epochs_done=len(r.epochs), sec_per_epoch=r.sec_per_epoch,
-                                 device=r.device, precision=r.precision, torch_version=r.torch_version,
-                                 threads=r.threads, fast_path=r.fast_path, warmup_seconds=r.warmup_seconds,
-                                 memory_format="channels_last" if r.channels_last else "nchw",
-                                 checkpoint_path=r.best_checkpoint):
+        if not self.queue.finish(row.id, st.COMPLETE, fail_reason=None, **result_columns(r)):
             log.warning("trial t%d finished after its lease ran out; another worker has it now", row.id)
             return
         self.result.trained += 1

@@ -41,7 +41,7 @@ class Worker:
         self.cfg, self.plan, self.url = cfg, plan, url
         self.base: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         # trials whose data this machine lacks stay queued for a machine that has it
-        self.only = {p.identity for p in plan.runnable} if plan.mode == "grid" and plan.missing_data else None
+        self.only = set(plan.runnable_identities()) if plan.mode == "grid" and plan.missing_data else None
         self.result = RunResult()
         self.commit = git_commit()
         self.stop = StopRequest()
@@ -131,7 +131,7 @@ class Worker:
     def run(self) -> RunResult:
         """Train trials until the study has none left for this worker (or max_trials)."""
         max_trials = self.cfg.max_trials
-        total = len(self.plan.runnable) if self.plan.mode == "grid" else int(self.cfg.search.n_trials)
+        total = len(self.plan.runnable_identities()) if self.plan.mode == "grid" else int(self.cfg.search.n_trials)
         self.progress = progress = StudyProgress(self.queue, total, int(self.cfg.workers),
                                                  str(self.cfg.trainer.progress), estimate_of=CachedEstimates(self.base))
         self.stop.install()  # SIGINT/SIGTERM: stop at the next safe point (dse/sweep/stop.py)

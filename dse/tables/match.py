@@ -43,7 +43,8 @@ PENDING = ("planned", "queued", "running", "interrupted")
 RESULT_COLUMNS = (
     "table", "row", "status", "status_text", "acc_mean", "acc_std", "n", "val_mean", "ckpt_bytes", "params",
     "macs", "sec_mean", "sec_full_mean", "devices", "precisions", "epochs", "data_fraction", "train_images",
-    "data_sources", "n_budgets", "n_configs", "config", "trial_ids", "trial_refs", "studies", "int8_bytes",
+    "test_images", "data_sources", "n_budgets", "n_configs", "config", "trial_ids", "trial_refs", "studies",
+    "int8_bytes",
 )
 
 
