@@ -211,3 +211,34 @@ def test_worker_children_get_a_slim_plan():
     assert (slim.name, slim.mode, slim.fingerprint, slim.objectives) == (plan.name, plan.mode, plan.fingerprint,
                                                                         plan.objectives)
     assert b"PlannedTrial" in pickle.dumps(plan) and b"PlannedTrial" not in pickle.dumps(slim)
+
+
+def test_the_command_line_loads_only_the_experiments_it_names():
+    """Hydra deep-copies its ConfigStore for every option it looks up (about a hundred times for --help), so the
+    command line loads in full only the experiments its overrides name (the default's when none); the others are
+    there by name, and composing one of those is refused in one line rather than run as an empty study."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from dse.config import check, register_configs, wanted_experiments
+    from dse.errors import ConfigError
+
+    assert wanted_experiments([]) == {"cpu"}  # conf/config.yaml's default
+    assert wanted_experiments(["experiment=table3,table4", "budget=smoke"]) == {"table3", "table4"}
+    assert wanted_experiments(["+experiment=dse"]) == {"dse"}
+    assert wanted_experiments(["experiment=glob(table*)"]) is None  # only Hydra can expand it: load every one
+    try:
+        register_configs(["experiment=table3"])
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="dse"):
+            named = hydra_compose(config_name="config", overrides=["experiment=table3"])
+            other = hydra_compose(config_name="config", overrides=["experiment=table4"])
+        check(named)
+        assert named.study.experiment == "table3" and named.search.blocks
+        with pytest.raises(ConfigError, match="experiment was not loaded; name it on the command line"):
+            check(other)
+    finally:
+        register_configs()  # every experiment in full again, for the tests after this one
+        GlobalHydra.instance().clear()
+    assert compose(["experiment=table4"]).study.experiment == "table4"

@@ -58,7 +58,7 @@ def _main() -> int:
     import hydra
 
     try:
-        register_configs()
+        register_configs([a for a in sys.argv[1:] if not a.startswith("-")])
         from hydra.core.global_hydra import GlobalHydra
 
         GlobalHydra.instance().clear()
