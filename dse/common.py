@@ -21,6 +21,26 @@ from dse.errors import first_line
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: relative paths of a study are taken from here
 PAPER_TABLES = REPO / "experiments" / "paper_tables"  # the paper's Tables 1-7 as CSV (table<N>_<topic>.csv)
+RESULTS = REPO / "results"  # stores, checkpoints, runs, tables, deployments: paths inside it are kept relative
+
+
+def results_relative(path: str | os.PathLike) -> str:
+    """How the store and the reports keep a path: relative to results/ when inside it (so that the folder can be
+    moved or copied to another checkout), else absolute."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(RESULTS.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def results_path(stored: str | os.PathLike) -> Path:
+    """The file a stored path names: absolute as it is, relative to results/ (or, as older versions wrote, to the
+    checkout) otherwise."""
+    p = Path(stored)
+    if p.is_absolute():
+        return p
+    return RESULTS / p if (RESULTS / p).exists() or not (REPO / p).exists() else REPO / p
 
 
 def cache_root(explicit: str | os.PathLike | None = None) -> Path:

@@ -16,6 +16,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +95,18 @@ class TrialConfig:
         d["step_epochs"] = tuple(d["step_epochs"])
         return OptimConfig(**d)
 
-    def train_config(self, checkpoint_dir: str | None) -> Any:
+    def train_config(self, checkpoint_dir: str | None, run: str | None = None) -> Any:
+        """The trainer's config; ``run``: the TensorBoard run's folder under trainer.tensorboard_dir (the sweep's
+        ``<study>/<trial name>-<model>``; the identity's first 16 hex digits when not given)."""
         from dse.train import TrainConfig
 
         trainer = dict(self.trainer)
-        board = trainer.pop("tensorboard_dir", None)  # a root: each trial writes into <root>/<identity[:16]>
+        board = trainer.pop("tensorboard_dir", None)  # a root: each trial writes into its own run folder
         if board:  # a relative root is the repository's, like every other path of a study
             from dse.common import REPO
 
             root = Path(board).expanduser()
-            board = str((root if root.is_absolute() else REPO / root) / self.identity[:16])
+            board = str((root if root.is_absolute() else REPO / root) / (run or self.identity[:16]))
         return TrainConfig(**trainer, seed=self.seed, checkpoint_dir=checkpoint_dir, tensorboard_dir=board)
 
 
@@ -241,11 +244,10 @@ def _param_value(v: Any) -> Any:
 
 
 def dashboard_params(trial: TrialConfig, extra_keys: Iterable[str] = ()) -> dict[str, Any]:
-    """The flat parameters a person wants to see in optuna-dashboard for a planned trial."""
+    """The flat parameters a person wants to see in optuna-dashboard for a planned trial: one per choice the
+    study makes (the model is one choice: its name says its architecture, depths and width)."""
     p: dict[str, Any] = {
-        "model": trial.model.name,
-        "stage_depths": depths_str(trial.model.stage_depths),
-        "width": float(trial.model.width),
+        "model": trial.model.name,  # its depths and width are attributes (dse.sweep.record.user_attrs)
         "dropout": float(trial.model.dropout),
         "optimizer": trial.optimizer["name"],
         "lr": trial.optimizer.get("lr"),
@@ -370,6 +372,13 @@ def validate_sample_space(cfg: DictConfig) -> None:
             validate_param_spec(f"{key}[{case}]", spec)
 
 
+def on_grid(v: float, low: float, step: float) -> float:
+    """A value Optuna drew on the grid ``low + k * step``, written as the grid's decimals: Optuna computes it in
+    binary floating point (0.1 + 20 * 0.025 = 0.6000000000000001), which would reach model names and the store."""
+    places = max(-Decimal(str(x)).normalize().as_tuple().exponent for x in (low, step))
+    return round(v, max(0, int(places)))
+
+
 def suggest(trial: Any, search: dict[str, Any]) -> dict[str, Any]:
     """Draw one point of the space with Optuna's suggest API (conditional keys after their parents)."""
     out: dict[str, Any] = {}
@@ -382,8 +391,9 @@ def suggest(trial: Any, search: dict[str, Any]) -> dict[str, Any]:
         if kind == "int":
             return trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step") or 1),
                                      log=bool(spec.get("log", False)))
-        return trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
-                                   log=bool(spec.get("log", False)))
+        v = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
+                                log=bool(spec.get("log", False)))
+        return v if spec.get("step") is None else on_grid(v, spec["low"], spec["step"])
 
     for key, spec in (search.get("params") or {}).items():
         out[key] = draw(key, spec)

@@ -603,6 +603,18 @@ class _TensorBoard:
             self.writer.add_scalar(tag, value, m.epoch)
         self.writer.flush()
 
+    def hparams(self, spec: ModelSpec, optim: OptimConfig, train: TrainConfig, best: EpochMetrics) -> None:
+        """This run's row in TensorBoard's hparams view: what was trained, and what it reached at its best
+        validation epoch (percent)."""
+        if self.writer is None:
+            return
+        lr = optim.lr if optim.lr is not None else DEFAULT_LR[optim.name]
+        h = {"model": spec.name, "arch": spec.arch, "width": float(spec.width), "dropout": float(spec.dropout),
+             "optimizer": optim.name, "lr": float(lr), "batch_size": train.batch_size, "epochs": train.epochs,
+             "seed": train.seed}
+        metrics = {"hparam/best_val_acc": best.val_acc, "hparam/test_acc": best.test_acc}
+        self.writer.add_hparams(h, metrics, run_name=".")  # ".": beside the scalars, not in a timestamped run
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
@@ -708,6 +720,8 @@ def fit(spec: ModelSpec, data: DataBundle, optim: OptimConfig, train: TrainConfi
                 board.epoch(m)
                 if on_epoch is not None:
                     on_epoch(m)
+            if best is not None:
+                board.hparams(spec, optim, train, best)
         finally:
             progress.close()
             board.close()

@@ -40,3 +40,13 @@ def test_pareto_front_accuracy_up_size_down():
 def test_pareto_front_exact_ties_keep_the_first_and_missing_size_is_largest():
     assert pareto_front([60.0, 60.0], [100, 100]) == [0]
     assert pareto_front([90.0, 50.0], [None, 100]) == [1, 0]
+
+
+def test_paths_inside_results_are_kept_relative_so_the_folder_can_move(tmp_path):
+    from dse.common import RESULTS, results_path, results_relative
+
+    inside = RESULTS / "checkpoints" / "s" / "t3-m" / "best.pt"
+    assert results_relative(inside) == "checkpoints/s/t3-m/best.pt"
+    assert results_path("checkpoints/s/t3-m/best.pt") == inside
+    outside = tmp_path / "best.pt"
+    assert results_relative(outside) == str(outside.resolve()) and results_path(str(outside)) == outside

@@ -340,3 +340,21 @@ def test_writes_official_format_helper_roundtrip(tmp_path: Path) -> None:
     with open(root / "cifar-10-batches-py" / "test_batch", "rb") as f:
         d = pickle.load(f, encoding="bytes")
     assert {b"data", b"labels", b"batch_label", b"filenames"} <= set(d) and d[b"data"].shape == (10, 3072)
+
+
+def test_each_copy_of_a_dataset_is_named_as_the_copy_read(tmp_path: Path) -> None:
+    """Provenance: two identical copies, the second loaded after the first filled the decode cache; each bundle
+    (and so the store, the report and the model card) names the copy it read."""
+    import shutil
+
+    from dse_testdata import write_imagefolder
+
+    first = write_imagefolder(tmp_path / "a", per_class_train=4, per_class_test=2)
+    second = tmp_path / "b"
+    shutil.copytree(first, second, copy_function=shutil.copy2)
+    sources = []
+    for root in (first, second, first):
+        D.clear_memo()
+        cfg = DataConfig(dataset="imagefolder", root=str(root), val_size=10, cache_dir=str(tmp_path / "cache"))
+        sources.append(D.load_data(cfg).source)
+    assert sources == [f"imagefolder:{first}", f"imagefolder:{second}", f"imagefolder:{first}"]

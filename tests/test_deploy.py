@@ -205,8 +205,8 @@ def test_selection_logic():
     two = pd.concat([known_trials(), known_trials().assign(id=lambda d: d["id"] + 10, study="other")])
     with pytest.raises(DeployError, match="trial 3 is in several studies \\(other, s\\); name one with --study"):
         sel.trials_by_number(two, [3])
-    assert [c.label for c in cands[:2]] == ["shallow_sqnxt_14_1x-t2", "shallow_sqnxt_10_1x-t5"]
-    assert sel.Candidate("m", "x.pt", trial_id=7).label == "m-id7"  # never reached Optuna: the store id
+    assert [c.label for c in cands[:2]] == ["t2-shallow_sqnxt_14_1x", "t5-shallow_sqnxt_10_1x"]
+    assert sel.Candidate("m", "x.pt", trial_id=7).label == "id7-m"  # never reached Optuna: the store id
     expected = sel.candidates(known_trials())[0].expected
     assert expected == {"activation": "elu", "num_classes": 10, "dropout": 0.3}
 
@@ -365,7 +365,8 @@ def test_deploy_model_records_every_format(tmp_path):
     assert report["component"] == f"rtmaps_{spec.name}.py" and report["out"] == "."  # relative to the folder
     assert {f["format"]: f["path"] for f in report["formats"] if f["format"] != "torch"} == {
         "onnx": "model.onnx", "torchscript": "model.torchscript.pt", "onnx_int8": "model.int8.onnx"}
-    assert report["optuna_trial_number"] == 3 and not Path(report["checkpoint"]).is_absolute()
+    # the checkpoint as the store keeps it: relative to results/ when inside it, else (this tmp folder) absolute
+    assert report["optuna_trial_number"] == 3 and report["checkpoint"] == str(Path(rep.checkpoint).resolve())
     assert report["int8_per_channel"] in (True, False)
     table = summary([rep])
     assert "onnx_int8" in table and "p99 ms" in table
@@ -413,9 +414,38 @@ def test_near_chance_is_refused_without_force(tmp_path):
     with pytest.raises(DeployError) as e:
         deploy_model(model, spec, cand, bundle(), Options(out=tmp_path / "out", test_images=30, latency=False))
     msg = str(e.value)
-    assert msg.startswith(f"refusing to deploy {spec.name}-t4: test accuracy ") and "\n" not in msg
+    assert msg.startswith(f"refusing to deploy t4-{spec.name}: test accuracy ") and "\n" not in msg
     assert "within 10 points of chance (10 % for 10 classes)" in msg and "--force" in msg
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_near_chance_trial_is_refused_from_the_store_before_any_work(tmp_path):
+    from dse.deploy.pipeline import deploy_all
+
+    cand = sel.Candidate("shallow_sqnxt_06_0_2x", str(tmp_path / "absent.pt"), trial_id=1, optuna_number=4,
+                         test_acc=11.0, expected={"num_classes": 10})
+
+    def no_data(_c):
+        raise AssertionError("the data was loaded for a model the store already knew to refuse")
+
+    with pytest.raises(DeployError, match="refusing to deploy t4-shallow_sqnxt_06_0_2x: test accuracy 11.0 %"):
+        deploy_all([cand], tmp_path / "out", Options(out=tmp_path / "out", latency=False), no_data)
+    assert not (tmp_path / "out").exists()
+
+
+def test_timings_under_load_and_a_slower_int8_are_said():
+    from dse.deploy.report import FormatResult, timing_warnings
+
+    def fmt(name: str, p50: float, load: float) -> FormatResult:
+        r = FormatResult(name, f"{name}.onnx", 1000, 50.0, 100, 0.0, 100.0)
+        r.latency = {"p50_ms": p50, "p99_ms": p50 * 1.2, "load_before": load, "load_after": load}
+        return r
+
+    quiet = timing_warnings([fmt("onnx", 3.21, 0.2), fmt("onnx_int8", 2.0, 0.3)], cores=2)
+    assert quiet == []
+    loaded = timing_warnings([fmt("onnx", 3.21, 5.6), fmt("onnx_int8", 9.39, 5.6)], cores=2)
+    assert len(loaded) == 2 and "load average up to 5.6 on 2 cores" in loaded[0]
+    assert "int8 is slower than float32 on this host (9.39 vs 3.21 ms p50)" in loaded[1]
 
 
 def _add_trial(store, model_name: str, ckpt: Path, status: str = "complete", val_acc: float = 50.0,

@@ -185,12 +185,14 @@ def test_tensorboard_scalars_per_epoch(tiny_bundle, tmp_path: Path) -> None:
 
     board = tmp_path / "tb"
     r = fit(SPEC, tiny_bundle, OptimConfig(), quick(epochs=2, tensorboard_dir=str(board)))
-    files = list(board.glob("events.out.tfevents.*"))
-    assert len(files) == 1
+    assert list(board.glob("events.out.tfevents.*"))
     acc = EventAccumulator(str(board))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"loss/train", "loss/val", "accuracy/val", "accuracy/test", "lr", "seconds/train"} <= tags
+    # the hparams view: what was trained and what it reached, in the same run folder
+    assert {"hparam/best_val_acc", "hparam/test_acc"} <= tags and acc.PluginTagToContent("hparams")
+    assert acc.Scalars("hparam/best_val_acc")[0].value == pytest.approx(r.best_val_acc, abs=1e-4)
     val = [e.value for e in acc.Scalars("accuracy/val")]
     assert [e.step for e in acc.Scalars("accuracy/val")] == [1, 2]
     assert val == pytest.approx([m.val_acc for m in r.epochs], abs=1e-4)
@@ -257,6 +259,8 @@ def test_trainer_keys_reach_fit_without_changing_trial_identity() -> None:
 
     assert train.tensorboard_dir == str(REPO / "results/tb" / fast.identity[:16])  # relative: the repository's
     assert plain.train_config(None).tensorboard_dir is None
+    named = fast.train_config("ckpt", run="table4-smoke/t3-shallow_sqnxt_06_0_2x")  # the sweep's: study/trial
+    assert named.tensorboard_dir == str(REPO / "results/tb/table4-smoke/t3-shallow_sqnxt_06_0_2x")
 
 
 def test_logger_group_turns_tensorboard_on() -> None:

@@ -83,8 +83,14 @@ def test_smoke_study_fills_store_and_restart_trains_nothing(tmp_path, tiny_image
     check_dashboard(f"sqlite:///{db}", "table4-smoke")
     # a completed trial keeps best.pt (the model) but not last.pt (its resume state); files readable by others
     folders = sorted((ckpt / "table4-smoke").iterdir())
-    assert [f.name.split("-t")[0] for f in folders] == ["shallow_sqnxt_06_0_2x"] * 5
+    assert {f.name.split("-", 1)[1] for f in folders} == {"shallow_sqnxt_06_0_2x"}
     assert all((f / "best.pt").is_file() and not (f / "last.pt").exists() for f in folders)
+    # one name per trial: Optuna's number names the checkpoint folder and the log's lines
+    names = sorted(f"t{t.number}" for t in done)
+    assert sorted(f.name.split("-", 1)[0] for f in folders) == names
+    assert all(f"trial {n} complete" in r.stderr for n in names)
+    # the dashboard's timeline: every trial ran from its claim to its end, on Optuna's clock
+    assert all(t.datetime_start < t.datetime_complete for t in done)
 
 
 def check_dashboard(url: str, name: str) -> None:
@@ -175,6 +181,12 @@ def test_ctrl_c_marks_the_trial_and_the_rerun_finishes(tmp_path, tiny_imagefolde
     assert "interrupted" in err and "Traceback" not in err
     statuses = [r[1] for r in store_rows(db)]
     assert statuses.count("interrupted") == 1 and "running" not in statuses, statuses
+    # optuna-dashboard shows the queue: every trial not finished is WAITING, the interrupted one says why
+    trials = optuna_trials(db)
+    waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(trials) == 5 and len(waiting) == statuses.count("interrupted") + statuses.count("queued")
+    assert sum("interrupted" in t.user_attrs.get("waiting_because", "") for t in waiting) == 1
+    assert all(t.params for t in waiting)
     r = run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert {s for _, s, _, _ in store_rows(db)} == {"complete"} and len(store_rows(db)) == 5
@@ -348,6 +360,7 @@ def test_the_rows_are_derived_from_the_result_dataclasses():
     column of dse_epochs is a field of EpochMetrics: nothing a fit reports is dropped on the way to the store."""
     import dataclasses
 
+    from dse.common import RESULTS
     from dse.store import TrialRow
     from dse.sweep.trial import EPOCH_COLUMNS, RESULT_RENAMED, result_columns
     from dse.train import EpochMetrics, TrialResult
@@ -359,8 +372,25 @@ def test_the_rows_are_derived_from_the_result_dataclasses():
     assert set(EPOCH_COLUMNS) <= {f.name for f in dataclasses.fields(EpochMetrics)}
     r = TrialResult(best_val_acc=50.0, best_epoch=2, final_val_acc=49.0, test_acc=48.0, final_test_acc=47.0,
                     sec_per_epoch=3.0, params=1, macs=2, checkpoint_bytes=3, device="cpu", precision="bf16",
-                    torch_version="2", epochs=[None, None], best_checkpoint="b.pt", threads=1, fast_path="eager",
+                    torch_version="2", epochs=[None, None], best_checkpoint=str(RESULTS / "checkpoints/s/t1-m/best.pt"), threads=1, fast_path="eager",
                     warmup_seconds=0.5, channels_last=True)
     cols = result_columns(r)
-    assert cols["memory_format"] == "channels_last" and cols["epochs_done"] == 2 and cols["checkpoint_path"] == "b.pt"
+    assert cols["memory_format"] == "channels_last" and cols["epochs_done"] == 2
+    assert cols["checkpoint_path"] == "checkpoints/s/t1-m/best.pt"  # relative to results/: the folder can move
     assert set(cols) <= columns and "params" not in cols
+
+
+def test_sampled_floats_on_a_step_are_the_grid_s_decimals():
+    """Optuna computes a stepped float in binary (0.1 + 20 * 0.025 = 0.6000000000000001); the config, the model
+    name and the store get the grid's own decimals."""
+    import optuna
+
+    from dse.space import on_grid, suggest
+
+    assert on_grid(0.6000000000000001, 0.1, 0.025) == 0.6 and on_grid(1.1250000000000002, 0.1, 0.025) == 1.125
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = {"params": {"model.width": {"type": "float", "low": 0.1, "high": 2.0, "step": 0.025}}}
+    for _ in range(50):
+        w = suggest(study.ask(), space)["model.width"]
+        assert 0.1 <= w <= 2.0 and len(repr(w)) <= 5 and abs(w * 40 - round(w * 40)) < 1e-9, w

@@ -314,7 +314,7 @@ def test_seconds_per_full_epoch_from_a_subset_with_device_and_precision(tmp_path
     csv = to_csv_frame(t[1])
     assert csv.loc[0, "ours_sec_per_50k_epoch"] == pytest.approx(100.0)
     assert csv.loc[0, "ours_sec_per_trial_epoch"] == pytest.approx(2.0)
-    assert csv.loc[0, "trials"] == "tables-smoke #7"  # Optuna's number, as the dashboard shows it
+    assert csv.loc[0, "trials"] == "tables-smoke t7"  # the trial's name: Optuna's number, as the dashboard shows it
 
 
 def test_near_chance_rows_marked_and_budget_atop_the_report(tmp_path, store, paper):

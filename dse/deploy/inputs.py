@@ -7,16 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dse.common import REPO
+from dse.common import results_path
 from dse.deploy import DeployError
 from dse.deploy.select import Candidate
 
 
 def resolve_checkpoint(cand: Candidate) -> Path:
-    """The candidate's checkpoint file: as given, else relative to the repository root; DeployError if absent."""
+    """The candidate's checkpoint file: absolute as given, else as given from here, else as the store keeps it
+    (relative to results/); DeployError if absent."""
     path = Path(cand.checkpoint_path)
-    tries = [path] if path.is_absolute() else [path, REPO / path]
-    for p in tries:
+    for p in [path] if path.is_absolute() else [path, results_path(path)]:
         if p.is_file():
             return p
     raise DeployError(f"{cand.label}: checkpoint {cand.checkpoint_path} does not exist")

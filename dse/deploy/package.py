@@ -8,7 +8,7 @@ from pathlib import Path
 from dse.common import atomic_write
 from dse.deploy.chance import chance_warning
 from dse.deploy.options import Options
-from dse.deploy.report import DeployReport
+from dse.deploy.report import DeployReport, timing_warnings
 from dse.deploy.select import Candidate
 
 #: The model files of a deploy folder, by format.
@@ -33,7 +33,8 @@ def package(report: DeployReport, spec, cand: Candidate, bundle, opts: Options) 
                     "test_acc": round(comp.test_acc, 2)})
     report.component, report.component_model = str(comp_path), comp_fmt
     mf = model_facts(spec)
-    warning = chance_warning(report.format("torch").test_acc, spec.num_classes)
+    warning = "; ".join(w for w in [chance_warning(report.format("torch").test_acc, spec.num_classes),
+                                    *timing_warnings(report.formats)] if w)
     f = card.facts(spec=spec, cand=cand, classes=bundle.classes, mean=CIFAR_MEAN, std=CIFAR_STD, opset=opts.opset,
                    test_acc=report.format("torch").test_acc, test_images=comp.test_images,
                    latency={r.format: r.latency for r in report.formats if r.latency}, machine=report.machine,

@@ -17,7 +17,7 @@ from dse.deploy.options import Options
 from dse.deploy.package import FORMAT_FILES, package
 from dse.deploy.progress import Steps
 from dse.deploy.record import record
-from dse.deploy.report import DeployReport, FormatResult
+from dse.deploy.report import DeployReport, FormatResult, timing_warnings
 from dse.deploy.select import Candidate
 
 log = logging.getLogger("dse.deploy")
@@ -119,6 +119,8 @@ def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None
              time.perf_counter() - t0)
     if opts.latency:
         _time_formats(model, spec, cand, results, test_x, opts, steps)
+        for w in timing_warnings(results):
+            log.warning("%s: %s", cand.label, w)
     steps.start("package")
     report = DeployReport(
         model_name=spec.name, display_name=spec.display_name, trial_id=cand.trial_id,
@@ -143,6 +145,9 @@ def deploy_all(chosen: list[Candidate], out: Path | None, opts: Options, bundle_
             folder = DEFAULT_OUT / c.label
         else:
             folder = out if len(chosen) == 1 else out / c.label
+        classes = c.expected.get("num_classes")
+        if c.test_acc is not None and classes:  # the store knows it did not learn: refuse before any work
+            refuse_near_chance(c.label, float(c.test_acc), int(classes), opts.force)
         model, spec = load_checkpoint(c)
         opts.out = folder
         reports.append(deploy_model(model, spec, c, bundle_for(c), opts, store=store))

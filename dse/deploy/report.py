@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dse import store as st
+from dse.common import results_relative
+
 
 @dataclass
 class FormatResult:
@@ -50,7 +53,8 @@ class DeployReport:
         return next(f for f in self.formats if f.format == name)
 
     def as_json(self) -> dict[str, Any]:
-        """The report with every path relative to the deploy folder (the folder can be moved or copied)."""
+        """The report with the files it made relative to the deploy folder and the checkpoint as the store keeps
+        it, relative to results/ (either folder can be moved or copied)."""
         d = asdict(self)
 
         def rel(p: str) -> str:
@@ -58,10 +62,38 @@ class DeployReport:
             return Path(os.path.relpath(Path(p).resolve(), Path(self.out).resolve())).as_posix()
 
         d["out"] = "."
-        d["checkpoint"], d["component"] = rel(self.checkpoint), rel(self.component)
+        d["checkpoint"], d["component"] = results_relative(self.checkpoint), rel(self.component)
         for f in d["formats"]:
             f["path"] = rel(f["path"])
         return d
+
+
+#: Other processes' share of the cores above which a timing is called loaded. The 1-minute load average counts
+#: this deploy's own timing process (one busy thread) for up to a minute after it ran, hence the 1 taken off.
+LOAD_WARN = 0.5
+
+
+def load_of(r: FormatResult) -> float | None:
+    """The higher 1-minute load average around a format's timing (None when it was not timed)."""
+    lat = r.latency or {}
+    seen = [v for v in (lat.get("load_before"), lat.get("load_after")) if v is not None]
+    return max(seen) if seen else None
+
+
+def timing_warnings(formats: list[FormatResult], cores: int | None = None) -> list[str]:
+    """What a reader of the timings must know: they were taken on a loaded host; int8 ran slower than float32."""
+    cores = cores or os.cpu_count() or 1
+    out = []
+    worst = max((v for v in map(load_of, formats) if v is not None), default=None)
+    if worst is not None and worst - 1 > LOAD_WARN * cores:
+        out.append(f"latency measured under load (1-minute load average up to {worst:.1f} on {cores} cores): other "
+                   "processes shared the CPU, so the timings are inflated; time it again on a quiet host")
+    lat = {r.format: r.latency for r in formats if r.latency}
+    if "onnx_int8" in lat and "onnx" in lat and lat["onnx_int8"]["p50_ms"] > lat["onnx"]["p50_ms"]:
+        out.append(f"int8 is slower than float32 on this host ({lat['onnx_int8']['p50_ms']:.2f} vs "
+                   f"{lat['onnx']['p50_ms']:.2f} ms p50): its runtime has no fast int8 kernels for these layers on "
+                   "this CPU; int8 still needs a quarter of the flash")
+    return out
 
 
 def summary(reports: list[DeployReport]) -> str:
@@ -74,21 +106,25 @@ def summary(reports: list[DeployReport]) -> str:
             lat = r.latency or {}
             peak = lat.get("peak_mem_bytes")
             first = r.format == "torch"
-            number = "" if rep.optuna_trial_number is None else rep.optuna_trial_number
+            number = "" if rep.optuna_trial_number is None else st.trial_name(rep.optuna_trial_number)
             rows.append([rep.model_name if first else "", number if first else "", r.format,
                          f"{r.file_bytes / 1000:.1f}", f"{r.test_acc:.2f}", f"{r.agreement:.2f}",
                          f"{r.max_abs_diff:.1e}",
                          f"{lat['p50_ms']:.3f}" if lat else "-", f"{lat['p99_ms']:.3f}" if lat else "-",
-                         f"{peak / 1e6:.1f}" if peak is not None else "-"])
+                         f"{peak / 1e6:.1f}" if peak is not None else "-",
+                         f"{load_of(r):.1f}" if load_of(r) is not None else "-"])
     headers = ["model", "trial", "format", "file kB", "test acc %", "same top-1 %", "max|dlogit|", "p50 ms",
-               "p99 ms", "peak MB"]
+               "p99 ms", "peak MB", "load"]
     text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
     if reports:
         rep = reports[0]
         n = rep.formats[0].test_images
         text += (f"\n{n} test images; latency: batch 1, 1 thread, host {rep.host}, {rep.machine}; "
-                 "kB = 1000 bytes; peak MB = peak RSS added by loading and running the model")
+                 "kB = 1000 bytes; peak MB = peak RSS added by loading and running the model; load = the host's "
+                 "1-minute load average around the timing")
+    for rep in reports:
+        text += "".join(f"\nwarning: {rep.model_name}: {w}" for w in timing_warnings(rep.formats))
     return text
 
 
-__all__ = ["DeployReport", "FormatResult", "summary"]
+__all__ = ["LOAD_WARN", "DeployReport", "FormatResult", "load_of", "summary", "timing_warnings"]

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from dse import store as st
 from dse.common import pareto_front as front_indices
 from dse.deploy import DeployError
 
@@ -73,11 +74,12 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        """Folder-friendly name: ``<model>-t<Optuna trial number>``, the number optuna-dashboard and the tables
-        show; ``<model>-id<store id>`` for a trial that never reached Optuna; ``<model>`` for a bare checkpoint."""
-        if self.optuna_number is not None:
-            return f"{self.model_name}-t{self.optuna_number}"
-        return self.model_name if self.trial_id is None else f"{self.model_name}-id{self.trial_id}"
+        """Folder-friendly name: ``<trial name>-<model>``, the name the sweep log, the checkpoint folder,
+        optuna-dashboard and the tables give the trial (``dse.store.trial_name``); ``<model>`` for a bare
+        checkpoint."""
+        if self.optuna_number is None and self.trial_id is None:
+            return self.model_name
+        return f"{st.trial_name(self.optuna_number, self.trial_id)}-{self.model_name}"
 
 
 def _num(v: Any) -> float | None:

@@ -41,6 +41,7 @@ from dse.store.schema import (
     StoreError,
     TrialRow,
     init_schema,
+    trial_name,
     utc_now,
 )
 from dse.store.url import DEFAULT_URL, check_sqlite_file, password_refusal, redact, resolve_url, url_password
@@ -174,5 +175,5 @@ __all__ = [
     "COMPLETE", "DEFAULT_URL", "DeploymentRow", "EpochRow", "FAILED", "INTERRUPTED", "PLANNED", "PRUNED", "QUEUED",
     "REJECTED", "RUNNING", "SCHEMA_VERSION", "Store", "StoreError", "SQLAlchemyError", "TERMINAL", "TrialRow",
     "config_json", "db_outage", "make_engine", "password_refusal", "redact", "resolve_url", "schema_lock",
-    "url_password", "utc_now", "with_retries",
+    "trial_name", "url_password", "utc_now", "with_retries",
 ]

@@ -47,6 +47,15 @@ class StoreError(DSEError):
     """The results database cannot be used (unreachable, newer schema, bad URL)."""
 
 
+def trial_name(optuna_number: int | None, store_id: int | None = None) -> str:
+    """A trial's one name: "t12" for Optuna's trial 12 (optuna-dashboard's "Trial 12"), used by the sweep log, the
+    checkpoint folder, the tables and dse.deploy alike; "id17" (the store's row id) for a trial Optuna does not
+    have yet (a sampled point being asked; a store written by an older version)."""
+    if optuna_number is not None and optuna_number == optuna_number:  # NaN from a pandas frame: unknown
+        return f"t{int(optuna_number)}"
+    return "id?" if store_id is None else f"id{int(store_id)}"
+
+
 def utc_now() -> dt.datetime:
     """Now in UTC without a zone: what every DateTime column holds."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)

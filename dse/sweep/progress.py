@@ -108,8 +108,9 @@ class StudyProgress:
         if not self.pace_said and not 1 / PACE_WARN <= ratio <= PACE_WARN:
             self.pace_said = True
             eta = self.eta(self.finished())
-            log.warning("pace: epochs take %.2fx their calibrated time (trial t%d: %.1f s against %.1f s); the host "
-                        "is %s than when it was calibrated%s", ratio, row.id, seconds, est / max(1, row.epochs),
+            name = st.trial_name(row.optuna_trial_number, row.id)
+            log.warning("pace: epochs take %.2fx their calibrated time (trial %s: %.1f s against %.1f s); the host "
+                        "is %s than when it was calibrated%s", ratio, name, seconds, est / max(1, row.epochs),
                         "slower" if ratio > 1 else "faster", f"; ETA now {fmt_duration(eta)}" if eta else "")
 
     def trial_done(self, row: Any = None, seconds: float | None = None) -> None:

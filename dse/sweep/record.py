@@ -1,14 +1,17 @@
 """Optuna as the sampler and the record: opening the study, asking for points, recording finished trials.
 
 Optuna never schedules here: the queue in ``dse_trials`` does. Sample mode asks the study for the next point
-and tells it the result by trial number (any worker may, e.g. after a resume). A grid trial reaches Optuna only
-when it is finished, as one ``add_trial`` carrying its parameters, values, per-epoch validation accuracy and
-attributes, so optuna-dashboard shows every trial and FAIL always means a real failure. The compare-and-set on
-the row's ``recorded_at`` makes each finished trial reach Optuna exactly once, whichever worker gets there.
+and tells it the result by trial number (any worker may, e.g. after a resume). A grid trial enters Optuna when it
+is queued, as a WAITING trial with its parameters and attributes; its claim makes it RUNNING (Optuna's clock
+starts), each epoch is its intermediate value, and its end is told like a sampled one's; an interrupted one is
+WAITING again. So optuna-dashboard shows the queue, the running trials and a real timeline, FAIL always means a
+real failure, and Optuna's trial number is the trial's one name (``dse.store.trial_name``). The compare-and-set
+on the row's ``recorded_at`` makes each finished trial reach Optuna exactly once, whichever worker gets there.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import warnings
@@ -33,7 +36,8 @@ FINGERPRINT_ATTR = "dse_space_fingerprint"
 SPACE_ATTR = "dse_grid_space"  # {param: distribution JSON}: lets any worker record a grid trial
 STATES = {st.COMPLETE: optuna.trial.TrialState.COMPLETE, st.PRUNED: optuna.trial.TrialState.PRUNED,
           st.REJECTED: optuna.trial.TrialState.PRUNED, st.FAILED: optuna.trial.TrialState.FAIL}
-GRID_PRUNERS = ("none", "median")  # pruners that only read the curves (grid trials live in Optuna when done)
+GRID_PRUNERS = ("none", "median")  # pruners that only read the curves (grid trials are not asked for)
+WAITING, RUNNING = optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING
 
 
 class SweepError(DSEError):
@@ -177,10 +181,71 @@ class Record:
             self.retry(lambda e=epoch: self.storage.set_trial_intermediate_value(tid, e, curve[e]), "reporting")
 
     def note(self, row: st.TrialRow, key: str, value: Any) -> None:
-        """A user attribute on a sample-mode trial still running in Optuna (e.g. why it was interrupted)."""
+        """A user attribute on a trial still unfinished in Optuna (e.g. why it was interrupted)."""
         if row.optuna_trial_number is not None:
             tid = self._trial_id(row.optuna_trial_number)
-            self.retry(lambda: self.storage.set_trial_user_attr(tid, key, value), "noting a trial attribute")
+            if not self.storage.get_trial(tid).state.is_finished():
+                self.retry(lambda: self.storage.set_trial_user_attr(tid, key, value), "noting a trial attribute")
+
+    # -- grid mode: the queue in Optuna --------------------------------------------------------------------------
+    def enter_waiting(self) -> int:
+        """Grid mode: every claimable trial of the study is a WAITING trial in Optuna, with its parameters and
+        attributes, so the dashboard shows the queue; the number Optuna gives it is its name from then on. A trial
+        re-queued after a FAIL enters again as a new Optuna trial (the FAIL stays on record). Serialised with the
+        schema lock, so that workers planning at once enter each trial once; how many trials entered."""
+        if self.plan.mode != "grid":  # sample mode: study.ask would pop WAITING trials as its next point
+            return 0
+
+        def go() -> int:
+            with st.schema_lock(self.url):
+                return self._enter(self.queue.waiting())
+
+        return self.retry(go, "entering queued trials in Optuna")
+
+    def _enter(self, rows: list[st.TrialRow]) -> int:
+        trials = {t.number: t for t in self.storage.get_all_trials(self.study_id, deepcopy=False)}
+        # a trial entered by a worker cut off before it noted the number: found by its store id, not entered twice
+        open_of = {t.user_attrs.get("store_trial_id"): t.number for t in trials.values() if not t.state.is_finished()}
+        entered = 0
+        for row in rows:
+            have = trials.get(row.optuna_trial_number) if row.optuna_trial_number is not None else None
+            if have is not None and not have.state.is_finished():
+                continue
+            number = open_of.get(row.id)
+            if number is None:
+                params, dists = self.point(row, have)
+                template = optuna.trial.create_trial(state=WAITING, params=params, distributions=dists,
+                                                     user_attrs=user_attrs(row))
+                number = self.storage.get_trial_number_from_id(
+                    self.storage.create_new_trial(self.study_id, template_trial=template))
+                entered += 1
+            self.queue.note(row.id, optuna_trial_number=number)
+        return entered
+
+    def point(self, row: st.TrialRow, earlier: optuna.trial.FrozenTrial | None) -> tuple[dict, dict]:
+        """A trial's Optuna parameters and their distributions: an earlier record's, else from its config."""
+        if earlier is not None:
+            return earlier.params, earlier.distributions
+        tcfg = TrialConfig.from_dict(json.loads(row.config_json))
+        return trial_params(tcfg, list(self.distributions)), self.distributions
+
+    def start(self, row: st.TrialRow) -> None:
+        """A claimed grid trial is RUNNING in Optuna from now: the dashboard's start time and timeline."""
+        if row.optuna_trial_number is None:
+            return
+        tid = self._trial_id(row.optuna_trial_number)
+        if self.storage.get_trial(tid).state == WAITING:
+            self.retry(lambda: self.storage.set_trial_state_values(tid, RUNNING), "starting a trial in Optuna")
+
+    def wait_again(self, row: st.TrialRow, why: str) -> None:
+        """A grid trial put back in the queue (interrupted, its environment at fault) is WAITING again in Optuna,
+        with why; a sampled one stays RUNNING (study.ask would hand a WAITING one out as a new point)."""
+        self.note(row, "waiting_because", why[:500])
+        if self.plan.mode != "grid" or row.optuna_trial_number is None:
+            return
+        tid = self._trial_id(row.optuna_trial_number)
+        if self.storage.get_trial(tid).state == RUNNING:
+            self.retry(lambda: self.storage.set_trial_state_values(tid, WAITING), "putting a trial back in Optuna")
 
     # -- recording a finished trial ----------------------------------------------------------------------------
     def values(self, row: st.TrialRow) -> list[float]:
@@ -200,21 +265,25 @@ class Record:
         state = STATES[row.status]
         values = self.values(row) if state == optuna.trial.TrialState.COMPLETE else None
         attrs = user_attrs(row)
+        earlier = None
         if row.optuna_trial_number is not None:
             tid = self._trial_id(row.optuna_trial_number)
-            frozen = self.storage.get_trial(tid)
-            if frozen.state == optuna.trial.TrialState.RUNNING:  # sample mode: tell the asked trial
+            earlier = self.storage.get_trial(tid)
+            if earlier.state == WAITING:  # finished while Optuna was out of reach at its start
+                self.storage.set_trial_state_values(tid, RUNNING)
+                earlier = self.storage.get_trial(tid)
+            if earlier.state == RUNNING:  # an asked or entered trial: tell it, with the curve it may lack
+                self.fill_intermediate(row, self.queue.curve(row.id))
                 for k, v in attrs.items():
                     self.storage.set_trial_user_attr(tid, k, v)
                 self.study.tell(row.optuna_trial_number, values, state=state)
                 return
-            params, dists = frozen.params, frozen.distributions  # a retried trial: a new record, same point
-        else:
-            tcfg = TrialConfig.from_dict(json.loads(row.config_json))
-            params, dists = trial_params(tcfg, list(self.distributions)), self.distributions
+        params, dists = self.point(row, earlier)  # rejected at planning, a retried sample, an older store's trial
         frozen = optuna.trial.create_trial(  # validates params against distributions, values against state
             state=state, params=params, distributions=dists, values=values, user_attrs=attrs,
             intermediate_values=self.queue.curve(row.id))
+        frozen.datetime_start = local_time(row.started_at or row.finished_at)  # the store's times, not now's
+        frozen.datetime_complete = local_time(row.finished_at) or frozen.datetime_start
         # the storage call behind study.add_trial, which also gives back the new trial's id: its number is the one
         # the dashboard shows, so the store keeps it for the tables and the deploy folders
         trial_id = self.storage.create_new_trial(self.study_id, template_trial=frozen)
@@ -228,11 +297,18 @@ class Record:
             self.record(row)
 
 
+def local_time(utc: dt.datetime | None) -> dt.datetime | None:
+    """A store time (naive UTC) as Optuna keeps its own (naive local time: datetime.now())."""
+    return None if utc is None else utc.replace(tzinfo=dt.UTC).astimezone().replace(tzinfo=None)
+
+
 def user_attrs(row: st.TrialRow) -> dict[str, Any]:
-    """What the dashboard shows beside a trial's parameters."""
+    """What the dashboard shows beside a trial's parameters: the facts that follow from its model (its
+    architecture, depths and width are one parameter, ``model``, so that importances do not split among them)."""
     attrs: dict[str, Any] = {"identity": row.identity, "store_trial_id": row.id, "model": row.model_name,
-                             "params": row.params, "macs": row.macs, "checkpoint_bytes": row.checkpoint_bytes,
-                             "attempts": row.attempts}
+                             "arch": row.arch,
+                             "stage_depths": row.stage_depths, "width": row.width, "params": row.params,
+                             "macs": row.macs, "checkpoint_bytes": row.checkpoint_bytes, "attempts": row.attempts}
     if row.status == st.COMPLETE:
         attrs.update(test_acc=row.test_acc, sec_per_epoch=row.sec_per_epoch, device=row.device)
     elif row.fail_reason:

@@ -7,6 +7,7 @@ in the queue untouched and stops the worker; Ctrl-C marks it interrupted for the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dse import autotune
 from dse import store as st
+from dse.common import results_relative
 from dse.errors import ConfigError, CorruptDatasetError, DatasetNotFoundError, EnvironmentFault, first_line
 from dse.faults import DiskFullError, disk_full, full_path
 from dse.space import TrialConfig
@@ -44,6 +46,8 @@ def result_columns(r: Any) -> dict[str, Any]:
         name = RESULT_RENAMED.get(f.name, f.name)
         if name is not None:
             out[name] = getattr(r, f.name)
+    if out.get("checkpoint_path"):  # kept relative to results/: the folder can move
+        out["checkpoint_path"] = results_relative(out["checkpoint_path"])
     out["memory_format"] = "channels_last" if r.channels_last else "nchw"
     out["epochs_done"] = len(r.epochs)
     return out
@@ -78,9 +82,10 @@ class TrialRun:
         re-raise what must stop the worker."""
         tcfg = TrialConfig.from_dict(json.loads(row.config_json)).on_this_machine(self.base["data"],
                                                                                   self.base["trainer"])
-        ckpt = self.checkpoint_root / f"{row.model_name}-t{row.id}"
+        ckpt = checkpoint_folder(self.checkpoint_root, row)
         lease = Lease(self.queue, row.id, float(self.cfg.storage.heartbeat_interval))
         lease.start()
+        self.record.start(row)
         try:
             with self.stop.training():  # a signal stops the training at once; last.pt is written atomically
                 result = self.train(row, tcfg, ckpt, lease)
@@ -96,7 +101,7 @@ class TrialRun:
         from dse.train import fit, resolve_device
 
         epochs = int(tcfg.trainer["epochs"])
-        log.info("trial t%d (attempt %d): %s (%s) seed %d, %s, %s; checkpoints %s%s", row.id, row.attempts,
+        log.info("trial %s (attempt %d): %s (%s) seed %d, %s, %s; checkpoints %s%s", name(row), row.attempts,
                  tcfg.model.display_name, tcfg.model.name, tcfg.seed, tcfg.optimizer["name"],
                  tcfg.data["dataset"], ckpt, f"; resuming after epoch {row.epochs_done}" if row.epochs_done else "")
         curve = self.queue.curve(row.id)
@@ -118,7 +123,8 @@ class TrialRun:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val acc {acc:.2f} %)")
 
         optim = tcfg.optim_config()
-        train_cfg = autotune.resolve(tcfg.model, optim, tcfg.train_config(str(ckpt)))  # auto: as measured here
+        board_run = f"{self.plan.name}/{ckpt.name}"  # TensorBoard: one folder per study, a run per trial
+        train_cfg = autotune.resolve(tcfg.model, optim, tcfg.train_config(str(ckpt), run=board_run))  # auto: here
         try:
             data = load_data(tcfg.data_config(), device=resolve_device(str(train_cfg.device)))
         except (DatasetNotFoundError, CorruptDatasetError, OSError) as e:
@@ -145,30 +151,31 @@ class TrialRun:
             curve[e] = float(history[e]["val_acc"])
             self.record.intermediate(row, e, curve[e])
         if missing:
-            log.info("trial t%d: epoch%s %s written to the store from %s (trained while the store was away)",
-                     row.id, "s" * (len(missing) > 1), ", ".join(map(str, missing)), last)
+            log.info("trial %s: epoch%s %s written to the store from %s (trained while the store was away)",
+                     name(row), "s" * (len(missing) > 1), ", ".join(map(str, missing)), last)
 
     def complete(self, row: st.TrialRow, r: Any, ckpt: Path) -> None:
         if not self.queue.finish(row.id, st.COMPLETE, fail_reason=None, **result_columns(r)):
-            log.warning("trial t%d finished after its lease ran out; another worker has it now", row.id)
+            log.warning("trial %s finished after its lease ran out; another worker has it now", name(row))
             return
         self.result.trained += 1
         if not self.cfg.study.keep_last:  # best.pt stays: it is the trained model
             (ckpt / "last.pt").unlink(missing_ok=True)
-        log.info("trial t%d complete: val %.2f %%, test %.2f %%, %.1f s/epoch", row.id, r.best_val_acc, r.test_acc,
+        log.info("trial %s complete: val %.2f %%, test %.2f %%, %.1f s/epoch", name(row), r.best_val_acc, r.test_acc,
                  r.sec_per_epoch)
         self.record.record(self.queue.get(row.id))
 
     def settle(self, row: st.TrialRow, e: BaseException) -> None:
         """Store what ended the trial; re-raise what must stop the worker (Ctrl-C, the environment)."""
         if isinstance(e, LeaseLost):
-            log.warning("trial t%d: lease lost (the store was out of reach too long); another worker has it", row.id)
+            log.warning("trial %s: lease lost (the store was out of reach too long); another worker has it",
+                        name(row))
             return
         if isinstance(e, KeyboardInterrupt):
             why = "interrupted (Ctrl-C or SIGTERM); the next claim resumes it from its last.pt"
             if self.queue.release(row.id, st.INTERRUPTED, why):
                 self.result.interrupted += 1
-            self.record.note(row, "interrupted", why)  # sample mode: the dashboard says why it is still running
+            self.record.wait_again(row, why)  # the dashboard shows it waiting (grid) and says why
             raise e
         if isinstance(e, optuna.TrialPruned):
             self._fail(row, st.PRUNED, str(e))
@@ -178,9 +185,11 @@ class TrialRun:
         if fault is not None:
             log.debug("%s", "".join(traceback.format_exception(e)))
             self.queue.release(row.id, st.QUEUED, f"waiting: {fault}")
+            with contextlib.suppress(Exception):  # the store itself may be the fault: the queue row is what counts
+                self.record.wait_again(row, f"waiting: {fault}")
             raise EnvironmentFault(fault) from e
         reason = trial_failure(e)
-        log.error("trial t%d failed: %s", row.id, reason)
+        log.error("trial %s failed: %s", name(row), reason)
         log.debug("%s", "".join(traceback.format_exception(e)))
         self._fail(row, st.FAILED, reason)
         self.result.failed += 1
@@ -189,6 +198,18 @@ class TrialRun:
         if self.queue.finish(row.id, status, fail_reason=reason[:2000]):
             self.record.record(self.queue.get(row.id))
 
+
+
+def name(row: st.TrialRow) -> str:
+    return st.trial_name(row.optuna_trial_number, row.id)
+
+
+def checkpoint_folder(root: Path, row: st.TrialRow) -> Path:
+    """``<root>/<trial name>-<model>``: the folder of the trial's last.pt and best.pt. A trial an older version
+    started keeps its folder (``<model>-t<store id>``), so that it resumes from its last.pt."""
+    folder = root / f"{name(row)}-{row.model_name}"
+    legacy = root / f"{row.model_name}-t{row.id}"
+    return legacy if not folder.exists() and (legacy / "last.pt").exists() else folder
 
 
 def environment_fault(e: BaseException) -> str | None:

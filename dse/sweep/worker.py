@@ -75,6 +75,7 @@ class Worker:
             log.info("retry_failed=true: %d failed trial%s re-queued", n, "s" * (n != 1))
         self.requeue_misread()
         self.queue.requeue_expired()
+        self.record.enter_waiting()  # grid: the queue as WAITING trials in optuna-dashboard, numbered
         self.record.record_pending()
         return new
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dse import store as st
 from dse.store import COMPLETE, FAILED
 
 #: CIFAR-10/100 training images (before the validation split): the unit of ``data_fraction`` when a trial
@@ -65,9 +66,9 @@ def _joined(values) -> str:
 
 
 def trial_ref(study: str, number) -> str:
-    """'cpu-quick #12': the study and Optuna's trial number, as optuna-dashboard shows the trial (the store's
-    row id means nothing there); '#?' when the trial never reached Optuna."""
-    return f"{study} #{'?' if number is None or pd.isna(number) else int(number)}"
+    """'cpu-quick t12': the study and the trial's name (Optuna's trial 12, as optuna-dashboard, the sweep log and
+    dse.deploy call it); 'id?' when the trial never reached Optuna."""
+    return f"{study} {st.trial_name(None if number is None or pd.isna(number) else int(number))}"
 
 
 def candidates(paper: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
