@@ -156,7 +156,8 @@ class Config:
     storage: StorageConf = field(default_factory=StorageConf)
     study: StudyConf = field(default_factory=StudyConf)
     budget: str = MISSING  # name of the budget preset (smoke | quick | paper)
-    dry_run: bool = False  # list the planned trials with their cheap facts; train nothing
+    dry_run: bool = False  # summarise the planned trials per block, with their cheap facts and cost; train nothing
+    dry_run_list: bool = False  # with dry_run: every planned trial too, one line each
     max_trials: int | None = None  # stop each worker after so many trials (the study's budget is global)
     workers: Any = 1  # worker processes on this host (an integer, or auto: measured), over the GPUs, threads split
     retry_failed: bool = False  # put the study's failed trials back in the queue

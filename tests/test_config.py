@@ -157,10 +157,29 @@ def test_low_greater_than_high_is_refused():
 def test_dry_run_lists_trials_and_rejections(capsys):
     from dse.sweep import main
 
-    assert main(["experiment=table3", "dry_run=true", "search.constraints.max_checkpoint_bytes=300000"]) == 0
+    args = ["experiment=table3", "dry_run=true", "search.constraints.max_checkpoint_bytes=300000"]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "Shallow SqueezeNext-06-0.125x" in out
-    assert "13 planned trials" in out and "rejected" in out
+    # one line per block, in human units; no trial list unless asked
+    assert "13 planned trials" in out and "rejected" in out and "estimated cost:" in out
+    assert " M " in out and ("KB" in out or "MB" in out) and "Shallow SqueezeNext-06-0.125x" not in out
+    assert len(out.splitlines()) < 13 and "dry_run_list=true" in out
+    assert main([*args, "dry_run_list=true"]) == 0
+    out = capsys.readouterr().out
+    assert "Shallow SqueezeNext-06-0.125x" in out and len(out.splitlines()) > 13
+
+
+def test_the_dry_run_cost_comes_from_this_machine_s_calibrations():
+    from dse.sweep.dryrun import cost_line
+    from dse.sweep.plan import make_plan
+
+    plan = make_plan(compose(["experiment=table4"]), check_data=False)
+    seconds = {p.identity: 60.0 * (i + 1) for i, p in enumerate(plan.trials[:3])}
+    line = cost_line(plan.trials, 2, lambda row: seconds.get(row.identity))
+    n = len(plan.trials)
+    assert line.startswith("estimated cost: 6 min") and f"the 3 of {n} trials calibrated" in line
+    assert "about 3 min" in line and "on 2 workers" in line
+    assert "unknown" in cost_line(plan.trials, 1, lambda row: None)
 
 
 def test_planning_validates_everything_before_storage(tmp_path):

@@ -372,7 +372,8 @@ def test_the_rows_are_derived_from_the_result_dataclasses():
     assert set(EPOCH_COLUMNS) <= {f.name for f in dataclasses.fields(EpochMetrics)}
     r = TrialResult(best_val_acc=50.0, best_epoch=2, final_val_acc=49.0, test_acc=48.0, final_test_acc=47.0,
                     sec_per_epoch=3.0, params=1, macs=2, checkpoint_bytes=3, device="cpu", precision="bf16",
-                    torch_version="2", epochs=[None, None], best_checkpoint=str(RESULTS / "checkpoints/s/t1-m/best.pt"), threads=1, fast_path="eager",
+                    torch_version="2", epochs=[None, None], best_checkpoint=str(RESULTS / "checkpoints/s/t1-m/best.pt"),
+                    threads=1, fast_path="eager",
                     warmup_seconds=0.5, channels_last=True)
     cols = result_columns(r)
     assert cols["memory_format"] == "channels_last" and cols["epochs_done"] == 2

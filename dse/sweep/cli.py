@@ -17,7 +17,7 @@ import sys
 import traceback
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dse.config import CONF_DIR, check, register_configs
 from dse.errors import DSEError, first_line
@@ -147,11 +147,14 @@ def sweep(cfg: DictConfig) -> int:
     try:
         refuse_config_password(cfg)
         check(cfg)
-        from dse.sweep.plan import make_plan, print_dry_run  # imports torch (seconds): not for a bad value
+        from dse.sweep.plan import make_plan  # imports torch (seconds): not for a bad value
 
         plan = make_plan(cfg, check_data=not cfg.dry_run)  # a dry run downloads nothing
         if cfg.dry_run:
-            print_dry_run(plan, cfg)
+            from dse.sweep.dryrun import print_dry_run
+            from dse.sweep.tune import CachedEstimates
+
+            print_dry_run(plan, cfg, CachedEstimates(OmegaConf.to_container(cfg, resolve=True)))
             return 0
         if plan.mode == "grid" and not plan.runnable or plan.mode == "sample" and plan.missing_data:
             raise_no_data(plan)

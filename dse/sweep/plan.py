@@ -209,36 +209,3 @@ def trial_params(t: TrialConfig, keys: list[str]) -> dict[str, Any]:
     return {k: every[k] for k in keys}
 
 
-# -- dry run ----------------------------------------------------------------------------------------------------
-def print_dry_run(plan: StudyPlan, cfg: DictConfig) -> None:
-    """The planned trials with their cheap facts, as a table on stdout; nothing is trained or stored."""
-    from dse.models import model_facts
-
-    if plan.mode == "grid":
-        rows = [(i, p.block, p.trial.model.display_name, p.trial.model.name, p.trial.optimizer["name"],
-                 p.trial.model.dropout, p.trial.data["dataset"], p.trial.seed, p.facts.params, p.facts.macs,
-                 p.facts.checkpoint_bytes, p.rejected or "ok") for i, p in enumerate(plan.trials, 1)]
-    else:
-        t = resolve_trial(plan.base, {}, int(cfg.search.seeds[0]))
-        f = model_facts(t.model)
-        rows = [(1, "base", t.model.display_name, t.model.name, t.optimizer["name"], t.model.dropout,
-                 t.data["dataset"], t.seed, f.params, f.macs, f.checkpoint_bytes, "ok")]
-    header = ("#", "block", "model", "registry name", "optimizer", "dropout", "dataset", "seed", "params",
-              "MACs", "ckpt bytes", "constraint")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    print(f"study {plan.name} ({plan.mode} mode, fingerprint {plan.fingerprint}); trainer: {cfg.trainer.epochs} "
-          f"epochs, batch {cfg.trainer.batch_size}; data: {cfg.data.dataset} "
-          f"subset={cfg.data.subset or cfg.data.subset_size or 'all'}")
-    print(fmt.format(*header))
-    for r in rows:
-        print(fmt.format(*r))
-    if plan.mode == "grid":
-        rejected = sum(1 for p in plan.trials if p.rejected)
-        print(f"{len(plan.trials)} planned trials, {len(plan.trials) - rejected} to train, {rejected} rejected "
-              "by constraints")
-    else:
-        print(f"sample mode: {cfg.search.n_trials} trials drawn by the {cfg.sampler.name} sampler from "
-              f"{len(cfg.search.params)} parameters (the row above is the base config)")
-    for line in plan.missing_data:
-        print(f"data: {line}")
