@@ -327,7 +327,10 @@ def test_near_chance_rows_marked_and_budget_atop_the_report(tmp_path, store, pap
     out = tmp_path / "out"
     res = generate(Options(db_url=store.url, out_dir=out, figures=False, formats=("md", "csv")))
     md1, md6 = (out / "tables" / "table1.md").read_text(), (out / "tables" / "table6.md").read_text()
-    assert "| 14.90 (n=1) ≈ chance [" in md1 and "| 15.10 (n=1) |" in md1
+    assert "| 14.90 ≈ chance [" in md1 and "| 15.10 |" in md1 and "n=1" not in md1  # n only when above 1
+    # the budget once, above the table; at 2 epochs no point-by-point difference to the paper's 200, but ranks
+    assert md1.count("2 ep x 1,000 img") == 1 and "Budget (every row): 2 ep x 1,000 img" in md1
+    assert "| Rank ours/paper |" in md1 and "Δ acc" not in md1 and "are not compared point by point" in md1
     assert "≈ chance [" in md6 and "**1 of 9 rows are ≈ chance**" in md1
     assert pd.read_csv(out / "tables" / "table1.csv")["near_chance"].tolist()[:2] == [True, False]
     report = (out / "report.md").read_text()
@@ -418,3 +421,15 @@ def test_figure_titles_carry_the_budget():
     assert budget_title(two).startswith("budgets: 2 ep x 15,000") and "; 200 ep x 45,000 train img (100.0 %" in \
         budget_title(two)
     assert budget_title(one.iloc[:0]) == "budget: no complete trial"
+
+
+def test_the_remedy_is_the_command_that_completes_that_study(tmp_path, store, paper):
+    """A row whose trial a study left queued needs that study's command again, not a new study of the table; at
+    the paper's budget the difference to the paper is shown, and the correlation needs three rows."""
+    add_trial(store, "squeezenet_1_0", test_acc=None, status="queued", epochs_done=0)
+    add_trial(store, "squeezenet_1_1", test_acc=70.0)
+    out = tmp_path / "out"
+    generate(Options(db_url=store.url, out_dir=out, figures=False, formats=("md",)))
+    md1 = (out / "tables" / "table1.md").read_text()
+    assert "1 of 9 rows have trials queued, running or interrupted (study tables-smoke): run the command" in md1
+    assert "| Δ acc |" in md1 and "Rank ours/paper" not in md1 and "Spearman" not in md1

@@ -129,13 +129,50 @@ def short_source(src: str) -> str:
     return ", ".join(out)
 
 
+PAPER_EPOCHS = 200  # the paper's budget: 200 epochs on the whole training set (section 3)
+
+
+def comparable(r) -> bool:
+    """Whether a row was trained at the paper's budget, so that an accuracy difference to the paper means
+    something (at 2 epochs it only says that 2 epochs are not 200)."""
+    ep, frac = _num(r.epochs), _num(r.data_fraction)
+    return ep is not None and ep >= PAPER_EPOCHS and (frac is None or frac >= 0.999)
+
+
+def ranks(t: TableResult) -> dict[int, str]:
+    """Row position -> 'ours/paper' accuracy ranks (1 = best) among the rows with a result: what compares when
+    the budgets do not."""
+    rows = t.rows.reset_index(drop=True)
+    done = rows[(rows["status"] == "ok") & rows["acc_mean"].notna() & rows["accuracy_pct"].notna()]
+    ours = done["acc_mean"].rank(ascending=False, method="min")
+    paper = done["accuracy_pct"].rank(ascending=False, method="min")
+    return {int(i): f"{int(ours[i])}/{int(paper[i])}" for i in done.index}
+
+
+def rank_correlation(t: TableResult) -> tuple[float, int] | None:
+    """(Spearman correlation of our accuracies with the paper's, rows) over the rows with a result; None under 3."""
+    done = t.rows[(t.rows["status"] == "ok") & t.rows["acc_mean"].notna() & t.rows["accuracy_pct"].notna()]
+    if len(done) < 3:
+        return None
+    # Spearman = Pearson of the ranks (ties averaged); pandas' method="spearman" would need scipy
+    rho = done["acc_mean"].astype(float).rank().corr(done["accuracy_pct"].astype(float).rank())
+    return (float(rho), len(done)) if rho == rho else None
+
+
+def shared_budget(t: TableResult) -> str | None:
+    """The budget text when every row with one has the same: said once above the table, not on each row."""
+    texts = {budget_text(r) for r in t.rows.itertuples(index=False)} - {""}
+    return next(iter(texts)) if len(texts) == 1 else None
+
+
 def _acc_cells(t: TableResult, r, ref) -> tuple[str, str]:
     """(our accuracy cell, difference to the paper); footnotes through ``ref`` (text -> number)."""
     if r.status == "ok" and _num(r.acc_mean) is None:
         return f"complete, no test accuracy recorded ({len(r.trial_ids or [])} trials)", ""
     if r.status == "ok":
         std = "" if _num(r.acc_std) is None else f" ± {r.acc_std:.2f}"
-        acc = f"{r.acc_mean:.2f}{std} (n={int(r.n)})"
+        n = int(r.n) if _num(r.n) is not None else 1
+        acc = f"{r.acc_mean:.2f}{std}" + (f" (n={n})" if n > 1 else "")
         diff = f"{r.acc_mean - r.accuracy_pct:+.2f}".replace("-0.00", "0.00").replace("+0.00", "0.00")
         if near_chance(r.acc_mean, r.dataset):
             k = ref(f"ours: ≈ chance: within {NEAR_CHANCE_POINTS:g} points of guessing "
@@ -170,15 +207,21 @@ def display_cells(t: TableResult) -> tuple[list[str], list[list[str]], list[str]
     elif t.number == 6:
         extra = [("Optimizer", lambda r: str(r.optimizer))]
     speed = "s (Bluebox2.0) paper" if t.number == 7 else f"{SPEED_UNIT} paper (RTX 2080 Ti)"
-    header = ["Model (paper)", "Ours: registry name", *[h for h, _ in extra], "Acc % paper",
-              "Acc % ours (mean ± std, n)", "Δ acc", "MB paper", "MB ours", "Params", "int8 MB", speed,
+    # a difference to the paper only where the budgets compare; otherwise where each row ranks, ours and theirs
+    at_paper_budget = all(comparable(r) for r in t.rows.itertuples(index=False) if r.status == "ok")
+    rank = {} if at_paper_budget else ranks(t)
+    header = ["Model (paper)", "Ours: registry name", *[h for h, _ in extra], "Acc % paper", "Acc % ours",
+              "Δ acc" if at_paper_budget else "Rank ours/paper", "MB paper", "MB ours", "Params", "int8 MB", speed,
               f"{SPEED_UNIT} ours (device precision)"]
     if t.number == 7:
         header += ["ONNX p50/p99 ms", "int8 p50/p99 ms"]
-    header += ["Budget", "Flags"]
+    one_budget = shared_budget(t)
+    header += ([] if one_budget else ["Budget"]) + ["Flags"]
     body = []
     for i, r in enumerate(t.rows.itertuples(index=False)):
         acc, diff = _acc_cells(t, r, ref)
+        if not at_paper_budget:
+            diff = rank.get(i, "")
         mb = _f(r.ours_mb, ".3f")
         if mb and r.ours_mb_source == "computed":
             mb += "*"
@@ -194,7 +237,7 @@ def display_cells(t: TableResult) -> tuple[list[str], list[list[str]], list[str]
         refs = [ref(f) for f in t.flags[i]]
         for n in t.notes[i]:
             refs.append(ref("ours: " + n))
-        cells += [budget_text(r), " ".join(f"[{k}]" for k in refs)]
+        cells += ([] if one_budget else [budget_text(r)]) + [" ".join(f"[{k}]" for k in refs)]
         body.append(cells)
     return header, body, notes
 
@@ -211,9 +254,10 @@ def to_markdown(t: TableResult) -> str:
     speed = (f"paper speed: seconds on Bluebox2.0 (as printed); ours: {full} and batch-1 latency (p50/p99)."
              if t.number == 7 else f"speed: {full}; the paper's on an RTX 2080 Ti.")
     lines.append("Paper numbers beside ours. Accuracy: top-1 test accuracy in percent (CIFAR-100 for "
-                 "Table 6, CIFAR-10 otherwise) at the best-validation epoch, averaged over seeds; MB = 1e6 "
-                 "bytes of the float32 checkpoint; " + speed)
+                 "Table 6, CIFAR-10 otherwise) at the best-validation epoch, mean ± std over seeds (n = seeds, "
+                 "shown when above 1); MB = 1e6 bytes of the float32 checkpoint; " + speed)
     lines.append("")
+    lines += budget_lines(t)
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for cells in body:
@@ -222,15 +266,7 @@ def to_markdown(t: TableResult) -> str:
     if (t.rows["ours_mb_source"] == "computed").any():
         lines.append("\\* computed from the architecture (``dse.models.model_facts``), no trial yet.")
         lines.append("")
-    st = t.rows["status"]
-    missing, gpu = int(((st != "ok") & (st != "gpu budget")).sum()), int((st == "gpu budget").sum())
-    if missing:
-        lines.append(f"{missing} of {len(t.rows)} rows have no complete trial; run them with `{t.command}`.")
-        lines.append("")
-    if gpu:
-        lines.append(f"{gpu} of {len(t.rows)} rows are left out of the default CPU study on purpose (too heavy "
-                     f"to learn in its budget); run them on a GPU with `{t.gpu_command}`.")
-        lines.append("")
+    lines += remedy_lines(t)
     chance = sum(1 for r in t.rows.itertuples(index=False) if r.status == "ok" and near_chance(r.acc_mean, r.dataset))
     if chance:
         lines.append(f"**{chance} of {len(t.rows)} rows are ≈ chance** (within {NEAR_CHANCE_POINTS:g} points of "
@@ -259,6 +295,44 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
 
 def tex_escape(s: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in str(s))
+
+
+def budget_lines(t: TableResult) -> list[str]:
+    """The budget once, when the rows share it; and whether the accuracies compare with the paper's."""
+    out = []
+    one = shared_budget(t)
+    if one:
+        out += [f"Budget (every row): {one}.", ""]
+    done = [r for r in t.rows.itertuples(index=False) if r.status == "ok"]
+    if done and not all(comparable(r) for r in done):
+        corr = rank_correlation(t)
+        said = (f" Spearman rank correlation of our accuracies with the paper's: {corr[0]:.2f} over {corr[1]} rows."
+                if corr else "")
+        out += [f"Trained below the paper's {PAPER_EPOCHS} epochs on all its data, so the accuracies are not "
+                "compared point by point: the rank column says where each row stands among this table's rows, "
+                f"ours/paper.{said}", ""]
+    return out
+
+
+def remedy_lines(t: TableResult) -> list[str]:
+    """What completes the table: the same command again for trials a study left queued or interrupted, the
+    table's study for rows never planned, the GPU budget's for rows the CPU study leaves out."""
+    st = t.rows["status"]
+    n = len(t.rows)
+    pending = int((st == "pending").sum())
+    missing = int(((st != "ok") & (st != "gpu budget") & (st != "pending")).sum())
+    gpu = int((st == "gpu budget").sum())
+    out = []
+    if pending:
+        studies = f" (study {', '.join(t.studies)})" if t.studies else ""
+        out += [f"{pending} of {n} rows have trials queued, running or interrupted{studies}: run the command that "
+                "started that study again; it resumes them and trains nothing twice.", ""]
+    if missing:
+        out += [f"{missing} of {n} rows have no complete trial; run them with `{t.command}`.", ""]
+    if gpu:
+        out += [f"{gpu} of {n} rows are not in the default CPU study (`experiments/cpu.yaml`); run them on a GPU "
+                f"with `{t.gpu_command}`.", ""]
+    return out
 
 
 def to_latex(t: TableResult) -> str:
