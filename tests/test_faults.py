@@ -86,8 +86,10 @@ def test_signal_to_the_main_process_stops_every_worker(tmp_path, tiny_imagefolde
     assert sorted(statuses) == ["interrupted", "interrupted", "queued", "queued", "queued"], statuses
     assert "interrupted: 2 running trials marked 'interrupted'" in err.strip().splitlines()[-1], err[-2000:]
     assert "Traceback" not in err and "died" not in err
+    # in Optuna every trial is still waiting (the two interrupted ones too, with why): nothing finished there
     trials = optuna.load_study(study_name="table4-smoke", storage=f"sqlite:///{db}").trials
-    assert trials == []  # grid trials reach Optuna when finished: nothing was
+    assert len(trials) == 5 and {t.state for t in trials} == {optuna.trial.TrialState.WAITING}
+    assert sum("interrupted" in t.user_attrs.get("waiting_because", "") for t in trials) == 2
 
 
 # -- 2. full disks -----------------------------------------------------------------------------------------------
@@ -130,7 +132,8 @@ def test_full_checkpoint_disk_fails_nothing_and_the_same_command_carries_on(tmp_
     assert last.startswith(f"error: disk full: {tiny_fs.path}/table4-smoke/") and " free there)" in last, last
     assert "Traceback" not in r.stderr and "retry" not in r.stderr
     assert {s for s, _, _ in rows(db)} == {"queued"}
-    assert optuna.load_study(study_name="table4-smoke", storage=f"sqlite:///{db}").trials == []
+    trials = optuna.load_study(study_name="table4-smoke", storage=f"sqlite:///{db}").trials
+    assert {t.state for t in trials} == {optuna.trial.TrialState.WAITING}  # queued there too; no FAIL recorded
     tiny_fs.grow("20m")
     r = run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -58,7 +58,7 @@ def test_eta_from_calibrated_estimates_corrects_itself(caplog):
 class _RunningRow(_Row):
     def __init__(self, identity: str, epochs: int, epochs_done: int) -> None:
         super().__init__(identity, st.RUNNING)
-        self.id, self.epochs, self.epochs_done = 7, epochs, epochs_done
+        self.id, self.epochs, self.epochs_done, self.optuna_trial_number = 7, epochs, epochs_done, 3
 
 
 def test_each_epoch_corrects_the_eta_and_a_host_off_its_calibration_is_said_once(caplog):

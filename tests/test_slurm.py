@@ -186,7 +186,8 @@ def _resumed_by_the_other(study: str, trial_id: int, victim: str, ts: dict) -> s
     other = next(t for i, t in ts.items() if i != victim.split("_")[1])
     assert (other["JobState"], other["ExitCode"]) == ("COMPLETED", "0:0"), ts
     out = output(other)
-    assert re.search(rf"trial t{trial_id} \(attempt 2\).*resuming after epoch 1", out), out[-3000:]
+    number = pg("select optuna_trial_number from dse_trials where id = :i", i=trial_id)[0][0]
+    assert re.search(rf"trial t{number} \(attempt 2\).*resuming after epoch 1", out), out[-3000:]
     return out
 
 
