@@ -78,18 +78,20 @@ def figure9(trials: pd.DataFrame, load_epochs: Callable[[list[int]], pd.DataFram
     picks = pick_figure9_trials(trials)
     ids = [int(p["id"]) for p in picks if p is not None]
     ep = load_epochs(ids) if ids else pd.DataFrame(columns=["trial_id"])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True, constrained_layout=True)
-    for ax, (title, _, value), pick in zip(axes, FIG9_PANELS, picks, strict=True):
+    # a panel per model that has a trial: an empty panel says nothing a subtitle cannot
+    shown = [(panel, pick) for panel, pick in zip(FIG9_PANELS, picks, strict=True) if pick is not None]
+    absent = [value if value != "shallow_sqnxt" else "any shallow_sqnxt model"
+              for (_, _, value), pick in zip(FIG9_PANELS, picks, strict=True) if pick is None]
+    fig, grid = plt.subplots(1, max(1, len(shown)), figsize=(5 * max(1, len(shown)), 4.6), sharey=True,
+                             constrained_layout=True, squeeze=False)
+    axes = grid[0]
+    if not shown:
+        axes[0].text(0.5, 0.5, "not run", ha="center", va="center", transform=axes[0].transAxes, fontsize=12,
+                     color="0.4")
+        axes[0].set_ylim(0, 100)
+    for ax, ((title, _, _), pick) in zip(axes, shown, strict=False):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        if pick is None:
-            ax.set_title(title)
-            what = value if value != "shallow_sqnxt" else "any shallow_sqnxt model"
-            ax.text(0.5, 0.5, f"not run\n({what}, CIFAR-10)", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=12, color="0.4")
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 100)
-            continue
         curve = ep[ep["trial_id"] == int(pick["id"])].sort_values("epoch")
         # markers: a short study has one or two epochs, which a line alone would not show
         ax.plot(curve["epoch"], curve["train_acc"], label="train", color="#1f77b4", lw=1.6, marker="o", ms=4)
@@ -104,8 +106,9 @@ def figure9(trials: pd.DataFrame, load_epochs: Callable[[list[int]], pd.DataFram
         ax.legend(loc="lower right", fontsize=9)
     axes[0].set_ylabel("accuracy (%)")
     chosen = pd.DataFrame([p for p in picks if p is not None])
+    missing = f"\nnot run yet: {', '.join(absent)} (CIFAR-10)" if absent else ""
     fig.suptitle("Figure 9 analogue: training and validation accuracy per epoch (CIFAR-10), "
-                 f"{budget_title(chosen)}", fontsize=11)
+                 f"{budget_title(chosen)}{missing}", fontsize=11)
     return _save(fig, path)
 
 

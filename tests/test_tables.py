@@ -433,3 +433,19 @@ def test_the_remedy_is_the_command_that_completes_that_study(tmp_path, store, pa
     md1 = (out / "tables" / "table1.md").read_text()
     assert "1 of 9 rows have trials queued, running or interrupted (study tables-smoke): run the command" in md1
     assert "| Δ acc |" in md1 and "Rank ours/paper" not in md1 and "Spearman" not in md1
+
+
+def test_figure9_leaves_out_the_panels_of_models_not_run(tmp_path, store):
+    """Only the Shallow SqueezeNext has a trial: one panel (5 in x 120 dpi wide), the absent baselines named in
+    the title, not two empty panels."""
+    import matplotlib.image
+
+    from dse.figures import figure9
+
+    tid = add_trial(store, "shallow_sqnxt_06_0_4x", test_acc=60.0, epochs=2, optuna_trial_number=0)
+    with store.session() as s:
+        for e in (1, 2):
+            s.add(EpochRow(trial_id=tid, epoch=e, train_acc=50.0 + e, val_acc=50.0 + e))
+    trials = store.trials()
+    path = figure9(trials, lambda ids: store.epochs(trial_ids=ids), tmp_path / "f9.png")
+    assert matplotlib.image.imread(path).shape[1] == 5 * 120
