@@ -33,7 +33,7 @@ test: $(STAMP)  ## run every test (unit + end-to-end on ../shared/data/cifar10-j
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 test-fast: $(STAMP)  ## unit tests only
-	$(BIN)/python -m pytest -m "not e2e and not postgres and not slurm" $(ARGS)
+	$(BIN)/python -m pytest -m "not e2e and not postgres and not slurm and not install" $(ARGS)
 
 test-e2e: $(STAMP)  ## end-to-end tests only
 	$(BIN)/python -m pytest -m e2e $(ARGS)

@@ -7,7 +7,7 @@ Per model (Shallow SqueezeNext-06-0.4x, -21-0.2x, -14-1.5x, SqueezeNext-23-1x), 
   eager     dse.train.fit, fast_path=eager, fp32;
   fast      dse.train.fit with trainer=gpu's settings: precision, memory format and fast path `auto`, decided
             by dse.autotune's probe on this GPU (the line it logs says what it measured).
-Printed: seconds per 45,000-image epoch beside the paper's (experiments/paper_tables/*.csv), images/s, the ratio
+Printed: seconds per 45,000-image epoch beside the paper's (dse/experiments/paper_tables/*.csv), images/s, the ratio
 to the authors' pipeline, warm-up seconds, and the fraction of the GPU's peak (3 x forward MACs x 2 FLOP per
 image x images/s over the peak of the precision from PEAK_TFLOPS by device name). Then 1, 4, 8 and 16 concurrent
 processes each training 06-0.4x with the fast path (gpu_memory_fraction = 1 / processes): aggregate images/s.

@@ -19,9 +19,23 @@ from pathlib import Path
 
 from dse.errors import first_line
 
-REPO = Path(__file__).resolve().parents[1]  # the checkout: relative paths of a study are taken from here
-PAPER_TABLES = REPO / "experiments" / "paper_tables"  # the paper's Tables 1-7 as CSV (table<N>_<topic>.csv)
-RESULTS = REPO / "results"  # stores, checkpoints, runs, tables, deployments: paths inside it are kept relative
+PACKAGE = Path(__file__).resolve().parent  # dse/: the code and what ships with it (conf/, experiments/)
+CONF_DIR = PACKAGE / "conf"  # the config groups Hydra composes
+EXPERIMENTS_DIR = PACKAGE / "experiments"  # one YAML per experiment (the search space of a study)
+PAPER_TABLES = EXPERIMENTS_DIR / "paper_tables"  # the paper's Tables 1-7 as CSV (table<N>_<topic>.csv)
+
+
+def _root() -> Path:
+    """Where a study's relative paths (results/, data/) are taken from: $DSE_ROOT, else the checkout when dse runs
+    from one (pip install -e .), else the current folder (a non-editable install, like Hydra's outputs/)."""
+    if os.environ.get("DSE_ROOT"):
+        return Path(os.environ["DSE_ROOT"]).expanduser().resolve()
+    checkout = PACKAGE.parent
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd().resolve()
+
+
+ROOT = _root()
+RESULTS = ROOT / "results"  # stores, checkpoints, runs, tables, deployments: paths inside it are kept relative
 
 
 def results_relative(path: str | os.PathLike) -> str:
@@ -40,7 +54,7 @@ def results_path(stored: str | os.PathLike) -> Path:
     p = Path(stored)
     if p.is_absolute():
         return p
-    return RESULTS / p if (RESULTS / p).exists() or not (REPO / p).exists() else REPO / p
+    return RESULTS / p if (RESULTS / p).exists() or not (ROOT / p).exists() else ROOT / p
 
 
 def cache_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -53,11 +67,11 @@ def git_commit() -> str | None:
     """The checkout's commit (+dirty when tracked files changed), recorded with every trial and in the report;
     None outside a git checkout."""
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", "-C", str(PACKAGE.parent), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(PACKAGE.parent), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

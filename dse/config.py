@@ -1,8 +1,8 @@
 """Typed configuration: the dataclass schemas Hydra checks every YAML and override against.
 
-The config tree is composed from the groups in ``conf/`` (model, data, optimizer, trainer, search, sampler,
-pruner, storage, budget) plus one experiment from ``experiments/`` (registered in Hydra's ConfigStore under
-the group ``experiment``, so ``python -m dse.sweep experiment=table3`` selects ``experiments/table3.yaml``).
+The config tree is composed from the groups in ``dse/conf/`` (model, data, optimizer, trainer, search, sampler,
+pruner, storage, budget) plus one experiment from ``dse/experiments/`` (registered in Hydra's ConfigStore under
+the group ``experiment``, so ``python -m dse.sweep experiment=table3`` selects ``dse/experiments/table3.yaml``).
 An unknown key or a value of the wrong type is refused by OmegaConf before anything runs; ``check`` then refuses
 values of the right type but outside what is allowed (one line naming the value and the allowed ones).
 """
@@ -19,18 +19,21 @@ from typing import Any, get_args, get_origin, get_type_hints
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from dse.common import REPO
+from dse.common import CONF_DIR as PACKAGED_CONF
+from dse.common import EXPERIMENTS_DIR as PACKAGED_EXPERIMENTS
+from dse.common import ROOT
 from dse.errors import ConfigError, first_line
 from dse.spec import DataConfig, OptimConfig, TrainConfig
 
-CONF_DIR = Path(os.environ.get("DSE_CONF_DIR", REPO / "conf"))
-EXPERIMENTS_DIR = Path(os.environ.get("DSE_EXPERIMENTS_DIR", REPO / "experiments"))
+CONF_DIR = Path(os.environ.get("DSE_CONF_DIR", PACKAGED_CONF))
+EXPERIMENTS_DIR = Path(os.environ.get("DSE_EXPERIMENTS_DIR", PACKAGED_EXPERIMENTS))
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,119}")  # becomes a folder name: no separators, no ".."
 
 
 def repo_path(path: str = "") -> str:
-    """``${dse.repo:results/runs}``: a path under the repository root (run folders do not follow the cwd)."""
-    return str(REPO / path)
+    """``${dse.repo:results/runs}``: a path under the root (``dse.common.ROOT``: run folders do not follow the cwd
+    of a checkout)."""
+    return str(ROOT / path)
 
 
 if not OmegaConf.has_resolver("dse.repo"):

@@ -1,6 +1,6 @@
 """The optimizers a trial can name: one entry each, read by the config check, the training core and the fast path.
 
-Adding an optimizer is one entry in ``TABLE`` (and a ``conf/optimizer/<name>.yaml`` to make it a config choice):
+Adding an optimizer is one entry in ``TABLE`` (and a ``dse/conf/optimizer/<name>.yaml`` to make it a config choice):
 ``tests/test_train.py`` and ``tests/test_fastpath.py`` iterate over the table, so a new entry is built, stepped
 and checked against the CUDA graph's rules without a test of its own.
 """

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dse.common import REPO
+from dse.common import PACKAGE, ROOT
 from dse.errors import first_line
 
 JOB_TIMEOUT_S = 600  # one probe of the largest paper model on a slow CPU takes well under this
@@ -82,7 +82,7 @@ class ProbePool:
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONPATH": _pythonpath()}
         cmd = [sys.executable, "-m", "dse.probe", "--serve", "--threads", str(self.threads)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True, bufsize=1, env=env, cwd=str(REPO))
+                                text=True, bufsize=1, env=env, cwd=str(ROOT))
         return _Server(proc)
 
     def run(self, jobs: Iterable[Job] | Callable[[], Job | None],
@@ -176,7 +176,7 @@ class ProbePool:
 def _pythonpath() -> str:
     """This source tree first, so the servers import the same dse as the caller (editable or not)."""
     rest = os.environ.get("PYTHONPATH", "")
-    return str(REPO) + (os.pathsep + rest if rest else "")
+    return str(PACKAGE.parent) + (os.pathsep + rest if rest else "")
 
 
 def serve(threads: int) -> None:

@@ -103,10 +103,10 @@ class TrialConfig:
         trainer = dict(self.trainer)
         board = trainer.pop("tensorboard_dir", None)  # a root: each trial writes into its own run folder
         if board:  # a relative root is the repository's, like every other path of a study
-            from dse.common import REPO
+            from dse.common import ROOT
 
             root = Path(board).expanduser()
-            board = str((root if root.is_absolute() else REPO / root) / (run or self.identity[:16]))
+            board = str((root if root.is_absolute() else ROOT / root) / (run or self.identity[:16]))
         return TrainConfig(**trainer, seed=self.seed, checkpoint_dir=checkpoint_dir, tensorboard_dir=board)
 
 

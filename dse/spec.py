@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dse import optimizers
-from dse.common import REPO, cache_root
+from dse.common import ROOT, cache_root
 from dse.errors import ConfigError
 
 DATASETS = ("cifar10", "cifar100", "imagefolder")
@@ -248,7 +248,7 @@ class DataConfig:
 
     def resolved_root(self) -> Path:
         """The data folder: `root`, else env DSE_DATA_DIR, else <repo>/data."""
-        return Path(self.root or os.environ.get("DSE_DATA_DIR") or REPO / "data").expanduser()
+        return Path(self.root or os.environ.get("DSE_DATA_DIR") or ROOT / "data").expanduser()
 
     def resolved_cache_dir(self) -> Path:
         """The cache folder: `cache_dir`, else env DSE_CACHE_DIR, else ~/.cache/dse."""

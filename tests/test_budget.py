@@ -55,7 +55,7 @@ def stated_command(experiment: str) -> list[str]:
     """The `python -m dse.sweep ...` overrides an experiment file's header comment tells the user to run."""
     text = (EXPERIMENTS_DIR / f"{experiment}.yaml").read_text()
     commands = re.findall(r"^#\s+python -m dse\.sweep (.+)$", text, re.M)
-    assert commands, f"experiments/{experiment}.yaml states no `python -m dse.sweep` command"
+    assert commands, f"dse/experiments/{experiment}.yaml states no `python -m dse.sweep` command"
     return shlex.split(commands[0])
 
 

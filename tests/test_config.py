@@ -243,7 +243,7 @@ def test_the_command_line_loads_only_the_experiments_it_names():
     from dse.config import check, register_configs, wanted_experiments
     from dse.errors import ConfigError
 
-    assert wanted_experiments([]) == {"cpu"}  # conf/config.yaml's default
+    assert wanted_experiments([]) == {"cpu"}  # dse/conf/config.yaml's default
     assert wanted_experiments(["experiment=table3,table4", "budget=smoke"]) == {"table3", "table4"}
     assert wanted_experiments(["+experiment=dse"]) == {"dse"}
     assert wanted_experiments(["experiment=glob(table*)"]) is None  # only Hydra can expand it: load every one

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import write_cifar10, write_jpeg_tree
 
 from dse import data as D
-from dse.common import REPO
+from dse.common import ROOT
 from dse.data import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -270,7 +270,7 @@ def test_root_and_cache_resolution(monkeypatch, tmp_path: Path) -> None:
     assert DataConfig().resolved_cache_dir() == tmp_path / "c"
     assert DataConfig(root="/x", cache_dir="/y").resolved_root() == Path("/x")
     monkeypatch.delenv("DSE_DATA_DIR")
-    assert DataConfig().resolved_root() == REPO / "data"
+    assert DataConfig().resolved_root() == ROOT / "data"
 
 
 # ------------------------------------------------------------------------------------------------ augmentation

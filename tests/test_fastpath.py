@@ -255,12 +255,12 @@ def test_trainer_keys_reach_fit_without_changing_trial_identity() -> None:
     assert fast.identity == plain.identity  # speed and logging knobs: the same trial
     train = fast.train_config("ckpt")
     assert (train.fast_path, train.gpu_memory_fraction) == ("graph", 0.25)
-    from dse.common import REPO
+    from dse.common import ROOT
 
-    assert train.tensorboard_dir == str(REPO / "results/tb" / fast.identity[:16])  # relative: the repository's
+    assert train.tensorboard_dir == str(ROOT / "results/tb" / fast.identity[:16])  # relative: the repository's
     assert plain.train_config(None).tensorboard_dir is None
     named = fast.train_config("ckpt", run="table4-smoke/t3-shallow_sqnxt_06_0_2x")  # the sweep's: study/trial
-    assert named.tensorboard_dir == str(REPO / "results/tb/table4-smoke/t3-shallow_sqnxt_06_0_2x")
+    assert named.tensorboard_dir == str(ROOT / "results/tb/table4-smoke/t3-shallow_sqnxt_06_0_2x")
 
 
 def test_logger_group_turns_tensorboard_on() -> None:

@@ -299,7 +299,7 @@ def _from_command_line(tmp: Path) -> list[str]:
 def _from_a_config_file(tmp: Path) -> list[str]:
     conf = tmp / "conf" / "storage"
     conf.mkdir(parents=True)
-    text = (REPO / "conf" / "storage" / "postgres.yaml").read_text().replace("url: null", f"url: {LEAKY}")
+    text = (REPO / "dse" / "conf" / "storage" / "postgres.yaml").read_text().replace("url: null", f"url: {LEAKY}")
     (conf / "leaky.yaml").write_text(text)
     return ["--config-dir", str(tmp / "conf"), "storage=leaky"]
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from dse.common import REPO
+from dse.common import ROOT as REPO
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")

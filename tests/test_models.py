@@ -28,7 +28,7 @@ from dse.models.__main__ import main as cli_main
 from dse.models.registry import normalize_paper_name
 
 # the CSVs shipped with the repository, and the paper's own folder in ../shared beside the repository
-TABLE_DIRS = [Path(__file__).parents[1] / "experiments" / "paper_tables",
+TABLE_DIRS = [Path(__file__).parents[1] / "dse" / "experiments" / "paper_tables",
               Path(__file__).resolve().parents[2] / "shared" / "paper" / "tables"]
 
 

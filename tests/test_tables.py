@@ -140,7 +140,7 @@ def test_failed_and_pending_rows(store, paper):
 
 def test_not_run_rows_show_the_exact_command_and_computed_size(tmp_path, store, paper):
     res = generate(Options(db_url=store.url, out_dir=tmp_path / "out", figures=False))
-    gpu = "python -m dse.sweep experiment=cpu_gpu budget=paper trainer=gpu"  # the rows experiments/cpu_gpu.yaml plans
+    gpu = "python -m dse.sweep experiment=cpu_gpu budget=paper trainer=gpu"  # dse/experiments/cpu_gpu.yaml's rows
     for n, tab in res.tables.items():
         assert set(tab.rows["status"]) <= {"not run", "gpu budget"}
         md = (tmp_path / "out" / "tables" / f"table{n}.md").read_text()
@@ -252,7 +252,7 @@ def test_formats_figures_and_report_written(tmp_path, store):
     csv = pd.read_csv(out / "tables" / "table1.csv")
     assert csv.loc[0, "acc_mean_pct"] == 79.0 and csv.loc[0, "paper_acc_pct"] == 79.59
     assert csv.loc[0, "acc_diff_pct"] == pytest.approx(79.0 - 79.59)
-    # Table 1's baselines are GPU-budget rows (experiments/cpu_gpu.yaml): their command is that study's
+    # Table 1's baselines are GPU-budget rows (dse/experiments/cpu_gpu.yaml): their command is that study's
     assert csv.loc[1, "run_command"] == "python -m dse.sweep experiment=cpu_gpu budget=paper trainer=gpu"
     assert r"\begin{tabular}" in (out / "tables" / "table1.tex").read_text()
     for name in ("figure9.png", "tradeoff.png"):

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dse.common import REPO
+from dse.common import PACKAGE
 
 FORMATS = ("torch", "torchscript", "onnx", "onnx_int8")
 DEFAULT_WARMUP = 50  # untimed runs before timing (lazy init, caches, TorchScript profiling executor)
@@ -110,7 +110,7 @@ def measure(fmt: str, path: str | os.PathLike, images: Any, *, warmup: int = DEF
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(int(threads))
-    pkg_root = str(REPO)  # the folder holding dse/ (an uninstalled checkout)
+    pkg_root = str(PACKAGE.parent)  # the folder holding dse/: the child imports the same dse
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory() as d:
         inputs = Path(d) / "inputs.npy"

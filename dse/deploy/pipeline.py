@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dse.common import RESULTS
 from dse.deploy import DeployError
 from dse.deploy.chance import refuse_near_chance
 from dse.deploy.inputs import load_checkpoint, pick_test_images, resolve_checkpoint
@@ -22,7 +23,7 @@ from dse.deploy.select import Candidate
 
 log = logging.getLogger("dse.deploy")
 
-DEFAULT_OUT = Path("results") / "deploy"
+DEFAULT_OUT = RESULTS / "deploy"
 
 
 def _export_and_score(model, cand: Candidate, bundle, opts: Options, test_x, test_y, steps: Steps):

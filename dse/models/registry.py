@@ -314,7 +314,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 @dataclass(frozen=True)
 class PaperRow:
-    """One row of the paper's Tables 1-7 (as in its CSVs, shipped in experiments/paper_tables/), with its size in
+    """One row of the paper's Tables 1-7 (as in its CSVs, shipped in dse/experiments/paper_tables/), with its size in
     MB."""
 
     table: str
@@ -440,7 +440,7 @@ def _read_paper_rows(folder: Path = PAPER_TABLES) -> tuple[PaperRow, ...]:
     files = sorted(folder.glob("table[1-7]_*.csv"))
     if not files:
         raise FileNotFoundError(f"no paper tables (table1_*.csv ... table7_*.csv) in {folder}; dse runs from its "
-                                "checkout (pip install -e .), where experiments/paper_tables holds them")
+                                "install; reinstall dse (pip install .), whose dse/experiments/paper_tables holds them")
     rows = []
     for f in files:
         with f.open(newline="") as fh:
@@ -454,7 +454,7 @@ def _read_paper_rows(folder: Path = PAPER_TABLES) -> tuple[PaperRow, ...]:
     return tuple(rows)
 
 
-#: Every row of the paper's Tables 1-7, in order, read from ``experiments/paper_tables`` (``PaperRow.spec`` is its
+#: Every row of the paper's Tables 1-7, in order, read from ``dse/experiments/paper_tables`` (``PaperRow.spec`` is its
 #: ModelSpec, 10 classes; Table 6 rows are CIFAR-100 in the paper but keep num_classes=10 here: pass num_classes
 #: to ``paper_spec`` instead).
 PAPER_ROWS: tuple[PaperRow, ...] = _read_paper_rows()

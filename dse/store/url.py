@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from dse.common import REPO
+from dse.common import ROOT
 from dse.store.schema import StoreError
 
 DEFAULT_URL = "sqlite:///results/dse.db"
@@ -63,7 +63,7 @@ def resolve_url(url: str | None = None, *, url_env: str = "DSE_STORAGE_URL", pas
         raise StoreError(f"storage backend {backend} was asked for but the URL {redact(raw)} is {name}; "
                          f"set storage.url or ${url_env} to a {backend} URL")
     if name == "sqlite" and parsed.database and parsed.database != ":memory:" and not os.path.isabs(parsed.database):
-        parsed = parsed.set(database=str(REPO / parsed.database))
+        parsed = parsed.set(database=str(ROOT / parsed.database))
     if parsed.password is None and name != "sqlite":
         password = os.environ.get(password_env)
         if password is None and password_file:
@@ -87,7 +87,7 @@ def sqlite_file(url: str) -> str | None:
     return db if parsed.get_backend_name() == "sqlite" and db and db != ":memory:" else None
 
 
-DEFAULT_DIR = REPO / "results"  # the default store's folder: the only one a command creates by itself
+DEFAULT_DIR = ROOT / "results"  # the default store's folder: the only one a command creates by itself
 
 
 def check_sqlite_file(url: str, *, create: bool) -> None:

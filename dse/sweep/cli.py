@@ -1,7 +1,7 @@
 """``python -m dse.sweep``: the Hydra application.
 
 Hydra parses the command line (overrides, ``-m``, ``--cfg``, ``--info``, ``-h``, shell completion), composes
-``conf/config.yaml`` with the dataclass schema and the experiments registered in the ConfigStore, makes the
+``dse/conf/config.yaml`` with the dataclass schema and the experiments registered in the ConfigStore, makes the
 run folder (``results/runs/<date_time>`` with ``.hydra/config.yaml`` and ``sweep.log``) and calls ``sweep``
 once per job. Errors are one line on stderr (tracebacks with ``verbose=true``); the exit code says how the
 run went: 0 done, 1 some trial failed, 2 could not run (configuration, data, device, disk, store), 130

@@ -9,7 +9,7 @@ worst exit code of its jobs, as a local ``-m`` does (0 done, 1 a trial failed, 2
 each job writes its code into its run folder (``<sweep dir>/<job number>/exit_code``) on its node, and the
 submitting host reads them once all have ended.
 
-A Hydra callback (registered in ``conf/config.yaml``; it does nothing for other launchers). Hydra turns a
+A Hydra callback (registered in ``dse/conf/config.yaml``; it does nothing for other launchers). Hydra turns a
 callback's exceptions into warnings and carries on, so the callback prints its line itself and stops the command
 with SystemExit, which Hydra lets through.
 """

@@ -57,7 +57,7 @@ def _counts(worker: Any) -> tuple[int, int]:
 
 
 def setup_logging(verbose: bool) -> None:
-    """Hydra configured the handlers (conf/hydra/job_logging); here: the levels, and Optuna's logs go through
+    """Hydra configured the handlers (dse/conf/hydra/job_logging); here: the levels, and Optuna's logs go through
     ours once (its own handler off, warnings only)."""
     import optuna
 

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dse import store as st
-from dse.common import REPO, git_commit
+from dse.common import ROOT, git_commit
 from dse.errors import EnvironmentFault
 from dse.faults import reason_is_disk_full
 from dse.sweep.plan import StudyPlan, row_fields
@@ -126,7 +126,7 @@ class Worker:
 
     def checkpoint_root(self) -> Path:
         root = Path(self.cfg.study.checkpoint_dir).expanduser()
-        return (root if root.is_absolute() else REPO / root) / self.plan.name
+        return (root if root.is_absolute() else ROOT / root) / self.plan.name
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> RunResult:

@@ -1,7 +1,7 @@
 """The paper's Tables 1-7 again, from the results store: the paper's numbers beside ours, with flags.
 
 ``python -m dse.tables`` (``make tables``) reads ``dse_trials`` / ``dse_deployments`` (never Optuna's
-tables), matches every row of ``experiments/paper_tables/table{1..7}_*.csv`` to trials (``dse.tables.match``),
+tables), matches every row of ``dse/experiments/paper_tables/table{1..7}_*.csv`` to trials (``dse.tables.match``),
 flags the paper's own inconsistencies (``dse.tables.paper``) and writes ``<out>/tables/tableN.{md,csv,tex}``,
 ``<out>/figures/*.png`` (``dse.figures``) and ``<out>/report.md`` (``dse.tables.report``).
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dse.common import RESULTS
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -38,12 +40,12 @@ def _parser() -> argparse.ArgumentParser:
                          f"now {default_db_url()})")
     ap.add_argument("--study", action="append", metavar="NAME",
                     help="only trials of this study (repeatable); default: every study")
-    ap.add_argument("--out", default="results", metavar="DIR",
+    ap.add_argument("--out", default=str(RESULTS), metavar="DIR",
                     help="output root: DIR/tables/tableN.*, DIR/figures/*.png, DIR/report.md "
-                         "(default results)")
+                         "(default results/ beside the default store)")
     ap.add_argument("--format", default="md", metavar="md,csv,tex", help="table formats, comma-separated")
     ap.add_argument("--paper-dir", default=None, metavar="DIR",
-                    help="the paper's table CSVs (default experiments/paper_tables)")
+                    help="the paper's table CSVs (default dse/experiments/paper_tables)")
     ap.add_argument("--no-figures", action="store_true", help="tables and report only")
     ap.add_argument("--epochs-csv", metavar="PATH", type=Path,
                     help="also write every epoch of the selected studies to PATH (CSV: study, Optuna trial "

@@ -2,12 +2,13 @@
 
 Read from the configs as data, never from a list of row names here:
 
-- the GPU experiment ``experiments/cpu_gpu.yaml`` (the rows the CPU default does not train): the points of its
+- the GPU experiment ``dse/experiments/cpu_gpu.yaml`` (the rows the CPU default does not train): the points of its
   search blocks (``model.name``, ``model.dropout``, ``optimizer.name``, ``data.dataset``); a paper row of any table
   with the same model, dropout, optimizer and dataset (the same training config: Table 3 repeats rows of Tables 1
   and 2) is a GPU row, run by ``python -m dse.sweep experiment=cpu_gpu budget=paper trainer=gpu``;
-- a list under a ``gpu_only_models`` key anywhere in ``experiments/*.yaml`` or ``conf/budget/*.yaml``: every row of
-  such a model is a GPU row, run per table by ``python -m dse.sweep experiment=tableN budget=paper trainer=gpu``.
+- a list under a ``gpu_only_models`` key anywhere in ``dse/experiments/*.yaml`` or ``dse/conf/budget/*.yaml``:
+  every row of such a model is a GPU row, run per table by
+  ``python -m dse.sweep experiment=tableN budget=paper trainer=gpu``.
 
 Neither present (an older checkout, a custom config) means no row is marked: the rows nobody ran read "not run".
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dse.common import REPO
+from dse.common import PACKAGE
 
 #: The experiment holding the rows that only a GPU budget trains.
 GPU_EXPERIMENT = "cpu_gpu"
@@ -77,7 +78,7 @@ def _find_key(node, key: str) -> list[str]:
     return []
 
 
-def gpu_rows(root: Path = REPO) -> GpuRows:
+def gpu_rows(root: Path = PACKAGE) -> GpuRows:
     """The GPU rows the configs under ``root`` declare (see the module docstring)."""
     models: set[str] = set()
     for path in sorted([*root.glob("experiments/*.yaml"), *root.glob("conf/budget/*.yaml")]):

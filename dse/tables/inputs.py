@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dse.common import RESULTS
 from dse.store import DEFAULT_URL, EpochRow, Store
 
 
@@ -15,10 +16,10 @@ class Options:
     """What ``generate`` reads and writes. ``out_dir`` gets tables/, figures/ and report.md."""
 
     db_url: str = DEFAULT_URL
-    out_dir: Path = Path("results")
+    out_dir: Path = RESULTS  # results/ of dse.common.ROOT, where the store is
     formats: tuple[str, ...] = ("md",)
     studies: tuple[str, ...] | None = None  # None: every study in the store
-    paper_dir: Path | None = None  # None: experiments/paper_tables next to the package
+    paper_dir: Path | None = None  # None: dse/experiments/paper_tables next to the package
     figures: bool = True
 
 

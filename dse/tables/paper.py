@@ -1,6 +1,6 @@
 """The paper's Tables 1-7 as data, and the rules that flag their own inconsistencies.
 
-The numbers come from ``experiments/paper_tables/table{1..7}_*.csv`` (transcribed from Duggal & El-Sharkawy
+The numbers come from ``dse/experiments/paper_tables/table{1..7}_*.csv`` (transcribed from Duggal & El-Sharkawy
 2020, section 4). Each row gets its registry name through ``dse.models.paper_spec`` (the join key with
 ``dse_trials.model_name``). The flags are computed by rules over those numbers and our model sizes, never by
 row number, so a corrected or extended CSV is flagged afresh.
@@ -66,7 +66,7 @@ def load_paper_tables(paper_dir: Path | str | None = None) -> pd.DataFrame:
     files = sorted(d.glob("table*_*.csv"), key=_table_number) if d.is_dir() else []
     if not files:
         raise ConfigError(f"no paper tables (table<N>_*.csv) in {d}; pass --paper-dir pointing at "
-                          "experiments/paper_tables")
+                          "dse/experiments/paper_tables")
     frames = []
     for f in files:
         df = pd.read_csv(f, dtype={"resolution": "string", "optimizer": "string"})

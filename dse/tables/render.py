@@ -330,7 +330,7 @@ def remedy_lines(t: TableResult) -> list[str]:
     if missing:
         out += [f"{missing} of {n} rows have no complete trial; run them with `{t.command}`.", ""]
     if gpu:
-        out += [f"{gpu} of {n} rows are not in the default CPU study (`experiments/cpu.yaml`); run them on a GPU "
+        out += [f"{gpu} of {n} rows are not in the default CPU study (`dse/experiments/cpu.yaml`); run them on a GPU "
                 f"with `{t.gpu_command}`.", ""]
     return out
 

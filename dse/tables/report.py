@@ -122,7 +122,7 @@ def _figures_section(out_dir: Path, figures: list[Path]) -> list[str]:
 def _provenance_section(data: StoreData) -> list[str]:
     """The "Provenance" section: trials by study and status, where they ran, and what the paper's numbers mean."""
     lines = ["## Provenance", "", *(["No trials recorded.", ""] if data.trials.empty else _provenance_facts(data))]
-    return lines + ["Paper numbers: `experiments/paper_tables/` (transcribed from the paper's section 4). "
+    return lines + ["Paper numbers: `dse/experiments/paper_tables/` (transcribed from the paper's section 4). "
                     "Model size = bytes of the saved float32 checkpoint / 1e6; model speed = training seconds per "
                     "full 50,000-image epoch (the paper's: RTX 2080 Ti; Table 7's: Bluebox2.0). Timings compare "
                     "like for like only within one device and precision.", ""]
