@@ -8,7 +8,9 @@
   seconds per full 50,000-image training epoch (log x, ours from the measured images per second), coloured by
   arch, with the paper's reported points overlaid and labelled. The Pareto front is the project's one definition
   (``dse.common.pareto_front``: validation accuracy up, checkpoint size down), the same trials that
-  ``dse.deploy --pareto`` picks: drawn as a line on the size panel and ringed on the other two.
+  ``dse.deploy --pareto`` picks: ringed on every panel and labelled by their one name (``t12 SSqNxt-10-0.325x``)
+  on the size panel, where the front itself is drawn on the axes it is computed on (a dashed step line at the
+  trials' validation accuracy, each joined to its test-accuracy dot).
 
 Both titles carry the budget the trials ran at (epochs, training and test images): a two-epoch study must not
 read as the paper's 200.
@@ -30,7 +32,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 from dse.common import atomic_write, pareto_front  # noqa: E402
-from dse.models.registry import ARCHITECTURES  # noqa: E402
+from dse.models.registry import ARCHITECTURES, display_name_of  # noqa: E402
+from dse.store import trial_name  # noqa: E402
 from dse.tables.match import FULL_EPOCH_IMAGES, trial_ref  # noqa: E402
 from dse.tables.render import pct  # noqa: E402
 
@@ -189,16 +192,19 @@ def ours_points(trials: pd.DataFrame) -> pd.DataFrame:
     done = _complete_c10(trials)
     done = done.dropna(subset=["test_acc"]) if len(done) else done
     if done.empty:
-        return done.assign(ckpt_mb=[], macs_m=[], sec_full=[], on_front=[])
+        return done.assign(ckpt_mb=[], macs_m=[], sec_full=[], on_front=[], display=[])
     done = done.assign(ckpt_mb=done["checkpoint_bytes"].astype(float) / MB, macs_m=done["macs"].astype(float) / 1e6,
                        sec_full=done["sec_per_epoch"].astype(float) * FULL_EPOCH_IMAGES
                        / done["train_images"].astype(float))
     front = pareto_front(done["best_val_acc"].astype(float).tolist(), done["checkpoint_bytes"].astype(float).tolist())
-    return done.assign(on_front=np.isin(np.arange(len(done)), front))
+    return done.assign(on_front=np.isin(np.arange(len(done)), front),
+                       display=[display_name_of(m) for m in done["model_name"]])
 
 
-def _draw_ours(ax: plt.Axes, done: pd.DataFrame, col: str) -> None:
-    """Our trials on one panel, coloured by arch; the Pareto-front trials ringed (joined on the size panel)."""
+def _draw_ours(ax: plt.Axes, done: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Our trials on one panel, coloured by arch, the Pareto-front trials ringed. On the size panel the front is
+    also drawn where it is computed: a step line at the trials' validation accuracy, each joined by a thin line to
+    its test accuracy (the dot). Returns the front's trials (to label)."""
     sub = done.dropna(subset=[col])
     sub = sub[sub[col] > 0]
     for arch, grp in sub.groupby("arch", sort=True):
@@ -206,12 +212,16 @@ def _draw_ours(ax: plt.Axes, done: pd.DataFrame, col: str) -> None:
                    label=f"ours: {ARCH_LABELS.get(arch, arch)}", rasterized=True)
     front = sub[sub["on_front"]].sort_values(col)
     if front.empty:
-        return
-    label = "ours: Pareto front (validation accuracy up, size down)"
+        return front
+    ax.scatter(front[col], front["test_acc"], s=36, facecolors="none", edgecolors="black", lw=1.0,
+               label="ours: Pareto-front trials (test accuracy)" if col == "ckpt_mb" else None)
     if col == "ckpt_mb":
-        ax.plot(front[col], front["test_acc"], color="black", lw=1.1, marker="o", ms=6, mfc="none", label=label)
-    else:
-        ax.scatter(front[col], front["test_acc"], s=36, facecolors="none", edgecolors="black", lw=1.0)
+        val = front["best_val_acc"].astype(float)
+        ax.step(front[col], val, where="post", color="black", lw=1.0, ls="--",
+                label="ours: Pareto front, at its validation accuracy (where it is computed)")
+        ax.vlines(front[col], np.minimum(val, front["test_acc"]), np.maximum(val, front["test_acc"]),
+                  colors="0.4", lw=0.5)
+    return front
 
 
 def tradeoff(trials: pd.DataFrame, paper_points: pd.DataFrame, path: Path) -> Path:
@@ -243,7 +253,11 @@ def tradeoff(trials: pd.DataFrame, paper_points: pd.DataFrame, path: Path) -> Pa
         ax.margins(x=0.1, y=0.05)  # room for the labels of the outermost points
         ax.grid(alpha=0.3, which="both", lw=0.4)
         if len(done):
-            _draw_ours(ax, done, ours_col)
+            front = _draw_ours(ax, done, ours_col)
+            if ours_col == "ckpt_mb" and len(front):  # our labelled points: the front's, by their one name
+                to_label.append((ax, front[ours_col].to_numpy(float), front["test_acc"].to_numpy(float),
+                                 [f"{trial_name(n, i)} {short_label(d)}" for n, i, d in
+                                  zip(front["optuna_trial_number"], front["id"], front["display"], strict=True)]))
         # Table 7's speed is on Bluebox2.0, not training s/epoch on the RTX 2080 Ti: left off that panel
         pts = pp if paper_col != "sec_per_epoch" or not len(pp) else pp[pp["table"] != 7]
         if len(pts):
@@ -262,9 +276,12 @@ def tradeoff(trials: pd.DataFrame, paper_points: pd.DataFrame, path: Path) -> Pa
     for ax in axes:
         ax.set_xlim(ax.get_xlim())
     axes[0].set_ylim(axes[0].get_ylim())
-    for args in to_label:
-        _place_labels(*args)
-    axes[0].set_ylabel("top-1 test accuracy (%), CIFAR-10")
+    for ax in axes:  # one placement per panel: our labels and the paper's avoid each other
+        mine = [t for t in to_label if t[0] is ax]
+        if mine:
+            _place_labels(ax, np.concatenate([t[1] for t in mine]), np.concatenate([t[2] for t in mine]),
+                          [label for t in mine for label in t[3]])
+    axes[0].set_ylabel("top-1 test accuracy (%), CIFAR-10 (dashed: validation accuracy of the front)")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 7), fontsize=8,

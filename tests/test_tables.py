@@ -449,3 +449,59 @@ def test_figure9_leaves_out_the_panels_of_models_not_run(tmp_path, store):
     trials = store.trials()
     path = figure9(trials, lambda ids: store.epochs(trial_ids=ids), tmp_path / "f9.png")
     assert matplotlib.image.imread(path).shape[1] == 5 * 120
+
+
+def test_a_sampled_study_gets_its_own_table_of_trials_and_pareto_set(tmp_path, store, paper):
+    """Trials that match no paper row (a sampled search) are listed in their study's table, every status, with the
+    Pareto set that dse.deploy --pareto ships; a paper study gets no such table."""
+    from dse.deploy import select as sel
+
+    add_trial(store, "shallow_sqnxt_06_0_2x", test_acc=70.0, study="table3-smoke")  # a paper row: no study table
+    sampled = dict(study="dse-quick", epochs=2, epochs_done=2, train_images=5_000, test_images=1_000,
+                   checkpoint_path="dse-quick/t0/best.pt")
+    ids = {}
+    for n, (model, val, size) in enumerate([("shallow_sqnxt_10_0_325x", 60.0, 150_000),
+                                            ("shallow_sqnxt_14_1_05x", 72.0, 900_000),
+                                            ("shallow_sqnxt_10_0_45x", 58.0, 300_000)]):  # dominated by the first
+        ids[model] = add_trial(store, model, test_acc=val - 1, best_val_acc=val, checkpoint_bytes=size,
+                               optuna_trial_number=n, **sampled)
+    add_trial(store, "shallow_sqnxt_12_0_8x", test_acc=None, status="queued", optuna_trial_number=3, **sampled)
+    add_trial(store, "shallow_sqnxt_12_0_6x", test_acc=None, status="failed", fail_reason="out of memory",
+              optuna_trial_number=4, **sampled)
+    out = tmp_path / "out"
+    res = generate(Options(db_url=store.url, out_dir=out, formats=("md", "csv", "tex"), figures=False))
+    assert list(res.studies) == ["dse-quick"]
+    frame = pd.read_csv(out / "tables" / "study_dse-quick.csv")
+    assert list(frame["trial"]) == ["t1", "t0", "t2", "t3", "t4"]  # best validation first, then the unfinished
+    assert list(frame["status"]) == ["complete"] * 3 + ["queued", "failed"]
+    assert sorted(frame.loc[frame["pareto"], "trial"]) == ["t0", "t1"]
+    data = read_store(store.url, ("dse-quick",))
+    shipped = sorted(c.trial_id for c in sel.pareto_front(sel.candidates(data.trials)))
+    assert shipped == sorted([ids["shallow_sqnxt_10_0_325x"], ids["shallow_sqnxt_14_1_05x"]])
+    md = (out / "tables" / "study_dse-quick.md").read_text()
+    assert md.count("2 epochs, 5,000 training and 1,000 test images") == 1  # the budget once, not per row
+    assert "Shallow SqueezeNext-10-0.325x" in md and "failed: out of memory" in md and md.count("★") == 2
+    assert r"\begin{tabular}" in (out / "tables" / "study_dse-quick.tex").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Studies outside the paper's tables" in report and "| dse-quick | 5 | 3 | t1, t0 |" in report
+
+
+def test_the_front_is_drawn_at_the_validation_accuracy_it_is_computed_on():
+    """On the size panel the dashed front runs through the front trials' validation accuracies (not their test
+    accuracies, which the dots show), and each front trial carries its one name for its label."""
+    import matplotlib.pyplot as plt
+
+    from dse.figures import _draw_ours, ours_points
+
+    rows = [(0, 80.0, 85.0, 100_000), (1, 85.0, 80.0, 200_000), (2, 70.0, 90.0, 150_000)]
+    trials = pd.DataFrame([dict(id=10 + i, study="s", optuna_trial_number=i, status="complete", dataset="cifar10",
+                                model_name="shallow_sqnxt_10_0_325x", arch="shallow_sqnxt", best_val_acc=v,
+                                test_acc=t, checkpoint_bytes=b, macs=1e6, sec_per_epoch=1.0, train_images=1000,
+                                device="cpu", precision="fp32", epochs=2, data_fraction=0.02, test_images=1000)
+                           for i, v, t, b in rows])
+    fig, ax = plt.subplots()
+    front = _draw_ours(ax, ours_points(trials), "ckpt_mb")
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and list(dashed[0].get_ydata()) == [80.0, 85.0]  # validation, smallest first
+    assert list(front["display"]) == ["Shallow SqueezeNext-10-0.325x"] * 2 and list(front["id"]) == [10, 11]
+    plt.close(fig)

@@ -291,6 +291,15 @@ def spec_from_name(
     return ModelSpec(arch, depths, width, **kw)
 
 
+def display_name_of(name: str) -> str:
+    """The paper-style name of a registry name ("shallow_sqnxt_10_0_325x" -> "Shallow SqueezeNext-10-0.325x"); a
+    name this version cannot parse (an older store's) is returned as it is."""
+    try:
+        return spec_from_name(name).display_name
+    except InvalidModelConfig:
+        return str(name)
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     """Instantiate the ``nn.Module`` a spec describes (weights freshly initialised, train mode, CPU)."""
     if not isinstance(spec, ModelSpec):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from typing import Any
 
 from sqlalchemy import (
@@ -51,7 +52,7 @@ def trial_name(optuna_number: int | None, store_id: int | None = None) -> str:
     """A trial's one name: "t12" for Optuna's trial 12 (optuna-dashboard's "Trial 12"), used by the sweep log, the
     checkpoint folder, the tables and dse.deploy alike; "id17" (the store's row id) for a trial Optuna does not
     have yet (a sampled point being asked; a store written by an older version)."""
-    if optuna_number is not None and optuna_number == optuna_number:  # NaN from a pandas frame: unknown
+    if optuna_number is not None and not math.isnan(optuna_number):  # NaN from a pandas frame: unknown
         return f"t{int(optuna_number)}"
     return "id?" if store_id is None else f"id{int(store_id)}"
 

@@ -13,7 +13,7 @@ Library use::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from dse.tables.match import aggregate, deployments_by_row
 from dse.tables.paper import DEFAULT_PAPER_DIR, load_paper_tables, paper_flags
 from dse.tables.render import MB, TableResult, to_csv_frame, to_latex, to_markdown
 from dse.tables.report import write_report
+from dse.tables.studies import StudyTable, study_tables, write_study_tables
 
 DEFAULT_DB_URL = DEFAULT_URL  # the store every command opens when told none (dse.store)
 FORMATS = ("md", "csv", "tex")
@@ -54,6 +55,7 @@ class Generated:
     tables: dict[int, TableResult]
     files: list[Path]
     data: StoreData
+    studies: dict[str, StudyTable] = field(default_factory=dict)  # the studies no paper table holds
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -231,7 +233,8 @@ def generate(opts: Options, data: StoreData | None = None) -> Generated:
     paper = load_paper_tables(opts.paper_dir or DEFAULT_PAPER_DIR)
     tables = build_tables(paper, data.trials, data.deployments, gpu_rows())
     out = Path(opts.out_dir)
-    files = write_tables(tables, out, opts.formats)
+    studies = study_tables(paper, data.trials)
+    files = write_tables(tables, out, opts.formats) + write_study_tables(studies, out, opts.formats)
     figs: list[Path] = []
     if opts.figures:
         from dse.figures import write_figures
@@ -240,8 +243,8 @@ def generate(opts: Options, data: StoreData | None = None) -> Generated:
         points = pd.concat([t.rows for t in tables.values()], ignore_index=True)[cols]
         figs = write_figures(data.trials, points, data.epochs, out / "figures")
         files += figs
-    files.append(write_report(out, tables, data, opts, figs))
-    return Generated(tables, files, data)
+    files.append(write_report(out, tables, data, opts, figs, studies))
+    return Generated(tables, files, data, studies)
 
 
 __all__ = [

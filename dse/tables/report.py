@@ -12,6 +12,7 @@ from dse.common import atomic_write, git_commit
 from dse.store import COMPLETE, redact
 from dse.tables.inputs import Options, StoreData
 from dse.tables.render import NEAR_CHANCE_POINTS, TableResult, near_chance, pct, short_source
+from dse.tables.studies import StudyTable, files_of
 
 
 def _counts(series: pd.Series) -> str:
@@ -152,16 +153,30 @@ def _provenance_facts(data: StoreData) -> list[str]:
     return lines + [""]
 
 
+def _studies_section(studies: dict[str, StudyTable], opts: Options) -> list[str]:
+    """The "Studies outside the paper's tables" section: per study its trials, Pareto set and files."""
+    if not studies:
+        return []
+    lines = ["## Studies outside the paper's tables", "",
+             "Trials that match no row of Tables 1-7 (a sampled search, a custom grid): each study's own table.", "",
+             "| Study | trials | complete | Pareto set | files |", "|---|---|---|---|---|"]
+    for name, t in studies.items():
+        files = " ".join(f"[{f.rsplit('.', 1)[1]}](tables/{f})" for f in files_of(name, opts.formats))
+        done = int((t.rows["status"] == COMPLETE).sum())
+        lines.append(f"| {name} | {len(t.rows):,} | {done:,} | {', '.join(t.pareto) or 'none yet'} | {files} |")
+    return lines + [""]
+
+
 def report_text(out_dir: Path, tables: dict[int, TableResult], data: StoreData, opts: Options,
-                figures: list[Path]) -> str:
-    """The Markdown text of ``report.md``: header, budget, tables, figures and provenance sections."""
+                figures: list[Path], studies: dict[str, StudyTable] | None = None) -> str:
+    """The Markdown text of ``report.md``: header, budget, tables, other studies, figures and provenance."""
     return "\n".join([*_header_lines(data, opts), *_budget_section(data.trials, tables),
-                      *_tables_section(tables, opts), *_figures_section(out_dir, figures),
-                      *_provenance_section(data)])
+                      *_tables_section(tables, opts), *_studies_section(studies or {}, opts),
+                      *_figures_section(out_dir, figures), *_provenance_section(data)])
 
 
 def write_report(out_dir: Path, tables: dict[int, TableResult], data: StoreData, opts: Options,
-                 figures: list[Path]) -> Path:
+                 figures: list[Path], studies: dict[str, StudyTable] | None = None) -> Path:
     path = Path(out_dir) / "report.md"
-    atomic_write(path, report_text(Path(out_dir), tables, data, opts, figures))
+    atomic_write(path, report_text(Path(out_dir), tables, data, opts, figures, studies))
     return path
