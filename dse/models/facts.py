@@ -1,4 +1,4 @@
-"""Cheap facts about a model, known before training: parameters, MACs, checkpoint bytes.
+"""Cheap facts about a model, known before training: parameters, MACs, checkpoint bytes, int8 flash, peak RAM.
 
 They are computed before training so that a size or MAC budget rejects a configuration without spending any
 training on it, and they mean what the paper means: "model size" is the bytes of the saved float32 state_dict.
@@ -13,6 +13,9 @@ training on it, and they mean what the paper means: "model size" is the bytes of
   9.605e6 bytes here against the paper's 2.586 / 9.525 MB (+2.7 % / +0.8 %; the gap is a near-constant
   ~75 KB of serialisation overhead, not layout: the raw tensor bytes are 2.402e6 / 9.349e6, and PyTorch's
   legacy non-zip format gives 2.543e6 / 9.491e6). With MB = 2**20 bytes the 2x model would be 3.8 % off.
+- ``flash_bytes`` and ``peak_activations``: what a small board holds, int8 weights in flash and the most
+  activation elements alive at once for one image (``dse.models.footprint``); ``ram_bytes_int8`` and
+  ``ram_bytes_fp32`` are the latter at 1 and 4 bytes per element.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from torch import nn
 
 from dse.common import cache_root
+from dse.models.footprint import int8_weight_bytes, peak_activations
 from dse.models.registry import InvalidModelConfig, ModelSpec, build_model
 
 MB = 1_000_000  # bytes per MB in the paper's tables (see module docstring)
@@ -40,10 +44,20 @@ class ModelFacts:
     params: int  # trainable parameters
     macs: int  # multiply-accumulates per image (conv + linear)
     checkpoint_bytes: int  # bytes of the saved float32 state_dict
+    flash_bytes: int  # int8 weights, int32 biases, per-channel scales, float32 BatchNorm (dse.models.footprint)
+    peak_activations: int  # activation elements alive at once, one image (dse.models.footprint)
 
     @property
     def checkpoint_mb(self) -> float:
         return self.checkpoint_bytes / MB
+
+    @property
+    def ram_bytes_int8(self) -> int:
+        return self.peak_activations
+
+    @property
+    def ram_bytes_fp32(self) -> int:
+        return 4 * self.peak_activations
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> int:
@@ -94,15 +108,16 @@ def checkpoint_bytes(model: nn.Module) -> int:
 def _facts_of_module(model: nn.Module, input_size: tuple[int, ...]) -> ModelFacts:
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return ModelFacts(
-        params=params, macs=count_macs(model, input_size), checkpoint_bytes=checkpoint_bytes(model)
-    )
+        params=params, macs=count_macs(model, input_size), checkpoint_bytes=checkpoint_bytes(model),
+        flash_bytes=int8_weight_bytes(model), peak_activations=peak_activations(model, input_size))
 
 
 _DISK_LOCK = threading.Lock()
 
 
 def _disk_cache_path() -> Path:
-    return cache_root() / f"model_facts-torch{torch.__version__.split('+')[0]}.json"
+    # v2: flash_bytes and peak_activations (a v1 file lacks them: a new file, computed again once)
+    return cache_root() / f"model_facts-v2-torch{torch.__version__.split('+')[0]}.json"
 
 
 def _disk_key(spec: ModelSpec, input_size: tuple[int, ...]) -> str:
@@ -153,7 +168,7 @@ def _facts_of_spec(spec: ModelSpec, input_size: tuple[int, ...]) -> ModelFacts:
 def model_facts(
     spec_or_module: ModelSpec | nn.Module, input_size: tuple[int, ...] = (3, 32, 32)
 ) -> ModelFacts:
-    """Params, MACs per image and checkpoint bytes of a spec (cached per spec) or of a built module."""
+    """Params, MACs, checkpoint bytes, int8 flash and peak activations of a spec (cached per spec) or a module."""
     input_size = tuple(int(v) for v in input_size)
     if isinstance(spec_or_module, ModelSpec):
         # dropout and activation change neither weights nor conv/linear MACs: share one cache entry

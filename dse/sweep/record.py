@@ -100,7 +100,9 @@ def open_study(cfg: DictConfig, plan: StudyPlan, storage: optuna.storages.BaseSt
 def describe(study: optuna.Study, cfg: DictConfig, plan: StudyPlan) -> None:
     """Study attributes: what the dashboard labels, the constants, the grid's varying parameters (as
     distributions any worker can read back) and (last: it marks the study complete) the fingerprint."""
-    study.set_metric_names([OBJECTIVES[o][2] for o in plan.objectives])
+    with warnings.catch_warnings():  # experimental since Optuna 3.2 and unchanged since: not a user's concern
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([OBJECTIVES[o][2] for o in plan.objectives])
     for k, v in (("experiment", cfg.study.experiment), ("budget", cfg.budget), ("objectives", plan.objectives),
                  ("mode", plan.mode)):
         study.set_user_attr(k, v)
@@ -180,12 +182,16 @@ class Record:
         for epoch in sorted(set(curve) - set(frozen.intermediate_values)):
             self.retry(lambda e=epoch: self.storage.set_trial_intermediate_value(tid, e, curve[e]), "reporting")
 
-    def note(self, row: st.TrialRow, key: str, value: Any) -> None:
-        """A user attribute on a trial still unfinished in Optuna (e.g. why it was interrupted)."""
-        if row.optuna_trial_number is not None:
-            tid = self._trial_id(row.optuna_trial_number)
-            if not self.storage.get_trial(tid).state.is_finished():
-                self.retry(lambda: self.storage.set_trial_user_attr(tid, key, value), "noting a trial attribute")
+    def note(self, row: st.TrialRow, key: str, value: Any) -> optuna.trial.TrialState | None:
+        """A user attribute on a trial still unfinished in Optuna (e.g. why it was interrupted); returns the
+        trial's state there (None: not in Optuna)."""
+        if row.optuna_trial_number is None:
+            return None
+        tid = self._trial_id(row.optuna_trial_number)
+        state = self.storage.get_trial(tid).state
+        if not state.is_finished():
+            self.retry(lambda: self.storage.set_trial_user_attr(tid, key, value), "noting a trial attribute")
+        return state
 
     # -- grid mode: the queue in Optuna --------------------------------------------------------------------------
     def enter_waiting(self) -> int:
@@ -206,15 +212,17 @@ class Record:
         trials = {t.number: t for t in self.storage.get_all_trials(self.study_id, deepcopy=False)}
         # a trial entered by a worker cut off before it noted the number: found by its store id, not entered twice
         open_of = {t.user_attrs.get("store_trial_id"): t.number for t in trials.values() if not t.state.is_finished()}
-        todo = sum(1 for r in rows if r.optuna_trial_number is None or r.optuna_trial_number not in trials
-                   or trials[r.optuna_trial_number].state.is_finished())
-        if todo > 100:  # about 25 ms each on SQLite (580: 14 s measured): say what the wait is
-            log.info("entering %d queued trials in Optuna (optuna-dashboard shows them as WAITING)", todo)
-        entered = 0
-        for row in rows:
+
+        def open_in_optuna(row: st.TrialRow) -> bool:  # already WAITING or RUNNING there: nothing to enter
             have = trials.get(row.optuna_trial_number) if row.optuna_trial_number is not None else None
-            if have is not None and not have.state.is_finished():
-                continue
+            return have is not None and not have.state.is_finished()
+
+        todo = [r for r in rows if not open_in_optuna(r)]
+        if len(todo) > 100:  # about 25 ms each on SQLite (580: 14 s measured): say what the wait is
+            log.info("entering %d queued trials in Optuna (optuna-dashboard shows them as WAITING)", len(todo))
+        entered = 0
+        for row in todo:
+            have = trials.get(row.optuna_trial_number) if row.optuna_trial_number is not None else None
             number = open_of.get(row.id)
             if number is None:
                 params, dists = self.point(row, have)
@@ -244,11 +252,9 @@ class Record:
     def wait_again(self, row: st.TrialRow, why: str) -> None:
         """A grid trial put back in the queue (interrupted, its environment at fault) is WAITING again in Optuna,
         with why; a sampled one stays RUNNING (study.ask would hand a WAITING one out as a new point)."""
-        self.note(row, "waiting_because", why[:500])
-        if self.plan.mode != "grid" or row.optuna_trial_number is None:
-            return
-        tid = self._trial_id(row.optuna_trial_number)
-        if self.storage.get_trial(tid).state == RUNNING:
+        state = self.note(row, "waiting_because", why[:500])
+        if self.plan.mode == "grid" and state == RUNNING:
+            tid = self._trial_id(row.optuna_trial_number)
             self.retry(lambda: self.storage.set_trial_state_values(tid, WAITING), "putting a trial back in Optuna")
 
     # -- recording a finished trial ----------------------------------------------------------------------------
