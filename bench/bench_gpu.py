@@ -72,7 +72,7 @@ def peak_fraction(macs: int, images_per_s: float, peak: float | None) -> float |
     return None if not peak else 3 * macs * 2 * images_per_s / peak
 
 
-def paper_seconds(display_name: str, tables: Path = REPO / "experiments" / "paper_tables") -> list[float]:
+def paper_seconds(display_name: str, tables: Path = REPO / "dse" / "experiments" / "paper_tables") -> list[float]:
     """The paper's seconds per epoch for a model: every table row naming it, also with a -vN suffix or a
     parenthesised note ("SqueezeNext-23-1x (baseline)"); distinct values in table order."""
     out: list[float] = []

@@ -81,9 +81,25 @@ TrainerConf = hydra_schema(TrainConfig, "TrainerConf", leave_out=("seed", "check
 
 @dataclass
 class ConstraintsConf:
+    """Budgets a configuration must meet before it is trained (None: no budget); the target group sets some."""
+
     max_checkpoint_bytes: int | None = None  # the paper's "model size" budget, bytes
     max_macs: int | None = None  # per 32x32 image
     max_params: int | None = None
+    max_ram_bytes: int | None = None  # peak activations, one image, at target.precision (dse.models.footprint)
+    max_flash_bytes: int | None = None  # weights at target.precision: int8 flash, or the float32 checkpoint
+    max_latency_ms: float | None = None  # batch-1 p99 of the untrained network on this host (dse.deploy.facts)
+
+
+@dataclass
+class TargetConf:
+    """The board a study searches for: its budgets (set in search.constraints by the preset) and how its facts
+    are counted. Latency is measured on THIS host's CPU (ONNX Runtime, one thread, batch 1), not on the board."""
+
+    name: str = "host"  # host | arm_board | mcu (dse/conf/target/)
+    precision: str = "int8"  # int8 | fp32: the bytes per activation and weight the RAM and flash budgets count
+    latency: str = "auto"  # auto (when a constraint or objective needs it) | always | never
+    source: str = ""  # where the preset's numbers come from
 
 
 @dataclass
@@ -158,6 +174,7 @@ class Config:
     pruner: PrunerConf = field(default_factory=PrunerConf)
     storage: StorageConf = field(default_factory=StorageConf)
     study: StudyConf = field(default_factory=StudyConf)
+    target: TargetConf = field(default_factory=TargetConf)
     budget: str = MISSING  # name of the budget preset (smoke | quick | paper)
     dry_run: bool = False  # summarise the planned trials per block, with their cheap facts and cost; train nothing
     dry_run_list: bool = False  # with dry_run: every planned trial too, one line each
@@ -273,6 +290,14 @@ def check(cfg: DictConfig) -> None:
         (cfg.max_trials is None or cfg.max_trials >= 1, f"max_trials={cfg.max_trials}", "an integer >= 1 or null"),
         (cfg.study.poll_seconds > 0, f"study.poll_seconds={cfg.study.poll_seconds}", "seconds > 0"),
         (cfg.search.mode in ("grid", "sample"), f"search.mode={cfg.search.mode!r}", "grid, sample"),
+        (cfg.target.precision in ("int8", "fp32"), f"target.precision={cfg.target.precision!r}", "int8, fp32"),
+        (cfg.target.latency in ("auto", "always", "never"), f"target.latency={cfg.target.latency!r}",
+         "auto, always, never"),
+        (cfg.target.latency != "never" or cfg.search.constraints.max_latency_ms is None
+         and "latency_ms" not in cfg.search.objectives, "target.latency='never'",
+         "auto or always while search.constraints.max_latency_ms or the latency_ms objective needs it"),
+        *((v is None or v > 0, f"search.constraints.{k}={v}", "a number > 0, or null")
+          for k, v in cfg.search.constraints.items()),
     ]
     for ok, what, allowed in rules:
         if not ok:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dse.errors import ConfigError, DSEError, first_line
 from dse.models import InvalidModelConfig, ModelFacts, ModelSpec, model_facts, spec_from_name
+from dse.target import check_constraints, latency_of
 
 # Search keys that are not dotted config paths.
 SEED = "seed"
@@ -117,6 +118,7 @@ class PlannedTrial:
     trial: TrialConfig
     facts: ModelFacts
     rejected: str | None = None  # why a constraint rejects it (never trained)
+    latency: Any = None  # its untrained network's LatencyFacts when the target measures them (dse.target)
     params: dict[str, Any] = field(default_factory=dict)  # flat params shown to Optuna / the dashboard
 
     @property
@@ -223,17 +225,6 @@ def validate_trial(trial: TrialConfig) -> None:
         raise ConfigError(first_line(e)) from None
 
 
-def check_constraints(facts: ModelFacts, constraints: dict[str, Any]) -> str | None:
-    """Why a model violates the size/MAC/param budget, or None when it fits (checked before any training)."""
-    checks = (("max_checkpoint_bytes", facts.checkpoint_bytes, "checkpoint"),
-              ("max_macs", facts.macs, "MACs"), ("max_params", facts.params, "params"))
-    for key, value, what in checks:
-        limit = constraints.get(key)
-        if limit is not None and value > limit:
-            return f"{what} {value:,} > {key} {limit:,}"
-    return None
-
-
 def _param_value(v: Any) -> Any:
     """A value Optuna can store as a categorical choice."""
     if isinstance(v, list | tuple):
@@ -302,13 +293,15 @@ def plan_grid(cfg: DictConfig) -> list[PlannedTrial]:
                 extra_keys.update(k for k in over if k.split(".")[0] in ("data", "optimizer", "trainer"))
                 for seed in seeds:
                     raw.append((bname, over, resolve_trial(base, over, int(seed))))
+    latency = latency_of([t.model for _, _, t in raw], base)
+    precision = (base.get("target") or {}).get("precision", "int8")
     for bname, over, trial in raw:
         if trial.identity in planned:
             continue
-        facts = model_facts(trial.model)
+        facts, lat = model_facts(trial.model), latency.get(trial.model)
         planned[trial.identity] = PlannedTrial(
-            block=bname, overrides=over, trial=trial, facts=facts,
-            rejected=check_constraints(facts, constraints),
+            block=bname, overrides=over, trial=trial, facts=facts, latency=lat,
+            rejected=check_constraints(facts, constraints, lat, precision),
             params=dashboard_params(trial, sorted(extra_keys - {"optimizer.name", "optimizer.lr",
                                                                 "data.dataset"})))
     if not planned:
@@ -405,6 +398,9 @@ def suggest(trial: Any, search: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_FIRST_CONSTRAINTS = ("max_checkpoint_bytes", "max_macs", "max_params")  # the budgets of schema 1
+
+
 def space_fingerprint(cfg: DictConfig, plan: list[PlannedTrial] | None) -> str:
     """What makes two runs 'the same study': the planned identities (grid) or the space + base config."""
     tree = base_tree(cfg)
@@ -414,6 +410,9 @@ def space_fingerprint(cfg: DictConfig, plan: list[PlannedTrial] | None) -> str:
         payload = {"search": {k: tree["search"].get(k) for k in ("params", "conditional", "objectives",
                                                                   "constraints")},
                    "base": {g: tree[g] for g in SEARCHABLE_GROUPS}}
+        # budgets added since a study was made count only when set, so its fingerprint stays what it was
+        payload["search"]["constraints"] = {k: v for k, v in (payload["search"]["constraints"] or {}).items()
+                                            if v is not None or k in _FIRST_CONSTRAINTS}
         for g in ("data",):
             payload["base"][g] = {k: v for k, v in payload["base"][g].items() if k not in _NON_SEMANTIC_DATA}
         payload["base"]["trainer"] = {k: v for k, v in payload["base"]["trainer"].items()
@@ -422,6 +421,6 @@ def space_fingerprint(cfg: DictConfig, plan: list[PlannedTrial] | None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-__all__ = ["PlannedTrial", "TrialConfig", "asdict", "check_constraints", "dashboard_params", "depths_str",
+__all__ = ["PlannedTrial", "TrialConfig", "asdict", "dashboard_params", "depths_str",
            "parse_depths", "plan_grid", "resolve_trial", "space_fingerprint", "suggest",
            "validate_sample_space"]

@@ -17,7 +17,7 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 
 def test_groups_are_the_documented_ones():
     assert set(GROUPS) == {"model", "data", "optimizer", "trainer", "search", "sampler", "pruner", "storage",
-                           "budget", "logger"}
+                           "budget", "logger", "target"}
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

@@ -96,6 +96,14 @@ def measure(fmt: str, path: str | os.PathLike, images: Any, *, warmup: int = DEF
     fmt: "torch" (``path`` from ``save_eager``), "torchscript", "onnx" or "onnx_int8". images: normalised
     float32 array (K, 3, H, W); run i feeds image i mod K as a batch of one. DeployError if the child fails.
     """
+    return measure_many(fmt, [path], images, warmup=warmup, runs=runs, threads=threads, timeout=timeout)[0]
+
+
+def measure_many(fmt: str, paths: list[str | os.PathLike], images: Any, *, warmup: int = DEFAULT_WARMUP,
+                 runs: int = DEFAULT_RUNS, threads: int = 1, timeout: float = 600.0) -> list[LatencyResult]:
+    """Measure several model files of one format, one after the other, in one fresh process (the runtime is
+    imported once: what the search's facts need for many architectures). Each model's peak memory is counted
+    from its own baseline (the high-water mark is reset before each). ``timeout``: seconds for them all."""
     import numpy as np
 
     from dse.deploy import DeployError
@@ -115,18 +123,21 @@ def measure(fmt: str, path: str | os.PathLike, images: Any, *, warmup: int = DEF
     with tempfile.TemporaryDirectory() as d:
         inputs = Path(d) / "inputs.npy"
         np.save(inputs, images)
-        req = {"format": fmt, "path": str(Path(path).resolve()), "inputs": str(inputs), "warmup": int(warmup),
-               "runs": int(runs), "threads": int(threads)}
+        req = {"format": fmt, "paths": [str(Path(p).resolve()) for p in paths], "inputs": str(inputs),
+               "warmup": int(warmup), "runs": int(runs), "threads": int(threads)}
         try:
             proc = subprocess.run([sys.executable, "-m", "dse.deploy.latency", json.dumps(req)], env=env,
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
-            raise DeployError(f"latency measurement of {fmt} {path} took over {timeout:.0f} s") from e
-    for line in proc.stdout.splitlines():
-        if line.startswith(_MARK):
-            return LatencyResult(**json.loads(line[len(_MARK):]))
+            raise DeployError(f"latency measurement of {len(paths)} {fmt} model(s) ({paths[0]}, ...) took over "
+                              f"{timeout:.0f} s") from e
+    results = [LatencyResult(**json.loads(line[len(_MARK):])) for line in proc.stdout.splitlines()
+               if line.startswith(_MARK)]
+    if len(results) == len(paths):
+        return results
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    raise DeployError(f"latency measurement of {fmt} {path} failed (exit {proc.returncode}): {tail}")
+    failed = paths[len(results)] if len(results) < len(paths) else paths[-1]
+    raise DeployError(f"latency measurement of {fmt} {failed} failed (exit {proc.returncode}): {tail}")
 
 
 # ---------------------------------------------------------------------------------------- child side
@@ -159,15 +170,24 @@ def _loadavg() -> float | None:
         return None
 
 
-def _child(req: dict[str, Any]) -> dict[str, Any]:
-    """In a fresh process: load the model in `req["format"]`, run it `req["warmup"]` times, then time
-    `req["runs"]` single-image runs; the peak memory counted above the process's RSS once the runtime is
-    imported (so it is the model's and its runtime's working memory, not the interpreter's)."""
+def _child(req: dict[str, Any]) -> None:
+    """In a fresh process: import the runtime once, then measure each of `req["paths"]` (``_measure_one``),
+    printing each result as soon as it is known."""
     import numpy as np
 
-    fmt, path, threads = req["format"], req["path"], int(req["threads"])
-    runtime = _import_runtime(fmt, threads)  # imported before the baseline: its code is not the model's memory
+    runtime = _import_runtime(req["format"], int(req["threads"]))  # before any baseline: not a model's memory
     images = np.load(req["inputs"])
+    for path in req["paths"]:
+        print(_MARK + json.dumps(_measure_one(req, path, runtime, images)), flush=True)
+
+
+def _measure_one(req: dict[str, Any], path: str, runtime: str, images: Any) -> dict[str, Any]:
+    """Load the model at `path`, run it `req["warmup"]` times, then time `req["runs"]` single-image runs; the
+    peak memory counted above the process's RSS before loading it (the model's and its session's working
+    memory, not the interpreter's or the runtime's code)."""
+    import numpy as np
+
+    fmt, threads = req["format"], int(req["threads"])
     gc.collect()
     load_before = _loadavg()
     hwm_reset = _reset_hwm()
@@ -257,5 +277,4 @@ def _ort_runner(path: str, threads: int, images: Any) -> Callable[[int], None]:
 
 
 if __name__ == "__main__":
-    result = _child(json.loads(sys.argv[1]))
-    print(_MARK + json.dumps(result), flush=True)
+    _child(json.loads(sys.argv[1]))

@@ -33,8 +33,9 @@ from dse.errors import DSEError
 
 log = logging.getLogger("dse.store")
 
-# 2: the queue columns lease_until, heartbeat_at, recorded_at; 3: data_fingerprint (added in place to older files)
-SCHEMA_VERSION = 3
+# 2: the queue columns lease_until, heartbeat_at, recorded_at; 3: data_fingerprint; 4: the target facts
+# (flash_bytes, ram_bytes_*, latency_*). Each added in place to older files (nullable columns).
+SCHEMA_VERSION = 4
 
 # Trial states in our store. Terminal: complete, pruned, failed, rejected. "queued" = waiting for a worker,
 # "interrupted" = stopped by Ctrl-C/SIGTERM (claimable like queued), "running" = claimed under a lease.
@@ -117,6 +118,13 @@ class TrialRow(Base):
     macs: Mapped[int] = mapped_column(BigInteger)  # per 32x32 image
     checkpoint_bytes: Mapped[int] = mapped_column(BigInteger)  # the paper's "model size"
     int8_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # what a small board needs (dse.target), known before training
+    flash_bytes: Mapped[int | None] = mapped_column(BigInteger)  # int8 weights (dse.models.footprint)
+    ram_bytes_int8: Mapped[int | None] = mapped_column(BigInteger)  # peak activations of one image, int8
+    ram_bytes_fp32: Mapped[int | None] = mapped_column(BigInteger)  # ... float32
+    latency_p50_ms: Mapped[float | None] = mapped_column(Float)  # batch 1, untrained, this host (dse.deploy.facts)
+    latency_p99_ms: Mapped[float | None] = mapped_column(Float)
+    latency_runtime: Mapped[str | None] = mapped_column(String(200))  # "onnxruntime 1.31.1 on <host>"
     # the paper's "model speed"
     sec_per_epoch: Mapped[float | None] = mapped_column(Float)
     device: Mapped[str | None] = mapped_column(String(120))

@@ -19,6 +19,7 @@ from dse.faults import human_bytes
 from dse.space import PlannedTrial, resolve_trial
 from dse.sweep.plan import StudyPlan
 from dse.sweep.progress import fmt_duration
+from dse.target import flash_bytes, ram_bytes
 
 
 def print_dry_run(plan: StudyPlan, cfg: DictConfig, estimate_of: Callable[[Any], float | None] | None = None) -> None:
@@ -38,8 +39,11 @@ def _grid(plan: StudyPlan, cfg: DictConfig, estimate_of: Callable[[Any], float |
     blocks: dict[str, list[PlannedTrial]] = {}
     for p in plan.trials:
         blocks.setdefault(p.block, []).append(p)
-    rows = [block_row(name, ps) for name, ps in blocks.items()]
-    _table(("block", "trials", "rejected", "MACs per image", "checkpoint size", "params"), rows)
+    precision = str(cfg.target.precision)
+    rows = [block_row(name, ps, precision) for name, ps in blocks.items()]
+    _table(("block", "trials", "rejected", "MACs per image", "checkpoint size", "params",
+            f"peak RAM ({precision})", f"flash ({precision})", "latency p99 (this host)"), rows)
+    print(target_line(cfg, plan.trials))
     rejected = sum(1 for p in plan.trials if p.rejected)
     print(f"{len(plan.trials)} planned trials, {len(plan.trials) - rejected} to train, {rejected} rejected by "
           "constraints")
@@ -47,24 +51,42 @@ def _grid(plan: StudyPlan, cfg: DictConfig, estimate_of: Callable[[Any], float |
                     else 1, estimate_of))
     if cfg.get("dry_run_list"):
         _table(("#", "block", "model", "registry name", "optimizer", "dropout", "dataset", "seed", "params",
-                "MACs", "ckpt bytes", "constraint"),
+                "MACs", "ckpt bytes", "RAM bytes", "flash bytes", "p99 ms", "constraint"),
                [(i, p.block, p.trial.model.display_name, p.trial.model.name, p.trial.optimizer["name"],
                  p.trial.model.dropout, p.trial.data["dataset"], p.trial.seed, p.facts.params, p.facts.macs,
-                 p.facts.checkpoint_bytes, p.rejected or "ok") for i, p in enumerate(plan.trials, 1)])
+                 p.facts.checkpoint_bytes, ram_bytes(p.facts, precision), flash_bytes(p.facts, precision),
+                 "-" if p.latency is None else f"{p.latency.p99_ms:.2f}", p.rejected or "ok")
+                for i, p in enumerate(plan.trials, 1)])
     else:
         print("every trial, one line each: add dry_run_list=true")
 
 
-def block_row(name: str, ps: list[PlannedTrial]) -> tuple[str, ...]:
-    """One block's line: its trials, how many are rejected, and the ranges of its cheap facts."""
+def block_row(name: str, ps: list[PlannedTrial], precision: str = "int8") -> tuple[str, ...]:
+    """One block's line: its trials, how many are rejected, and the ranges of its facts (latency: "-" when the
+    target does not measure it)."""
     def span(values: list[float], fmt: Callable[[float], str]) -> str:
+        if not values:
+            return "-"
         lo, hi = min(values), max(values)
         return fmt(lo) if lo == hi else f"{fmt(lo)} - {fmt(hi)}"
 
     return (name, str(len(ps)), str(sum(1 for p in ps if p.rejected)),
             span([p.facts.macs for p in ps], lambda v: f"{v / 1e6:,.2f} M"),
             span([p.facts.checkpoint_bytes for p in ps], human_bytes),
-            span([p.facts.params for p in ps], lambda v: f"{v / 1e6:,.3f} M"))
+            span([p.facts.params for p in ps], lambda v: f"{v / 1e6:,.3f} M"),
+            span([ram_bytes(p.facts, precision) for p in ps], human_bytes),
+            span([flash_bytes(p.facts, precision) for p in ps], human_bytes),
+            span([p.latency.p99_ms for p in ps if p.latency is not None], lambda v: f"{v:.2f} ms"))
+
+
+def target_line(cfg: DictConfig, trials: list[PlannedTrial]) -> str:
+    """The target, its budgets, and whether latency was measured (and on what)."""
+    budgets = {k: v for k, v in OmegaConf.to_container(cfg.search.constraints).items() if v is not None}
+    said = ", ".join(f"{k}={v:,}" for k, v in budgets.items()) or "no budget"
+    lat = next((p.latency for p in trials if p.latency is not None), None)
+    how = (f"latency of the untrained networks: {lat.runtime}, 1 thread, batch 1, on {lat.host} (this host, not "
+           "the board)" if lat is not None else "latency not measured (target.latency=always measures it)")
+    return f"target {cfg.target.name} ({cfg.target.precision}): {said}; {how}"
 
 
 def cost_line(trials: list[PlannedTrial], workers: int, estimate_of: Callable[[Any], float | None] | None) -> str:

@@ -30,6 +30,7 @@ from dse.space import (
     validate_sample_space,
 )
 from dse.sweep.datacheck import PICKLE_DIRS, SourceFacts, check_split, source_facts
+from dse.target import fact_fields
 
 log = logging.getLogger("dse.sweep")
 
@@ -39,6 +40,9 @@ OBJECTIVES = {  # name -> (direction, the dse_trials column it is read from, wha
     "sec_per_epoch": ("minimize", "sec_per_epoch", "seconds per epoch"),
     "macs": ("minimize", "macs", "MACs per image"),
     "params": ("minimize", "params", "parameters"),
+    "latency_ms": ("minimize", "latency_p50_ms", "latency ms (p50, batch 1, untrained, this host)"),
+    "ram_bytes": ("minimize", "ram_bytes_int8", "peak activation bytes (int8; fp32 is 4x)"),
+    "flash_bytes": ("minimize", "flash_bytes", "int8 weight bytes"),
 }
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagefolder": "the ImageFolder tree"}
 
@@ -167,7 +171,7 @@ def _has_local_copy(dataset: str, root: Path) -> bool:
 
 
 # -- what the store and Optuna get ------------------------------------------------------------------------------
-def row_fields(study: str, t: TrialConfig, facts: Any, commit: str | None) -> dict[str, Any]:
+def row_fields(study: str, t: TrialConfig, facts: Any, commit: str | None, latency: Any = None) -> dict[str, Any]:
     """The dse_trials columns known at planning time (the row carries the whole trial config)."""
     d = t.data
     return dict(
@@ -178,8 +182,7 @@ def row_fields(study: str, t: TrialConfig, facts: Any, commit: str | None) -> di
         schedule=t.optimizer["schedule"], dataset=d["dataset"],
         data_fraction=float(d["subset"]) if d.get("subset") else 1.0, train_images=d.get("subset_size"),
         epochs=int(t.trainer["epochs"]), batch_size=int(t.trainer["batch_size"]), seed=t.seed,
-        params=facts.params, macs=facts.macs, checkpoint_bytes=facts.checkpoint_bytes,
-        config_json=st.config_json(t.to_dict()), git_commit=commit)
+        **fact_fields(facts, latency), config_json=st.config_json(t.to_dict()), git_commit=commit)
 
 
 def grid_space(trials: list[PlannedTrial]) -> tuple[dict[str, Any], dict[str, Any]]:

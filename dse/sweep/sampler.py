@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 
 from dse import store as st
 from dse.errors import ConfigError
-from dse.space import check_constraints, resolve_trial, suggest
+from dse.space import resolve_trial, suggest
 from dse.sweep.plan import row_fields
+from dse.target import check_constraints, latency_of
 
 
 class Sampler:
@@ -41,12 +42,15 @@ class Sampler:
                 self.record.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
             facts = model_facts(tcfg.model)
-            fields = {**row_fields(self.plan.name, tcfg, facts, self.commit), "optuna_trial_number": trial.number}
+            latency = latency_of([tcfg.model], self.base).get(tcfg.model)
+            fields = {**row_fields(self.plan.name, tcfg, facts, self.commit, latency),
+                      "optuna_trial_number": trial.number}
             row = self.queue.insert_claimed(fields)
             if row is None:
                 self._duplicate(trial, tcfg.identity)
                 continue
-            why = check_constraints(facts, OmegaConf.to_container(self.cfg.search.constraints))
+            why = check_constraints(facts, OmegaConf.to_container(self.cfg.search.constraints), latency,
+                                    self.cfg.target.precision)
             if why:
                 self.queue.finish(row.id, st.REJECTED, fail_reason=f"rejected by constraint: {why}")
                 self.record.record(self.queue.get(row.id))

@@ -66,7 +66,8 @@ class Worker:
         self.check_data_unchanged()
         rows = []
         for p in self.plan.runnable:
-            rows.append({**row_fields(self.plan.name, p.trial, p.facts, self.commit), "queued_at": st.utc_now(),
+            rows.append({**row_fields(self.plan.name, p.trial, p.facts, self.commit, p.latency),
+                         "queued_at": st.utc_now(),
                          **({"status": st.REJECTED, "fail_reason": f"rejected by constraint: {p.rejected}",
                              "finished_at": st.utc_now()} if p.rejected else {"status": st.QUEUED})})
         new = self.store.insert_missing(rows)

@@ -1,0 +1,135 @@
+"""Batch-1 latency of each architecture before training: the untrained network, measured as ``dse.deploy`` measures
+a trained one.
+
+Latency depends on the graph (layers, shapes, operators), not on the weights' values: an untrained network runs
+the same kernels on the same shapes, so measuring it before training is honest. Each architecture is exported to
+float32 ONNX (``dse.deploy.export``) and timed by ``dse.deploy.latency`` in a fresh process: ONNX Runtime, one
+intra-op thread, sequential execution, batch 1, ``warmup`` untimed runs then ``runs`` timed ones (p50 and p99 in
+ms; with the default 100 runs p99 is the second slowest run). All architectures still unmeasured go through one
+child process, which imports the runtime once. The inputs are seeded normal noise (the values do not change a
+convolution's work).
+
+This is the latency on THIS host's CPU, not on the board: it ranks architectures on the board's kind of runtime
+(one thread, batch 1), it does not predict the board's milliseconds.
+
+Cached like ``dse.models.model_facts``, in ``<cache>/latency-v1-<runtime>-<host>.json``, keyed by architecture
+(dropout left out: it does nothing at inference), input size and the timing settings: another host or runtime
+version measures again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dse.common import cache_root
+from dse.models.registry import ModelSpec
+
+log = logging.getLogger("dse.deploy")
+
+RUNS, WARMUP = 100, 10  # timed and untimed batch-1 runs per architecture (each a few ms on a desktop core)
+IMAGES = 4  # distinct noise images cycled through
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LatencyFacts:
+    p50_ms: float
+    p99_ms: float
+    runtime: str  # "onnxruntime 1.31.1"
+    host: str
+
+
+def _runtime() -> str:
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__}"
+
+
+def cache_path() -> Path:
+    host = socket.gethostname().replace(os.sep, "_") or "host"
+    return cache_root() / f"latency-v1-{_runtime().replace(' ', '')}-{host}.json"
+
+
+def _key(spec: ModelSpec, input_size: tuple[int, ...], runs: int, warmup: int) -> str:
+    return json.dumps([spec.replace(dropout=None).to_dict(), list(input_size), runs, warmup], sort_keys=True)
+
+
+def _load() -> dict[str, dict]:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _store(new: dict[str, LatencyFacts]) -> None:
+    """Merge ``new`` into the cache file (atomic replace; a read-only cache only means measuring again)."""
+    path = cache_path()
+    with _LOCK:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = _load()
+            data.update({k: v.__dict__ for k, v in new.items()})
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".latency-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+
+def _measure(specs: list[ModelSpec], input_size: tuple[int, ...], runs: int, warmup: int) -> list[LatencyFacts]:
+    """Export each untrained network and time them all in one fresh process."""
+    import numpy as np
+    import torch
+
+    from dse.deploy.export import export_onnx
+    from dse.deploy.latency import measure_many
+    from dse.models.registry import build_model
+
+    images = np.random.default_rng(0).standard_normal((IMAGES, *input_size)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as d:
+        paths = []
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny exports: more threads only add contention
+        try:
+            for i, spec in enumerate(specs):
+                torch.manual_seed(0)
+                paths.append(export_onnx(build_model(spec), Path(d) / f"m{i}.onnx", image_size=input_size[-1]))
+        finally:
+            torch.set_num_threads(threads)
+        results = measure_many("onnx", paths, images, warmup=warmup, runs=runs, threads=1,
+                               timeout=60.0 + 5.0 * len(paths))
+    host = socket.gethostname()
+    return [LatencyFacts(r.p50_ms, r.p99_ms, r.runtime, host) for r in results]
+
+
+def latency_facts(specs: Iterable[ModelSpec], input_size: tuple[int, ...] = (3, 32, 32), *, runs: int = RUNS,
+                  warmup: int = WARMUP) -> dict[ModelSpec, LatencyFacts]:
+    """The batch-1 latency of each architecture in ``specs`` (cached; the rest measured at once, with a log line
+    before and after: a cold paper plan takes about a minute)."""
+    input_size = tuple(int(v) for v in input_size)
+    wanted = {s: _key(s, input_size, runs, warmup) for s in dict.fromkeys(specs)}
+    have = _load()
+    out = {s: LatencyFacts(**have[k]) for s, k in wanted.items() if k in have}
+    todo = list(dict.fromkeys(s.replace(dropout=None) for s in wanted if s not in out))
+    if todo:
+        t0 = time.monotonic()
+        log.info("measuring the batch-1 latency of %d untrained architecture%s (ONNX Runtime, 1 thread, this "
+                 "host's CPU) ...", len(todo), "s" * (len(todo) != 1))
+        measured = dict(zip(todo, _measure(todo, input_size, runs, warmup), strict=True))
+        _store({_key(s, input_size, runs, warmup): f for s, f in measured.items()})
+        log.info("measured %d architecture%s in %.1f s", len(todo), "s" * (len(todo) != 1), time.monotonic() - t0)
+        out.update({s: measured[s.replace(dropout=None)] for s in wanted if s not in out})
+    return out
+
+
+__all__ = ["LatencyFacts", "cache_path", "latency_facts"]
