@@ -294,7 +294,10 @@ def tradeoff(trials: pd.DataFrame, paper_points: pd.DataFrame, path: Path) -> Pa
 
 def write_figures(trials: pd.DataFrame, paper_points: pd.DataFrame,
                   load_epochs: Callable[[list[int]], pd.DataFrame], out_dir: Path) -> list[Path]:
-    """Both figures into ``out_dir``; returns their paths."""
+    """Every figure into ``out_dir`` (Figure 9, the trade-offs, the target's); returns their paths."""
+    from dse.figures_target import target_figure
+
     out_dir = Path(out_dir)
     return [figure9(trials, load_epochs, out_dir / "figure9.png"),
-            tradeoff(trials, paper_points, out_dir / "tradeoff.png")]
+            tradeoff(trials, paper_points, out_dir / "tradeoff.png"),
+            target_figure(trials, out_dir / "target.png")]

@@ -281,6 +281,11 @@ def test_every_format_on_a_store_without_a_finished_paper_row(tmp_path, store):
     generate(Options(db_url=store.url, out_dir=out, formats=("md", "csv", "tex"), figures=False))
     frame = pd.read_csv(out / "tables" / "table3.csv")
     assert frame["test_images"].isna().all() and len(frame) == 13
+    from dse.models import model_facts
+
+    facts = [model_facts(spec_from_name(m)) for m in frame["model_name"]]  # from the architecture, run or not
+    assert list(frame["flash_bytes"]) == [f.flash_bytes for f in facts]
+    assert list(frame["ram_bytes_int8"]) == [f.ram_bytes_int8 for f in facts]
 
 
 def test_one_pareto_front_on_validation_accuracy_in_figure_and_deploy():
@@ -384,6 +389,8 @@ def test_epochs_csv_has_every_epoch_with_optuna_numbers(tmp_path, store, capsys)
     assert len(ep) == 20 and list(ep.columns[:6]) == ["study", "optuna_trial_number", "model_name", "dataset",
                                                        "seed", "trial_id"]
     assert {"epoch", "train_acc", "val_acc", "train_seconds"} <= set(ep.columns)
+    assert list(ep.columns[-5:]) == ["flash_bytes", "ram_bytes_int8", "ram_bytes_fp32", "latency_p50_ms",
+                                     "latency_p99_ms"]  # the trial's target facts on each of its epochs
     assert ep.groupby("model_name")["epoch"].apply(list).map(lambda e: e == [1, 2, 3, 4, 5]).all()
     assert (path.stat().st_mode & 0o777) == 0o644
     assert sorted(set(ep["optuna_trial_number"])) == [0, 1, 2, 3] and ",0.0," not in path.read_text()
@@ -505,3 +512,24 @@ def test_the_front_is_drawn_at_the_validation_accuracy_it_is_computed_on():
     assert len(dashed) == 1 and list(dashed[0].get_ydata()) == [80.0, 85.0]  # validation, smallest first
     assert list(front["display"]) == ["Shallow SqueezeNext-10-0.325x"] * 2 and list(front["id"]) == [10, 11]
     plt.close(fig)
+
+
+def test_the_target_figure_draws_each_front_on_its_own_axes(tmp_path):
+    """Latency panel: the fast trial is on the front; RAM panel: the small one is; each front at validation
+    accuracy, on the x it was computed with."""
+    import matplotlib.pyplot as plt
+
+    from dse.figures_target import _panel, target_figure
+
+    rows = [(0, 80.0, 0.2, 90_000), (1, 85.0, 0.5, 30_000), (2, 70.0, 0.9, 20_000), (3, 60.0, 0.8, 95_000)]
+    trials = pd.DataFrame([dict(id=10 + i, study="s", optuna_trial_number=i, status="complete", dataset="cifar10",
+                                model_name="shallow_sqnxt_10_0_325x", arch="shallow_sqnxt", best_val_acc=v,
+                                latency_p50_ms=lat, ram_bytes_int8=ram, epochs=2, train_images=1000,
+                                data_fraction=0.02, test_images=1000) for i, v, lat, ram in rows])
+    fig, (a, b) = plt.subplots(1, 2)
+    _panel(a, trials, "latency_p50_ms", "ms", 1.0)
+    _panel(b, trials, "ram_bytes_int8", "KB", 1e-3)
+    assert list(a.lines[0].get_xdata()) == [0.2, 0.5] and list(a.lines[0].get_ydata()) == [80.0, 85.0]
+    assert list(b.lines[0].get_xdata()) == [20.0, 30.0] and list(b.lines[0].get_ydata()) == [70.0, 85.0]
+    plt.close(fig)
+    assert target_figure(trials.drop(columns=["latency_p50_ms"]), tmp_path / "t.png").stat().st_size > 5_000

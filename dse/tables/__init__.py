@@ -102,27 +102,26 @@ def read_store(url: str, studies: tuple[str, ...] | None = None) -> StoreData:
 
 
 def _our_sizes(paper: pd.DataFrame, res: pd.DataFrame) -> pd.DataFrame:
-    """Our checkpoint MB / params / MACs per row: from trials, else computed from the architecture."""
+    """Our checkpoint MB / params / MACs per row: from trials, else computed from the architecture; its int8
+    flash and peak activations (what a small board holds) always from the architecture."""
+    import torch
+
+    from dse.models import model_facts
+
     out = res.copy()
     have = out["ckpt_bytes"].notna()
     out["ours_mb_source"] = np.where(have, "trial", "computed")
-    need = np.flatnonzero((~have | out["params"].isna() | out["macs"].isna()).to_numpy())
-    if len(need):
-        import torch
-
-        from dse.models import model_facts
-
-        threads = torch.get_num_threads()
-        # one 32x32 image per model: extra threads only contend (measured 10x slower on 2 busy cores)
-        torch.set_num_threads(1)
-        try:
-            for i in need:
-                f = model_facts(paper["spec"].iat[i])  # cached per spec; only rows nobody ran yet
-                for col, val in (("ckpt_bytes", f.checkpoint_bytes), ("params", f.params), ("macs", f.macs)):
-                    if pd.isna(out[col].iat[i]):
-                        out.iloc[i, out.columns.get_loc(col)] = float(val)
-        finally:
-            torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    # one 32x32 image per model: extra threads only contend (measured 10x slower on 2 busy cores)
+    torch.set_num_threads(1)
+    try:
+        facts = [model_facts(s) for s in paper["spec"]]  # cached per spec (dse.models.facts)
+    finally:
+        torch.set_num_threads(threads)
+    for col, key in (("ckpt_bytes", "checkpoint_bytes"), ("params", "params"), ("macs", "macs")):
+        out[col] = out[col].astype(float).fillna(pd.Series([float(getattr(f, key)) for f in facts], index=out.index))
+    out["flash_bytes"] = [f.flash_bytes for f in facts]
+    out["ram_bytes_int8"] = [f.ram_bytes_int8 for f in facts]
     out["ours_mb"] = out["ckpt_bytes"].astype(float) / MB
     return out
 
@@ -194,16 +193,19 @@ def write_tables(tables: dict[int, TableResult], out_dir: Path, formats: tuple[s
 
 #: The epochs CSV: who (study, Optuna's trial number, model, dataset, seed, store id), then every metric.
 EPOCH_ID_COLUMNS = ("study", "optuna_trial_number", "model_name", "dataset", "seed", "trial_id")
+#: The trial's target facts, repeated on each of its epochs (dse.target): last columns of the epochs CSV.
+TARGET_COLUMNS = ("flash_bytes", "ram_bytes_int8", "ram_bytes_fp32", "latency_p50_ms", "latency_p99_ms")
 
 
 def epochs_frame(data: StoreData) -> pd.DataFrame:
     """Every epoch row of the trials in ``data`` (any status), with the trial's identity columns in front."""
     ids = [int(i) for i in data.trials["id"]] if len(data.trials) else []
     ep = data.epochs(ids)
-    who = data.trials[["id", "optuna_trial_number", "dataset", "seed"]].rename(columns={"id": "trial_id"})
+    who = data.trials[["id", "optuna_trial_number", "dataset", "seed", *TARGET_COLUMNS]].rename(
+        columns={"id": "trial_id"})
     who["optuna_trial_number"] = who["optuna_trial_number"].astype("Int64")  # whole numbers, blank if unknown
     ep = ep.drop(columns=[c for c in ("id", "identity") if c in ep.columns]).merge(who, on="trial_id", how="left")
-    metrics = [c for c in ep.columns if c not in EPOCH_ID_COLUMNS]
+    metrics = [c for c in ep.columns if c not in EPOCH_ID_COLUMNS and c not in TARGET_COLUMNS] + list(TARGET_COLUMNS)
     return ep[[*EPOCH_ID_COLUMNS, *metrics]].sort_values(["study", "trial_id", "epoch"], ignore_index=True)
 
 

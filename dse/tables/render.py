@@ -211,8 +211,8 @@ def display_cells(t: TableResult) -> tuple[list[str], list[list[str]], list[str]
     at_paper_budget = all(comparable(r) for r in t.rows.itertuples(index=False) if r.status == "ok")
     rank = {} if at_paper_budget else ranks(t)
     header = ["Model (paper)", "Ours: registry name", *[h for h, _ in extra], "Acc % paper", "Acc % ours",
-              "Δ acc" if at_paper_budget else "Rank ours/paper", "MB paper", "MB ours", "Params", "int8 MB", speed,
-              f"{SPEED_UNIT} ours (device precision)"]
+              "Δ acc" if at_paper_budget else "Rank ours/paper", "MB paper", "MB ours", "Params", "int8 MB",
+              "Flash KB int8", "Peak RAM KB int8", speed, f"{SPEED_UNIT} ours (device precision)"]
     if t.number == 7:
         header += ["ONNX p50/p99 ms", "int8 p50/p99 ms"]
     one_budget = shared_budget(t)
@@ -228,7 +228,8 @@ def display_cells(t: TableResult) -> tuple[list[str], list[list[str]], list[str]
         int8 = _num(r.int8_bytes)
         cells = [str(r.model), str(r.model_name), *[fn(r) for _, fn in extra], r.accuracy_pct_txt, acc, diff,
                  r.size_mb_txt, mb, _f(r.params, ",.0f"), _f(None if int8 is None else int8 / MB, ".3f"),
-                 r.sec_per_epoch_txt, speed_text(r.sec_full_mean, r.devices, r.precisions)]
+                 _f(r.flash_bytes / 1e3, ",.1f"), _f(r.ram_bytes_int8 / 1e3, ",.1f"), r.sec_per_epoch_txt,
+                 speed_text(r.sec_full_mean, r.devices, r.precisions)]
         if t.number == 7:
             for fmt in ("onnx", "onnx_int8"):
                 p50, p99 = getattr(r, f"{fmt}_p50_ms"), getattr(r, f"{fmt}_p99_ms")
@@ -363,7 +364,8 @@ def to_csv_frame(t: TableResult) -> pd.DataFrame:
         "n": r["n"], "acc_diff_pct": r["acc_mean"] - r["accuracy_pct"], "paper_mb": r["size_mb"],
         "ours_mb": r["ours_mb"], "ours_mb_source": r["ours_mb_source"], "params": r["params"],
         "macs": r["macs"],
-        "int8_mb": r["int8_bytes"] / MB, "paper_sec": r["sec_per_epoch"],
+        "int8_mb": r["int8_bytes"] / MB, "flash_bytes": r["flash_bytes"], "ram_bytes_int8": r["ram_bytes_int8"],
+        "paper_sec": r["sec_per_epoch"],
         "ours_sec_per_50k_epoch": r["sec_full_mean"], "ours_sec_per_trial_epoch": r["sec_mean"],
         "devices": r["devices"], "precisions": r["precisions"], "epochs": r["epochs"],
         "data_fraction": r["data_fraction"], "train_images": r["train_images"],

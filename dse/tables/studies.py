@@ -23,8 +23,9 @@ from dse.tables.render import tex_escape
 
 #: Columns of the CSV export, in order (raw numbers; the Markdown and LaTeX tables show them rounded).
 CSV_COLUMNS = ("trial", "model", "model_name", "arch", "stage_depths", "width", "dropout", "optimizer", "dataset",
-               "seed", "status", "pareto", "params", "macs", "checkpoint_bytes", "best_val_acc", "test_acc",
-               "epochs_done", "epochs", "sec_per_epoch", "device", "precision", "fail_reason")
+               "seed", "status", "pareto", "params", "macs", "checkpoint_bytes", "flash_bytes", "ram_bytes_int8",
+               "ram_bytes_fp32", "latency_p50_ms", "latency_p99_ms", "best_val_acc", "test_acc", "epochs_done",
+               "epochs", "sec_per_epoch", "device", "precision", "fail_reason")
 
 
 @dataclass
@@ -83,6 +84,10 @@ def study_tables(paper: pd.DataFrame, trials: pd.DataFrame) -> dict[str, StudyTa
     return {s: study_table(s, trials) for s in outside_paper(paper, trials)}
 
 
+def _kb(v) -> float | None:
+    return None if v is None or pd.isna(v) else float(v) / 1e3
+
+
 def _f(v, fmt: str) -> str:
     return "" if v is None or pd.isna(v) else format(v, fmt)
 
@@ -90,12 +95,14 @@ def _f(v, fmt: str) -> str:
 def display_cells(t: StudyTable) -> tuple[list[str], list[list[str]]]:
     """Header and body of the Markdown and LaTeX tables (units in the header)."""
     header = ["Trial", "Model", "Dropout", "Optimizer", "Status", "Pareto", "Params (K)", "MACs (M)", "Size (KB)",
-              "Val acc (%)", "Test acc (%)", "Epochs", "s/epoch"]
+              "Flash KB int8", "Peak RAM KB int8", "Latency p50 ms", "Val acc (%)", "Test acc (%)", "Epochs",
+              "s/epoch"]
     body = []
     for r in t.rows.itertuples(index=False):
         status = r.status if r.status != "failed" or not r.fail_reason else f"failed: {str(r.fail_reason)[:60]}"
         body.append([r.trial, r.model, _f(r.dropout, "g"), str(r.optimizer), status, "★" if r.pareto else "",
                      _f(r.params / 1e3, ".1f"), _f(r.macs / 1e6, ".2f"), _f(r.checkpoint_bytes / 1e3, ".1f"),
+                     _f(_kb(r.flash_bytes), ".1f"), _f(_kb(r.ram_bytes_int8), ".1f"), _f(r.latency_p50_ms, ".2f"),
                      _f(r.best_val_acc, ".2f"), _f(r.test_acc, ".2f"), f"{int(r.epochs_done)}/{int(r.epochs)}",
                      _f(r.sec_per_epoch, ".1f")])
     return header, body
