@@ -531,3 +531,38 @@ def _trained_checkpoint(tmp_path: Path, name: str) -> Path:
     fit(spec_from_name(name), data, OptimConfig(),
         TrainConfig(epochs=1, checkpoint_dir=str(tmp_path / "ckpt")))
     return tmp_path / "ckpt" / "best.pt"
+
+
+def test_a_deployed_model_is_checked_against_the_target(tmp_path):
+    """--target: the int8 file against the flash budget, the counted peak RAM against the RAM budget, the trained
+    model's measured p99 against a latency budget; the verdict in report.json, the model card and the summary."""
+    from dse.deploy import fit
+    from dse.models import model_facts
+    from dse.store import Store
+
+    with pytest.raises(DeployError, match="unknown target 'nano'; known: arm_board, host, mcu"):
+        fit.load_target("nano")
+    mcu = fit.load_target("mcu")
+    assert mcu["precision"] == "int8" and mcu["budgets"] == {"max_ram_bytes": 262144, "max_flash_bytes": 1048576}
+    store = Store(f"sqlite:///{tmp_path / 'dse.db'}")
+    model, spec = tiny_model()
+    ckpt = tmp_path / "best.pt"
+    torch.save(model.state_dict(), ckpt)
+    _add_trial(store, spec.name, ckpt)
+    cand = sel.candidates(store.trials())[0]
+    tight = {"name": "tight", "precision": "int8", "source": "test",
+             "budgets": {"max_flash_bytes": 1_000, "max_ram_bytes": 10**9, "max_latency_ms": 1e-6}}
+    opts = Options(out=tmp_path / "out", test_images=30, calib_images=48, warmup=2, runs=10, force=True,
+                   target=tight)
+    rep = deploy_model(model, spec, cand, bundle(), opts)
+    checks = {c["what"]: c for c in rep.target["checks"]}
+    final = rep.format("onnx_int8").file_bytes  # the check counted the file before the card's metadata went in
+    assert 0.95 * final < checks["flash"]["value"] < final and checks["flash"]["ok"] is False
+    assert checks["RAM"]["value"] == model_facts(spec).ram_bytes_int8 and checks["RAM"]["ok"] is True
+    assert checks["latency p99"]["value"] == rep.format("onnx_int8").latency["p99_ms"]
+    assert checks["latency p99"]["ok"] is False and rep.target["fits"] is False
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "tight: does not fit (flash, latency p99 over)" in card
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["target"]["fits"] is False
+    assert "target tight (int8): does NOT fit" in summary([rep])
+    assert fit.check(rep, spec, cand, mcu)["fits"] is True  # a few kB of int8: fits a 1 MB-flash board

@@ -31,6 +31,7 @@ from pathlib import Path
 from dse.deploy import DeployError
 from dse.deploy.chance import CHANCE_MARGIN_POINTS
 from dse.deploy.choose import from_store
+from dse.deploy.fit import load_target
 from dse.deploy.inputs import bundle_cache, load_checkpoint, pick_test_images
 from dse.deploy.options import Options
 from dse.deploy.pipeline import DEFAULT_OUT, deploy_all, deploy_model
@@ -99,6 +100,9 @@ def _what(m) -> None:
     m.add_argument("--warmup", type=int, default=50, help="untimed runs before timing (default 50)")
     m.add_argument("--runs", type=int, default=500, help="timed batch-1 runs per format (default 500)")
     m.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
+    m.add_argument("--target", metavar="NAME",
+                   help="check each deployed model against a target's budgets (dse/conf/target/NAME.yaml: host, "
+                        "mcu, arm_board): its file, peak RAM and measured latency")
     m.add_argument("--atol", type=float, default=1e-4, help="max |logit difference| exported vs PyTorch")
     m.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     m.add_argument("--force", action="store_true",
@@ -134,7 +138,8 @@ def _options(args) -> Options:
                    per_channel={"auto": "auto", "on": True, "off": False}[args.per_channel],
                    runtime=args.runtime,
                    component_model=args.component_model, warmup=args.warmup, runs=args.runs,
-                   latency=not args.no_latency, atol=args.atol, opset=args.opset, force=args.force)
+                   latency=not args.no_latency, atol=args.atol, opset=args.opset, force=args.force,
+                   target=load_target(args.target) if args.target else None)
 
 
 def _open_store(args):

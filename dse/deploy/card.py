@@ -21,7 +21,7 @@ from dse.common import atomic_write
 KEYS = ("model", "registry_name", "warning", "study", "optuna_trial", "dataset", "val_acc_pct", "test_acc_pct",
         "test_images_scored", "budget_epochs", "budget_train_images", "data_copy", "checkpoint_bytes", "params",
         "macs", "input", "output", "preprocessing", "mean", "std", "class_labels", "opset", "latency",
-        "latency_machine")
+        "latency_machine", "target")
 
 
 def _pct(v: float | None) -> str:
@@ -37,12 +37,13 @@ def _int(v: Any) -> str:
 
 def facts(*, spec, cand, classes: Sequence[str], mean: Sequence[float], std: Sequence[float], opset: int,
           test_acc: float, test_images: int, latency: Mapping[str, Mapping[str, Any]], machine: str,
-          params: int, macs: int, warning: str = "") -> dict[str, str]:
+          params: int, macs: int, warning: str = "", target: str = "") -> dict[str, str]:
     """The card's facts as strings (ONNX metadata values are strings). ``latency``: format -> LatencyResult dict.
 
     ``test_acc`` is the accuracy measured now on ``test_images`` test images; the validation accuracy and the
     budget come from the store (``unknown`` for a checkpoint deployed without a trial). ``warning``: e.g. that
-    the model is near chance and was deployed with --force ("none" when empty).
+    the model is near chance and was deployed with --force ("none" when empty). ``target``: the verdict of
+    ``dse.deploy.fit`` (e.g. "mcu: fits").
     """
     from dse.deploy.export import INPUT_NAME, OUTPUT_NAME
 
@@ -61,7 +62,7 @@ def facts(*, spec, cand, classes: Sequence[str], mean: Sequence[float], std: Seq
         "preprocessing": "RGB 32x32 uint8 -> x / 255 -> (x - mean) / std per channel -> NCHW float32",
         "mean": json.dumps([round(float(m), 6) for m in mean]), "std": json.dumps([round(float(s), 6) for s in std]),
         "class_labels": json.dumps(list(classes)), "opset": str(opset), "latency": lat,
-        "latency_machine": machine,
+        "latency_machine": machine, "target": target or "none checked (python -m dse.deploy --target NAME)",
     }
 
 

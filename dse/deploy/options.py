@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Options:
     atol: float = 1e-4
     opset: int = 17
     force: bool = False  # deploy a model within CHANCE_MARGIN_POINTS of chance
+    target: dict[str, Any] | None = None  # check the trained model against this target (dse.deploy.fit)
 
     @property
     def component_format(self) -> str:

@@ -18,7 +18,7 @@ FORMAT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "on
 def package(report: DeployReport, spec, cand: Candidate, bundle, opts: Options) -> None:
     """The RTMaps component, the model card (README.md + ONNX metadata) and report.json of one folder."""
     from dse.data import CIFAR_MEAN, CIFAR_STD
-    from dse.deploy import card, rtmaps
+    from dse.deploy import card, fit, rtmaps
     from dse.models import model_facts
 
     out = Path(opts.out)
@@ -33,12 +33,14 @@ def package(report: DeployReport, spec, cand: Candidate, bundle, opts: Options) 
                     "test_acc": round(comp.test_acc, 2)})
     report.component, report.component_model = str(comp_path), comp_fmt
     mf = model_facts(spec)
+    verdict = fit.verdict(report.target)
     warning = "; ".join(w for w in [chance_warning(report.format("torch").test_acc, spec.num_classes),
-                                    *timing_warnings(report.formats)] if w)
+                                    *timing_warnings(report.formats),
+                                    verdict if "does not fit" in verdict else ""] if w)
     f = card.facts(spec=spec, cand=cand, classes=bundle.classes, mean=CIFAR_MEAN, std=CIFAR_STD, opset=opts.opset,
                    test_acc=report.format("torch").test_acc, test_images=comp.test_images,
                    latency={r.format: r.latency for r in report.formats if r.latency}, machine=report.machine,
-                   params=cand.params or mf.params, macs=cand.macs or mf.macs, warning=warning)
+                   params=cand.params or mf.params, macs=cand.macs or mf.macs, warning=warning, target=verdict)
     for r in report.formats:
         if r.format in ("onnx", "onnx_int8"):
             r.file_bytes = card.stamp_onnx(r.path, f)  # metadata only: the graph and its outputs are unchanged

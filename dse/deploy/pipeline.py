@@ -130,6 +130,12 @@ def deploy_model(model, spec, cand: Candidate, bundle, opts: Options, store=None
         best_val_acc=cand.best_val_acc, host=socket.gethostname(), machine=latency.machine(),
         int8_per_channel=q.per_channel, int8_calibration_images=q.calibration_images, int8_choice=q.tried,
         formats=results)
+    if opts.target:
+        from dse.deploy import fit
+
+        report.target = fit.check(report, spec, cand, opts.target)
+        for line in fit.lines(report.target):
+            (log.info if report.target["fits"] is not False else log.warning)("%s: %s", cand.label, line)
     package(report, spec, cand, bundle, opts)
     steps.finish()
     if store is not None:

@@ -47,6 +47,7 @@ class DeployReport:
     int8_calibration_images: int
     int8_choice: dict[str, float]
     formats: list[FormatResult] = field(default_factory=list)
+    target: dict[str, Any] | None = None  # the trained model against a target's budgets (dse.deploy.fit)
 
     def format(self, name: str) -> FormatResult:
         """The result of format ``name`` (torch, onnx, torchscript, onnx_int8)."""
@@ -124,6 +125,11 @@ def summary(reports: list[DeployReport]) -> str:
                  "1-minute load average around the timing")
     for rep in reports:
         text += "".join(f"\nwarning: {rep.model_name}: {w}" for w in timing_warnings(rep.formats))
+    from dse.deploy.fit import lines
+
+    for rep in reports:
+        if rep.target:
+            text += "".join(f"\n{rep.model_name}: {line}" for line in lines(rep.target))
     return text
 
 

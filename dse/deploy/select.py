@@ -70,6 +70,8 @@ class Candidate:
     epochs: int | None = None  # the budget it was trained at
     train_images: int | None = None
     params: int | None = None
+    ram_bytes_int8: int | None = None  # peak activations the search counted (dse.models.footprint)
+    latency_p99_ms: float | None = None  # the untrained network's, measured at planning (dse.deploy.facts)
     expected: dict[str, Any] = field(default_factory=dict, compare=False)  # spec fields the store recorded
 
     @property
@@ -119,6 +121,8 @@ def _candidate(row: dict[str, Any]) -> Candidate:
         epochs=whole("epochs"),
         train_images=whole("train_images"),
         params=whole("params"),
+        ram_bytes_int8=whole("ram_bytes_int8"),
+        latency_p99_ms=_num(row.get("latency_p99_ms")),
         expected=expected,
     )
 
