@@ -11,7 +11,7 @@ export DSE_DATA_DIR ?= $(SHARED_DATA)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-fast test-e2e sweep tables bench bench-gpu bench-pack bench-settings gpu-kit gpu-check lint dashboard dry-run deploy clean clean-studies
+.PHONY: help venv test test-fast test-e2e sweep tables bench bench-gpu bench-pack bench-settings bench-target gpu-kit gpu-check lint dashboard dry-run deploy clean clean-studies
 # The GPU machine has no .venv and no network: gpu-check runs with its python3 (after `source .gpu-kit/setup.sh`)
 GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
@@ -55,6 +55,9 @@ bench: $(STAMP)  ## benchmarks: training core vs reference pipeline, tables on a
 
 bench-gpu: $(STAMP)  ## one CUDA GPU: authors' pipeline vs fit eager vs fit fast, 1-16 processes, paper-study hours
 	$(BIN)/python bench/bench_gpu.py $(ARGS)
+
+bench-target: $(STAMP)  ## the target facts: MACs vs latency and params vs peak RAM (Spearman), their cost cold and warm
+	$(BIN)/python bench/bench_target.py
 
 bench-settings: $(STAMP)  ## every candidate speed setting of the default study's rows side by side, and what auto picks
 	$(BIN)/python bench/bench_settings.py $(ARGS)

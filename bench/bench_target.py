@@ -57,6 +57,19 @@ def spearman(a, b) -> float:
     return float(a.rank().corr(b.rank()))
 
 
+def misleading_pair(df) -> str:
+    """The pair MACs misrank the most: A has k times B's MACs yet runs faster (largest k)."""
+    macs, p50, names = df["macs"].to_numpy(float), df["p50"].to_numpy(float), list(df["name"])
+    best = (0.0, 0, 0)
+    for a in range(len(df)):
+        for b in range(len(df)):
+            if p50[a] < p50[b] and macs[a] / macs[b] > best[0]:
+                best = (macs[a] / macs[b], a, b)
+    k, a, b = best
+    return (f"most misleading pair: {names[a]} has {k:.1f}x the MACs of {names[b]} ({macs[a] / 1e6:.2f} M vs "
+            f"{macs[b] / 1e6:.2f} M) yet runs faster ({p50[a]:.3f} vs {p50[b]:.3f} ms p50)")
+
+
 def cpu_label() -> str:
     from dse.deploy.latency import machine
 
@@ -87,6 +100,7 @@ def main() -> None:
     shallow = df[df["name"].str.startswith("shallow_sqnxt")]
     print(f"  {'MACs vs latency p50 (SSqNxt only, ' + str(len(shallow)) + ')':26s} "
           f"{spearman(shallow['macs'], shallow['p50']):+.3f}")
+    print(misleading_pair(df))
     fastest = df.sort_values("p50").head(3)[["name", "macs", "p50"]]
     fewest = df.sort_values("macs").head(3)[["name", "macs", "p50"]]
     print("fewest MACs:\n" + fewest.to_string(index=False) + "\nlowest latency:\n" + fastest.to_string(index=False))
