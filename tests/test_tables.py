@@ -255,15 +255,16 @@ def test_formats_figures_and_report_written(tmp_path, store):
     # Table 1's baselines are GPU-budget rows (dse/experiments/cpu_gpu.yaml): their command is that study's
     assert csv.loc[1, "run_command"] == "python -m dse.sweep experiment=cpu_gpu budget=paper trainer=gpu"
     assert r"\begin{tabular}" in (out / "tables" / "table1.tex").read_text()
-    for name in ("figure9.png", "tradeoff.png"):
+    for name in ("figure9.png", "tradeoff.png", "target.png"):
         data = (out / "figures" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     report = (out / "report.md").read_text()
     for link in [f"tables/table{n}.{fmt}" for n in range(1, 8) for fmt in ("md", "csv", "tex")] + [
-            "figures/figure9.png", "figures/tradeoff.png"]:
+            "figures/figure9.png", "figures/tradeoff.png", "figures/target.png"]:
         assert f"]({link})" in report and (out / link).exists()
     assert "tables-smoke" in report and "`abc123`" in report and "`2.14.1`" in report and "`cpu`" in report
     assert "| tables-smoke | 4 | 4 |" in report  # trial counts by status
+    assert "peak RAM and int8 flash for 0 of 4 trials; latency of the untrained network for 0" in report
     assert res.files and all(p.exists() for p in res.files)
 
 

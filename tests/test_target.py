@@ -77,20 +77,27 @@ def test_latency_is_measured_once_per_architecture_and_host(monkeypatch):
         facts.latency_facts(specs)  # another host: its own measurement
 
 
-def test_the_facts_reach_the_store_and_latency_is_an_objective(tmp_path, tiny_imagefolder):
-    """A grid study with objectives [val_acc, latency_ms]: Optuna gets two directions and each trial's second
-    value is the latency the store recorded before training."""
+MODES = {"grid": ["max_trials=2"],
+         "sample": ["search.mode=sample", "search.n_trials=2", "sampler=nsga2",
+                    "++search.params={model.dropout: {type: float, low: 0.1, high: 0.5, step: 0.1}}"]}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_the_facts_reach_the_store_and_latency_is_an_objective(tmp_path, tiny_imagefolder, mode):
+    """A study with objectives [val_acc, latency_ms] (a grid, and points an NSGA-II sampler draws): Optuna gets
+    two directions and each trial's second value is the latency the store recorded before training."""
     db, ckpt = tmp_path / "s.db", tmp_path / "ckpt"
-    r = run(sweep_cmd(db, ckpt, tiny_imagefolder, "search.objectives=[val_acc,latency_ms]", "max_trials=2"))
+    r = run(sweep_cmd(db, ckpt, tiny_imagefolder, "search.objectives=[val_acc,latency_ms]", *MODES[mode]))
     assert r.returncode == 0, r.stderr[-3000:]
     study = optuna.load_study(study_name="table4-smoke", storage=f"sqlite:///{db}")
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     with sqlite3.connect(db) as c:
-        rows = c.execute("select optuna_trial_number, latency_p50_ms, ram_bytes_int8, flash_bytes, status "
-                         "from dse_trials").fetchall()
-    facts = model_facts(spec_from_name("shallow_sqnxt_06_0_2x"))
-    assert all(ram == facts.ram_bytes_int8 and flash == facts.flash_bytes and lat > 0 for _, lat, ram, flash, _ in rows)
-    done = {n: lat for n, lat, _, _, s in rows if s == "complete"}
+        rows = c.execute("select optuna_trial_number, latency_p50_ms, ram_bytes_int8, flash_bytes, status, "
+                         "model_name from dse_trials").fetchall()
+    for _, lat, ram, flash, _, name in rows:
+        facts = model_facts(spec_from_name(name))
+        assert (ram, flash) == (facts.ram_bytes_int8, facts.flash_bytes) and lat > 0
+    done = {n: lat for n, lat, _, _, s, _ in rows if s == "complete"}
     assert len(done) == 2
     for t in study.trials:
         if t.state == optuna.trial.TrialState.COMPLETE:

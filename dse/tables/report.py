@@ -145,7 +145,10 @@ def _provenance_facts(data: StoreData) -> list[str]:
              f"- data copies: {_counts(t['data_source'])}",
              f"- datasets: {_counts(t['dataset'])}",
              f"- hosts: {_counts(t['host'])}",
-             f"- budgets (complete trials): {_counts(budgets)}"]
+             f"- budgets (complete trials): {_counts(budgets)}",
+             f"- target facts before training: peak RAM and int8 flash for {int(t['ram_bytes_int8'].notna().sum()):,}"
+             f" of {len(t):,} trials; latency of the untrained network for {int(t['latency_p50_ms'].notna().sum()):,}"
+             f" (measured on: {_counts(t['latency_runtime'])}; this host's CPU, not the board)"]
     if len(data.deployments):
         d = data.deployments
         lines.append(f"- deployments: {len(d):,} measurements; formats {_counts(d['format'])}; "
