@@ -102,3 +102,5 @@ def test_the_facts_reach_the_store_and_latency_is_an_objective(tmp_path, tiny_im
     for t in study.trials:
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert t.values[1] == pytest.approx(done[t.number])
+            assert t.user_attrs["latency_p50_ms"] == pytest.approx(done[t.number])  # the dashboard shows the facts
+            assert t.user_attrs["ram_bytes_int8"] > 0 and t.user_attrs["flash_bytes"] > 0

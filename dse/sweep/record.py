@@ -319,6 +319,8 @@ def user_attrs(row: st.TrialRow) -> dict[str, Any]:
                              "arch": row.arch,
                              "stage_depths": row.stage_depths, "width": row.width, "params": row.params,
                              "macs": row.macs, "checkpoint_bytes": row.checkpoint_bytes, "attempts": row.attempts}
+    attrs.update({k: getattr(row, k) for k in ("flash_bytes", "ram_bytes_int8", "latency_p50_ms", "latency_p99_ms")
+                  if getattr(row, k) is not None})  # the target's facts (dse.target), known before training
     if row.status == st.COMPLETE:
         attrs.update(test_acc=row.test_acc, sec_per_epoch=row.sec_per_epoch, device=row.device)
     elif row.fail_reason:
