@@ -86,8 +86,20 @@ def _store(new: dict[str, LatencyFacts]) -> None:
             pass
 
 
+def _every(seconds: float, what: str):
+    """A progress callback ``(done, total)`` that logs at most every ``seconds`` (and at the end)."""
+    last = [time.monotonic()]
+
+    def tick(done: int, total: int) -> None:
+        if done == total or time.monotonic() - last[0] >= seconds:
+            last[0] = time.monotonic()
+            log.info("latency facts: %s %d of %d", what, done, total)
+
+    return tick
+
+
 def _measure(specs: list[ModelSpec], input_size: tuple[int, ...], runs: int, warmup: int) -> list[LatencyFacts]:
-    """Export each untrained network and time them all in one fresh process."""
+    """Export each untrained network and time them all in one fresh process (progress logged every 5 s)."""
     import numpy as np
     import torch
 
@@ -101,13 +113,15 @@ def _measure(specs: list[ModelSpec], input_size: tuple[int, ...], runs: int, war
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny exports: more threads only add contention
         try:
+            exported = _every(5.0, "exported")
             for i, spec in enumerate(specs):
                 torch.manual_seed(0)
                 paths.append(export_onnx(build_model(spec), Path(d) / f"m{i}.onnx", image_size=input_size[-1]))
+                exported(i + 1, len(specs))
         finally:
             torch.set_num_threads(threads)
         results = measure_many("onnx", paths, images, warmup=warmup, runs=runs, threads=1,
-                               timeout=60.0 + 5.0 * len(paths))
+                               timeout=60.0 + 5.0 * len(paths), on_result=_every(5.0, "timed"))
     host = socket.gethostname()
     return [LatencyFacts(r.p50_ms, r.p99_ms, r.runtime, host) for r in results]
 

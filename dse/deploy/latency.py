@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -100,10 +101,12 @@ def measure(fmt: str, path: str | os.PathLike, images: Any, *, warmup: int = DEF
 
 
 def measure_many(fmt: str, paths: list[str | os.PathLike], images: Any, *, warmup: int = DEFAULT_WARMUP,
-                 runs: int = DEFAULT_RUNS, threads: int = 1, timeout: float = 600.0) -> list[LatencyResult]:
+                 runs: int = DEFAULT_RUNS, threads: int = 1, timeout: float = 600.0,
+                 on_result: Callable[[int, int], None] | None = None) -> list[LatencyResult]:
     """Measure several model files of one format, one after the other, in one fresh process (the runtime is
     imported once: what the search's facts need for many architectures). Each model's peak memory is counted
-    from its own baseline (the high-water mark is reset before each). ``timeout``: seconds for them all."""
+    from its own baseline (the high-water mark is reset before each). ``timeout``: seconds for them all;
+    ``on_result(done, total)`` after each model (progress)."""
     import numpy as np
 
     from dse.deploy import DeployError
@@ -125,19 +128,40 @@ def measure_many(fmt: str, paths: list[str | os.PathLike], images: Any, *, warmu
         np.save(inputs, images)
         req = {"format": fmt, "paths": [str(Path(p).resolve()) for p in paths], "inputs": str(inputs),
                "warmup": int(warmup), "runs": int(runs), "threads": int(threads)}
-        try:
-            proc = subprocess.run([sys.executable, "-m", "dse.deploy.latency", json.dumps(req)], env=env,
-                                  capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            raise DeployError(f"latency measurement of {len(paths)} {fmt} model(s) ({paths[0]}, ...) took over "
-                              f"{timeout:.0f} s") from e
-    results = [LatencyResult(**json.loads(line[len(_MARK):])) for line in proc.stdout.splitlines()
-               if line.startswith(_MARK)]
+        results, returncode, tail, timed_out = _run_child(req, env, timeout, len(paths), on_result)
+    if timed_out:
+        raise DeployError(f"latency measurement of {len(paths)} {fmt} model(s) ({paths[0]}, ...) took over "
+                          f"{timeout:.0f} s")
     if len(results) == len(paths):
         return results
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     failed = paths[len(results)] if len(results) < len(paths) else paths[-1]
-    raise DeployError(f"latency measurement of {fmt} {failed} failed (exit {proc.returncode}): {tail}")
+    raise DeployError(f"latency measurement of {fmt} {failed} failed (exit {returncode}): {tail}")
+
+
+def _run_child(req: dict[str, Any], env: dict[str, str], timeout: float, n: int,
+               on_result: Callable[[int, int], None] | None) -> tuple[list[LatencyResult], int, str, bool]:
+    """Run the child, reading each result as it prints it (``on_result(done, n)``: progress); killed after
+    ``timeout`` seconds. Returns (results, exit code, last stderr line, whether it timed out)."""
+    results: list[LatencyResult] = []
+    killed = threading.Event()
+    with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
+            [sys.executable, "-m", "dse.deploy.latency", json.dumps(req)], env=env, stdout=subprocess.PIPE,
+            stderr=err, text=True) as proc:
+        timer = threading.Timer(timeout, lambda: (killed.set(), proc.kill()))
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith(_MARK):
+                    results.append(LatencyResult(**json.loads(line[len(_MARK):])))
+                    if on_result is not None:
+                        on_result(len(results), n)
+            proc.wait()
+        finally:
+            timer.cancel()
+        err.seek(0)
+        tail = (err.read().strip().splitlines() or ["no output"])[-1]
+    return results, proc.returncode, tail, killed.is_set()
 
 
 # ---------------------------------------------------------------------------------------- child side
