@@ -566,3 +566,8 @@ def test_a_deployed_model_is_checked_against_the_target(tmp_path):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["target"]["fits"] is False
     assert "target tight (int8): does NOT fit" in summary([rep])
     assert fit.check(rep, spec, cand, mcu)["fits"] is True  # a few kB of int8: fits a 1 MB-flash board
+    import dataclasses
+
+    stored = fit.check(rep, spec, dataclasses.replace(cand, ram_bytes_int8=123), {**tight, "precision": "fp32"})
+    ram = next(c for c in stored["checks"] if c["what"] == "RAM")
+    assert ram["value"] == 4 * 123 and "the store" in ram["how"]  # the search's count reused, at 4 bytes each
