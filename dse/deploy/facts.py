@@ -122,8 +122,21 @@ def _measure(specs: list[ModelSpec], input_size: tuple[int, ...], runs: int, war
             torch.set_num_threads(threads)
         results = measure_many("onnx", paths, images, warmup=warmup, runs=runs, threads=1,
                                timeout=60.0 + 5.0 * len(paths), on_result=_every(5.0, "timed"))
+    _warn_if_loaded(results)
     host = socket.gethostname()
     return [LatencyFacts(r.p50_ms, r.p99_ms, r.runtime, host) for r in results]
+
+
+def _warn_if_loaded(results: list) -> None:
+    """Say so when other processes loaded the host while it timed (as dse.deploy does): the facts are cached."""
+    from dse.deploy.report import LOAD_WARN
+
+    cores = os.cpu_count() or 1
+    worst = max((v for r in results for v in (r.load_before, r.load_after) if v is not None), default=None)
+    if worst is not None and worst - 1 > LOAD_WARN * cores:
+        log.warning("latency facts measured under load (1-minute load average up to %.1f on %d cores): the "
+                    "timings are inflated and cached; delete %s and plan again on a quiet host", worst, cores,
+                    cache_path())
 
 
 def latency_facts(specs: Iterable[ModelSpec], input_size: tuple[int, ...] = (3, 32, 32), *, runs: int = RUNS,
