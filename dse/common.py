@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import math
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from dse.errors import first_line
@@ -137,6 +139,21 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
             # torch's C++ writer drops the errno of a short write (a full disk, a quota): give it back, with the path
             raise OSError(errno.ENOSPC, f"torch.save could not write ({first_line(e)})",
                           str(path)) from e
+
+
+def progress_every(seconds: float, logger: logging.Logger, what: str) -> Callable[[int, int], None]:
+    """A progress callback ``tick(done, total)`` for work that may be slow: it logs "<what>: done of total" at most
+    every ``seconds``, and the last one only when it logged before (quick work says nothing)."""
+    last, said = time.monotonic(), False
+
+    def tick(done: int, total: int) -> None:
+        nonlocal last, said
+        now = time.monotonic()
+        if now - last >= seconds or (done == total and said):
+            last, said = now, True
+            logger.info("%s: %d of %d", what, done, total)
+
+    return tick
 
 
 def pareto_front(acc: Sequence[float | None], size: Sequence[float | None]) -> list[int]:

@@ -104,3 +104,31 @@ def test_the_facts_reach_the_store_and_latency_is_an_objective(tmp_path, tiny_im
             assert t.values[1] == pytest.approx(done[t.number])
             assert t.user_attrs["latency_p50_ms"] == pytest.approx(done[t.number])  # the dashboard shows the facts
             assert t.user_attrs["ram_bytes_int8"] > 0 and t.user_attrs["flash_bytes"] > 0
+
+
+def test_many_architectures_are_exported_over_the_cores_and_timed_alike(monkeypatch):
+    """Past PARALLEL_FROM architectures the exports run in spawned processes; the timings are the same kind."""
+    from dse.deploy import facts
+
+    monkeypatch.setattr(facts, "PARALLEL_FROM", 2)
+    specs = [spec_from_name(n) for n in ("shallow_sqnxt_06_0_2x", "shallow_sqnxt_07_0_2x", "shallow_sqnxt_08_0_2x")]
+    out = facts.latency_facts(specs)
+    assert set(out) == set(specs) and all(0 < f.p50_ms <= f.p99_ms for f in out.values())
+
+
+def test_progress_is_said_only_for_slow_work():
+    import logging
+
+    from dse.common import progress_every
+
+    said: list[str] = []
+
+    class Log(logging.Logger):
+        def info(self, msg, *args, **kw):  # noqa: D102 - a recorder
+            said.append(msg % args)
+
+    quick, slow = progress_every(3600, Log("q"), "quick"), progress_every(0, Log("s"), "slow")
+    for i in range(1, 4):
+        quick(i, 3)
+        slow(i, 3)
+    assert said == ["slow: 1 of 3", "slow: 2 of 3", "slow: 3 of 3"]
