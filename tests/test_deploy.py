@@ -571,3 +571,9 @@ def test_a_deployed_model_is_checked_against_the_target(tmp_path):
     stored = fit.check(rep, spec, dataclasses.replace(cand, ram_bytes_int8=123), {**tight, "precision": "fp32"})
     ram = next(c for c in stored["checks"] if c["what"] == "RAM")
     assert ram["value"] == 4 * 123 and "the store" in ram["how"]  # the search's count reused, at 4 bytes each
+
+
+def test_cli_unknown_target_is_one_line_exit_2(tmp_path, capsys):
+    code, err = _cli(["--db", f"sqlite:///{tmp_path / 'none.db'}", "--target", "nano"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == "dse.deploy: error: unknown target 'nano'; known: arm_board, host, mcu"

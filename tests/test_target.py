@@ -132,3 +132,18 @@ def test_progress_is_said_only_for_slow_work():
         quick(i, 3)
         slow(i, 3)
     assert said == ["slow: 1 of 3", "slow: 2 of 3", "slow: 3 of 3"]
+
+
+def test_a_sweep_stores_rejected_configurations_untrained(tmp_path, tiny_imagefolder):
+    """target=mcu with a RAM budget below every point: the sweep trains nothing, each row is rejected with the
+    value in its reason, and the exit code says the study ran (0)."""
+    db, ckpt = tmp_path / "s.db", tmp_path / "ckpt"
+    r = run(sweep_cmd(db, ckpt, tiny_imagefolder, "target=mcu", "search.constraints.max_ram_bytes=1000"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    with sqlite3.connect(db) as c:
+        rows = c.execute("select status, epochs_done, fail_reason from dse_trials").fetchall()
+    ram = model_facts(spec_from_name("shallow_sqnxt_06_0_2x")).ram_bytes_int8
+    assert len(rows) == 5 and all(s == "rejected" and e == 0 for s, e, _ in rows)
+    assert {why for _, _, why in rows} == {
+        f"rejected by constraint: peak int8 activation bytes {ram:,} > max_ram_bytes 1,000"}
+    assert not ckpt.exists() or not any(ckpt.rglob("*.pt"))
