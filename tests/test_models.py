@@ -405,3 +405,10 @@ def test_cli_list_and_errors(capsys) -> None:
     assert cli_main(["--show", "foo"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and "'foo'" in err
+
+
+def test_cli_show_names_the_board_facts(capsys) -> None:
+    assert cli_main(["--show", "shallow_sqnxt_06_0_2x"]) == 0
+    f = model_facts(spec_from_name("shallow_sqnxt_06_0_2x"))
+    out = capsys.readouterr().out
+    assert f"int8 flash={f.flash_bytes:,} B" in out and f"peak activations={f.ram_bytes_int8:,} B int8" in out

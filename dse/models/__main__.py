@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     f = model_facts(spec)
     print(
         f"{spec.name}  {spec.display_name}  {spec.to_dict()}  params={f.params:,}  MACs={f.macs:,}  "
-        f"checkpoint={f.checkpoint_bytes:,} B"
+        f"checkpoint={f.checkpoint_bytes:,} B  int8 flash={f.flash_bytes:,} B  peak activations={f.ram_bytes_int8:,} B "
+        f"int8 / {f.ram_bytes_fp32:,} B fp32 (one image)"
     )
     return 0
 
