@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import math
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from dse.errors import first_line
 
@@ -122,6 +125,29 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+_JSON_CACHE_LOCK = threading.Lock()
+
+
+def read_json_cache(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON cache file's entries; {} when it is missing or unreadable (a cache is only ever a shortcut)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def update_json_cache(path: str | os.PathLike, entries: dict[str, Any]) -> None:
+    """Merge ``entries`` into a JSON cache file (atomic replace; a lost race between processes only loses an
+    entry, and a read-only cache folder only means computing again)."""
+    with _JSON_CACHE_LOCK:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps({**read_json_cache(path), **entries}))
+        except OSError:
+            pass
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:

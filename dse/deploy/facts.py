@@ -24,20 +24,18 @@ import logging
 import os
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dse.common import cache_root, progress_every
+from dse.common import cache_root, progress_every, read_json_cache, update_json_cache
 from dse.models.registry import ModelSpec
 
 log = logging.getLogger("dse.deploy")
 
 RUNS, WARMUP = 100, 10  # timed and untimed batch-1 runs per architecture (each a few ms on a desktop core)
 IMAGES = 4  # distinct noise images cycled through
-_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -61,29 +59,6 @@ def cache_path() -> Path:
 
 def _key(spec: ModelSpec, input_size: tuple[int, ...], runs: int, warmup: int) -> str:
     return json.dumps([spec.replace(dropout=None).to_dict(), list(input_size), runs, warmup], sort_keys=True)
-
-
-def _load() -> dict[str, dict]:
-    try:
-        return json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _store(new: dict[str, LatencyFacts]) -> None:
-    """Merge ``new`` into the cache file (atomic replace; a read-only cache only means measuring again)."""
-    path = cache_path()
-    with _LOCK:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data = _load()
-            data.update({k: v.__dict__ for k, v in new.items()})
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".latency-")
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
-        except OSError:
-            pass
 
 
 PARALLEL_FROM = 16  # architectures: fewer are exported here (a spawned exporter takes ~3 s to import torch)
@@ -164,7 +139,7 @@ def latency_facts(specs: Iterable[ModelSpec], input_size: tuple[int, ...] = (3, 
     before and after: a cold paper plan takes about a minute)."""
     input_size = tuple(int(v) for v in input_size)
     wanted = {s: _key(s, input_size, runs, warmup) for s in dict.fromkeys(specs)}
-    have = _load()
+    have = read_json_cache(cache_path())
     out = {s: LatencyFacts(**have[k]) for s, k in wanted.items() if k in have}
     todo = list(dict.fromkeys(s.replace(dropout=None) for s in wanted if s not in out))
     if todo:
@@ -172,7 +147,7 @@ def latency_facts(specs: Iterable[ModelSpec], input_size: tuple[int, ...] = (3, 
         log.info("measuring the batch-1 latency of %d untrained architecture%s (ONNX Runtime, 1 thread, this "
                  "host's CPU) ...", len(todo), "s" * (len(todo) != 1))
         measured = dict(zip(todo, _measure(todo, input_size, runs, warmup), strict=True))
-        _store({_key(s, input_size, runs, warmup): f for s, f in measured.items()})
+        update_json_cache(cache_path(), {_key(s, input_size, runs, warmup): f.__dict__ for s, f in measured.items()})
         log.info("measured %d architecture%s in %.1f s", len(todo), "s" * (len(todo) != 1), time.monotonic() - t0)
         out.update({s: measured[s.replace(dropout=None)] for s in wanted if s not in out})
     return out

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from dse.common import CONF_DIR
+from dse.config import CONF_DIR
 from dse.deploy import DeployError
 
 TARGETS = CONF_DIR / "target"

@@ -23,16 +23,13 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
-import tempfile
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dse.common import cache_root
+from dse.common import cache_root, read_json_cache, update_json_cache
 from dse.models.footprint import int8_weight_bytes, peak_activations
 from dse.models.registry import InvalidModelConfig, ModelSpec, build_model
 
@@ -112,9 +109,6 @@ def _facts_of_module(model: nn.Module, input_size: tuple[int, ...]) -> ModelFact
         flash_bytes=int8_weight_bytes(model), peak_activations=peak_activations(model, input_size))
 
 
-_DISK_LOCK = threading.Lock()
-
-
 def _disk_cache_path() -> Path:
     # v2: flash_bytes and peak_activations (a v1 file lacks them: a new file, computed again once)
     return cache_root() / f"model_facts-v2-torch{torch.__version__.split('+')[0]}.json"
@@ -124,35 +118,12 @@ def _disk_key(spec: ModelSpec, input_size: tuple[int, ...]) -> str:
     return json.dumps([spec.to_dict(), list(input_size)], sort_keys=True)
 
 
-def _disk_load() -> dict[str, dict[str, int]]:
-    try:
-        return json.loads(_disk_cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _disk_store(key: str, facts: ModelFacts) -> None:
-    """Merge one entry into the on-disk cache (atomic replace; a lost race only loses a cache entry)."""
-    path = _disk_cache_path()
-    with _DISK_LOCK:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data = _disk_load()
-            data[key] = asdict(facts)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".facts-")
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
-        except OSError:  # a read-only home is no reason to fail: the facts are just recomputed next time
-            pass
-
-
 @functools.lru_cache(maxsize=4096)
 def _facts_of_spec(spec: ModelSpec, input_size: tuple[int, ...]) -> ModelFacts:
     # Building ~600 models and serialising their state_dicts takes tens of seconds on a small CPU, and every
     # sweep worker plans the whole grid at start: keep the facts on disk, keyed by spec and torch version.
     key = _disk_key(spec, input_size)
-    hit = _disk_load().get(key)
+    hit = read_json_cache(_disk_cache_path()).get(key)
     if hit is not None:
         return ModelFacts(**hit)
     threads = torch.get_num_threads()
@@ -161,7 +132,7 @@ def _facts_of_spec(spec: ModelSpec, input_size: tuple[int, ...]) -> ModelFacts:
         facts = _facts_of_module(build_model(spec), input_size)
     finally:
         torch.set_num_threads(threads)
-    _disk_store(key, facts)
+    update_json_cache(_disk_cache_path(), {key: asdict(facts)})
     return facts
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 from dse.common import atomic_write, pareto_front
 from dse.store import COMPLETE, trial_name
 from dse.tables.match import candidates
-from dse.tables.render import tex_escape
+from dse.tables.render import _f, _md_cell, _num, tex_escape
 
 #: Columns of the CSV export, in order (raw numbers; the Markdown and LaTeX tables show them rounded).
 CSV_COLUMNS = ("trial", "model", "model_name", "arch", "stage_depths", "width", "dropout", "optimizer", "dataset",
@@ -85,11 +85,9 @@ def study_tables(paper: pd.DataFrame, trials: pd.DataFrame) -> dict[str, StudyTa
 
 
 def _kb(v) -> float | None:
-    return None if v is None or pd.isna(v) else float(v) / 1e3
-
-
-def _f(v, fmt: str) -> str:
-    return "" if v is None or pd.isna(v) else format(v, fmt)
+    """Bytes to kB (1000), None kept (a fact an older store did not record)."""
+    x = _num(v)
+    return None if x is None else x / 1e3
 
 
 def display_cells(t: StudyTable) -> tuple[list[str], list[list[str]]]:
@@ -120,7 +118,7 @@ def to_markdown(t: StudyTable) -> str:
     header, body = display_cells(t)
     lines = [f"### Study {t.study}: its trials and Pareto set", "", _summary(t), "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+    lines += ["| " + " | ".join(_md_cell(c) for c in cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
 
